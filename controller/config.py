@@ -1,0 +1,24 @@
+"""Controller timing. All durations in milliseconds of audio (the session's audio clock)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ControllerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    speech_threshold: float = Field(0.5, gt=0, lt=1, description="VAD probability that counts as speech")
+    onset_ms: int = Field(60, ge=20, description="speech needed to enter UserSpeaking")
+    pause_ms: int = Field(200, ge=20, description="silence that makes a pause (speculation starts)")
+    end_of_turn_ms: int = Field(650, ge=40, description="silence that confirms the end of the turn")
+    barge_in_ms: int = Field(250, ge=20, description="speech during a reply that interrupts it")
+    preroll_ms: int = Field(300, ge=0, description="audio before onset kept for the tokenizer")
+    speculation: bool = Field(True, description="start replies at the pause (off for A/B runs)")
+    eot_hints: bool = Field(True, description="let the transcript shorten/lengthen the end-of-turn wait")
+    max_turn_s: float = Field(30.0, gt=0, description="force the end of a turn that runs this long")
+
+    @model_validator(mode="after")
+    def _order(self) -> "ControllerConfig":
+        if self.end_of_turn_ms <= self.pause_ms:
+            raise ValueError("end_of_turn_ms must be longer than pause_ms")
+        return self

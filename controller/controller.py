@@ -1,0 +1,346 @@
+"""The per-session controller: Step-Audio's real-time state machine driving the stages.
+
+Audio frames come in (push_audio); VAD probabilities become timed signals; signals move the
+state through controller/states.py's table; entering a state starts or cancels work:
+
+  UserSpeaking → UserPaused   start a speculative Reply (transcribe, LLM, first audio; play nothing)
+  UserPaused   → UserSpeaking discard it (the LLM stream is closed)
+  UserPaused   → BotReplying  commit it if its input equals the final input, else start fresh
+  BotReplying  → UserSpeaking barge-in: drop queued audio, cancel, keep only what was heard
+
+Frames are handled synchronously (cheap); all model work runs in tasks that can be cancelled.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from context.history import Context
+from controller.config import ControllerConfig
+from controller.events import (
+    ErrorEvent, InputCommitted, InputTranscript, ResponseCreated, ResponseDone, SpeechStarted,
+    SpeechStopped, Speculation, StateChanged,
+)
+from controller.metrics import SpeculationStats, turn_metrics
+from controller.ports import AudioOutput
+from controller.reply import Reply
+from controller.states import Signal, State, next_state
+from controller.turns import TurnDetector
+from decoder.base import Decoder
+from llm.base import LLMClient, Message
+from streaming_tokenizer.base import StreamingTokenizer, UserInput
+from vad.base import FRAME_SAMPLES, VoiceActivity
+
+log = logging.getLogger(__name__)
+FRAME_MS = 20
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+@dataclass
+class Stages:
+    vad: VoiceActivity
+    tokenizer: StreamingTokenizer
+    llm: LLMClient
+    decoder: Decoder
+
+
+class Controller:
+    def __init__(
+        self,
+        stages: Stages,
+        context: Context,
+        output: AudioOutput,
+        emit: Callable[[object], None],
+        config: ControllerConfig | None = None,
+        stats: SpeculationStats | None = None,
+    ) -> None:
+        self.cfg = config or ControllerConfig()
+        self.stages = stages
+        self.context = context
+        self.output = output
+        self.emit = emit
+        self.stats = stats or SpeculationStats()
+        self.state = State.SILENCE
+        self.turn_detection = True  # server VAD; False: the client commits (Realtime API)
+        self.t_ms = 0  # the session's audio clock
+        self.detector = TurnDetector(self.cfg)
+        self._preroll: deque[np.ndarray] = deque(maxlen=max(1, self.cfg.preroll_ms // FRAME_MS))
+        self._held_frames: list[np.ndarray] = []  # silence during a pause, pushed only on resume
+        self._has_input = False  # the tokenizer holds audio of an uncommitted turn
+        self._item_id = new_id("item")
+        self._speech_start_ms = 0
+        self._speculation: Reply | None = None
+        self._reply: Reply | None = None
+        self._end_task: asyncio.Task | None = None
+        self._eot_wall: float | None = None
+        self._closed = False
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def push_audio(self, frame: np.ndarray) -> None:
+        """One 20 ms frame of 16 kHz int16 mono audio."""
+        if len(frame) != FRAME_SAMPLES:
+            raise ValueError(f"expected {FRAME_SAMPLES} samples, got {len(frame)}")
+        self.t_ms += FRAME_MS
+        prob = self.stages.vad.process(frame) if self.turn_detection else 1.0
+        if not self.turn_detection:
+            self.stages.tokenizer.push(frame)
+            self._has_input = True
+            return
+        signal = self.detector.update(self.state, prob >= self.cfg.speech_threshold, self.t_ms)
+        self._route_frame(frame)
+        if signal is not None:
+            self.signal(signal)
+
+    def _route_frame(self, frame: np.ndarray) -> None:
+        if self.state is State.USER_SPEAKING:
+            self.stages.tokenizer.push(frame)
+            self._has_input = True
+        elif self.state is State.USER_PAUSED:
+            self._held_frames.append(frame)
+        else:  # Silence / BotReplying: keep a little audio so a turn's first syllable survives
+            self._preroll.append(frame)
+
+    # -- the state machine ---------------------------------------------------------------------
+
+    def signal(self, signal: Signal, reason: str = "") -> None:
+        new = next_state(self.state, signal)
+        if new is None or self._closed:
+            return
+        old, self.state = self.state, new
+        self.emit(StateChanged(new.value, old.value, reason or signal.value, self.t_ms))
+        match (old, signal):
+            case (State.SILENCE, Signal.SPEECH):
+                self._start_user_turn()
+            case (State.USER_SPEAKING, Signal.PAUSE):
+                self._start_speculation()
+            case (State.USER_PAUSED, Signal.SPEECH):
+                self._discard_speculation()
+                for frame in self._held_frames:
+                    self.stages.tokenizer.push(frame)
+                self._held_frames.clear()
+            case (_, Signal.END_OF_TURN):
+                self._held_frames.clear()
+                self._eot_wall = time.monotonic()
+                self._cancel_task(self._end_task)
+                self._end_task = asyncio.create_task(self._end_turn())
+            case (State.BOT_REPLYING, Signal.BARGE_IN):
+                self._barge_in()
+            case (State.BOT_REPLYING, Signal.REPLY_DONE):
+                pass
+
+    def _start_user_turn(self) -> None:
+        self._item_id = new_id("item")
+        self.stages.tokenizer.reset()
+        for frame in self._preroll:
+            self.stages.tokenizer.push(frame)
+        self._speech_start_ms = max(0, self.t_ms - self.cfg.onset_ms)
+        self._preroll.clear()
+        self._has_input = True
+        self.emit(SpeechStarted(self._item_id, self._speech_start_ms))
+
+    # -- speculation ---------------------------------------------------------------------------
+
+    def _start_speculation(self) -> None:
+        if not self.cfg.speculation:
+            # Still transcribe what was said so far, so the end of turn has less to do.
+            asyncio.create_task(self._warm_transcript())
+            return
+        self._discard_speculation()
+        spec = self._speculation = self._new_reply(self.stages.tokenizer.finalize())
+        self.stats.started += 1
+        self.emit(Speculation("started", self.t_ms))
+        asyncio.create_task(self._hint_from(spec))
+
+    async def _hint_from(self, spec: Reply) -> None:
+        await spec.input_ready.wait()
+        if spec is self._speculation and spec.input is not None and self.state is State.USER_PAUSED:
+            self.detector.hint(spec.input.text)
+
+    async def _warm_transcript(self) -> None:
+        try:
+            user = await self.stages.tokenizer.finalize()
+        except Exception:  # the end of turn will try again and report it
+            log.debug("warm-up transcription failed", exc_info=True)
+            return
+        if self.state is State.USER_PAUSED:
+            self.detector.hint(user.text)
+
+    def _discard_speculation(self) -> None:
+        spec, self._speculation = self._speculation, None
+        if spec is not None:
+            self.stats.discarded += 1
+            self.emit(Speculation("discarded", self.t_ms, spec.input.text if spec.input else ""))
+            asyncio.create_task(spec.cancel())
+
+    # -- end of turn and replies ---------------------------------------------------------------
+
+    async def _end_turn(self) -> None:
+        """Confirmed end of turn: commit the input, then commit the speculation or start fresh."""
+        spec, self._speculation = self._speculation, None
+        try:
+            user = await self._commit_input() if self._has_input else None
+            if spec is not None:
+                await spec.input_ready.wait()
+                usable = spec.error is None and spec.input is not None
+                if user is not None and usable and spec.input.same_as(user):
+                    self.stats.committed += 1
+                    self.emit(Speculation("committed", self.t_ms, user.text))
+                    self._play(spec, speculative=True)
+                    return
+                self.stats.discarded += 1
+                self.emit(Speculation("discarded", self.t_ms, spec.input.text if spec.input else ""))
+                await spec.cancel()
+            if user is not None and not user.text and not user.audio_tokens:
+                self.signal(Signal.REPLY_DONE, "empty input")  # nothing was understood
+                return
+            self._play(self._new_reply(_ready(user), in_context=True), speculative=False)
+        except asyncio.CancelledError:
+            if spec is not None:
+                await spec.cancel()
+            raise
+        except Exception as exc:
+            log.exception("end of turn failed")
+            self.emit(ErrorEvent("turn_failed", f"{type(exc).__name__}: {exc}"))
+            self.signal(Signal.REPLY_DONE, "error")
+
+    async def _commit_input(self) -> UserInput:
+        user = await self.stages.tokenizer.finalize()
+        self._has_input = False
+        speech_end = max(self._speech_start_ms, self.detector.last_speech_ms)
+        self.emit(SpeechStopped(self._item_id, speech_end))
+        self.emit(InputCommitted(self._item_id))
+        self.emit(InputTranscript(self._item_id, user.text))
+        self.context.add_user(user.text, user.speech_seconds, self._item_id)
+        return user
+
+    def _new_reply(self, user_input, in_context: bool = False) -> Reply:
+        def build(user: UserInput | None) -> list[Message]:
+            if in_context or user is None:  # the input is already the last turn of the history
+                return self.context.messages()
+            return self.context.messages(Message("user", user.prompt_text()))
+
+        return Reply(
+            response_id=new_id("resp"),
+            item_id=new_id("item"),
+            user_input=user_input,
+            build_messages=build,
+            llm=self.stages.llm,
+            decoder=self.stages.decoder,
+            emit=self.emit,
+            on_finished=self._reply_finished,
+        )
+
+    def _play(self, reply: Reply, speculative: bool) -> None:
+        self._reply = reply
+        reply.speculative = speculative
+        self.emit(ResponseCreated(reply.response_id, reply.item_id))
+        self.output.clear()
+        reply.play(self.output)
+
+    def _reply_finished(self, reply: Reply) -> None:
+        if reply is not self._reply:
+            return
+        self._reply = None
+        status = "failed" if reply.error else "completed"
+        if reply.error:
+            self.emit(ErrorEvent("reply_failed", f"{type(reply.error).__name__}: {reply.error}"))
+        self.context.add_assistant(reply.spoken_text(), reply.spoken_seconds(), reply.item_id)
+        self.emit(ResponseDone(reply.response_id, reply.item_id, status, reply.spoken_text()))
+        self.emit(turn_metrics(reply, self._eot_wall, self.detector, self._speech_start_ms))
+        self.signal(Signal.REPLY_DONE)
+
+    def _barge_in(self) -> None:
+        """The user talks over the reply: silence it now, keep only what was heard."""
+        self.output.clear()  # drop queued audio first: this is what the caller hears stop
+        self._cancel_task(self._end_task)
+        reply, self._reply = self._reply, None
+        self._start_user_turn()
+        if reply is None:
+            return
+        heard_s = self.output.played_seconds()
+        heard = reply.heard_text(heard_s)
+        self.context.add_assistant(heard, heard_s, reply.item_id)
+        self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, "barge_in"))
+        asyncio.create_task(reply.cancel())
+
+    # -- client requests (Realtime API) --------------------------------------------------------
+
+    async def commit_input(self) -> UserInput | None:
+        """input_audio_buffer.commit: the turn ends here; no reply unless server VAD is on."""
+        self._discard_speculation()
+        if not self._has_input:
+            return None
+        if self.state in (State.USER_SPEAKING, State.USER_PAUSED):
+            self.state = State.SILENCE
+        self._held_frames.clear()
+        return await self._commit_input()
+
+    def create_response(self) -> None:
+        """response.create: answer from the history as it stands."""
+        self._eot_wall = time.monotonic()
+        self.signal(Signal.END_OF_TURN, "response.create")
+
+    async def cancel_response(self) -> bool:
+        reply, self._reply = self._reply, None
+        self._cancel_task(self._end_task)
+        if reply is None:
+            return False
+        self.output.clear()
+        heard_s = self.output.played_seconds()
+        heard = reply.heard_text(heard_s)
+        self.context.add_assistant(heard, heard_s, reply.item_id)
+        self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, "client_cancelled"))
+        await reply.cancel()
+        self.signal(Signal.REPLY_DONE, "response.cancel")
+        return True
+
+    def clear_input(self) -> None:
+        """input_audio_buffer.clear."""
+        self._discard_speculation()
+        self.stages.tokenizer.reset()
+        self._has_input = False
+        self._held_frames.clear()
+        if self.state in (State.USER_SPEAKING, State.USER_PAUSED):
+            self.state = State.SILENCE
+
+    def truncate(self, item_id: str, audio_end_ms: int) -> bool:
+        """conversation.item.truncate: the client heard only audio_end_ms of an assistant item."""
+        reply = self._reply
+        if reply is not None and reply.item_id == item_id:
+            return self.context.truncate(item_id, reply.heard_text(audio_end_ms / 1000), audio_end_ms / 1000)
+        for turn in self.context.turns:
+            if turn.item_id == item_id and turn.role == "assistant":
+                words = turn.text.split()
+                if turn.speech_seconds > 0:
+                    keep = int(len(words) * min(1.0, audio_end_ms / 1000 / turn.speech_seconds))
+                    words = words[:keep]
+                return self.context.truncate(item_id, " ".join(words), audio_end_ms / 1000)
+        return False
+
+    async def close(self) -> None:
+        self._closed = True
+        self._cancel_task(self._end_task)
+        for reply in (self._speculation, self._reply):
+            if reply is not None:
+                await reply.cancel()
+        self._speculation = self._reply = None
+
+    @staticmethod
+    def _cancel_task(task: asyncio.Task | None) -> None:
+        if task is not None and not task.done():
+            task.cancel()
+
+
+async def _ready(value):
+    return value

@@ -1,0 +1,95 @@
+"""What the controller tells the world. realtime/protocol.py turns these into Realtime JSON.
+
+Times ending in _ms are on the session's audio clock (milliseconds of input audio received),
+the clock OpenAI's audio_start_ms/audio_end_ms use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    state: str
+    previous: str
+    reason: str
+    t_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    item_id: str
+    audio_start_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class InputCommitted:
+    item_id: str
+
+
+@dataclass(frozen=True)
+class InputTranscript:
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Speculation:
+    action: str  # "started" | "discarded" | "committed"
+    t_ms: int
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class ResponseCreated:
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True)
+class TranscriptDelta:
+    response_id: str
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True)
+class AudioDone:
+    """All audio of a response has been handed to the output (it may still be playing)."""
+
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True)
+class ResponseDone:
+    response_id: str
+    item_id: str
+    status: str  # "completed" | "cancelled" | "failed"
+    text: str  # what the assistant said (after a barge-in: what was heard)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TurnMetrics:
+    response_id: str
+    speculative: bool  # the played reply was a committed speculation
+    values: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    code: str
+    message: str
+
+
+Event = (
+    StateChanged | SpeechStarted | SpeechStopped | InputCommitted | InputTranscript | Speculation
+    | ResponseCreated | TranscriptDelta | AudioDone | ResponseDone | TurnMetrics | ErrorEvent
+)

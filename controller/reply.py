@@ -1,0 +1,170 @@
+"""One reply in flight: LLM text → decoder audio, held back while it is only a speculation.
+
+A Reply starts generating at once. Until play() is called its audio is kept, not played, so a
+speculation costs the caller nothing when it is discarded; cancel() closes the LLM stream (the
+server stops generating) and stops synthesis. After play(), audio goes straight to the output.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from controller.events import AudioDone, TranscriptDelta
+from controller.ports import AudioOutput
+from decoder.base import AudioChunk, Decoder
+from llm.base import LLMClient, Message
+from streaming_tokenizer.base import UserInput
+
+log = logging.getLogger(__name__)
+
+
+class Reply:
+    def __init__(
+        self,
+        *,
+        response_id: str,
+        item_id: str,
+        user_input: Awaitable[UserInput | None],
+        build_messages: Callable[[UserInput | None], Sequence[Message]],
+        llm: LLMClient,
+        decoder: Decoder,
+        emit: Callable[[object], None],
+        on_finished: Callable[["Reply"], None],
+    ) -> None:
+        self.response_id = response_id
+        self.item_id = item_id
+        self.input: UserInput | None = None
+        self.text = ""  # everything the LLM wrote
+        self.spoken: list[AudioChunk] = []  # what was handed to the output, in order
+        self.error: BaseException | None = None
+        self.t_start = time.monotonic()
+        self.t_input: float | None = None  # transcript ready
+        self.t_first_token: float | None = None
+        self.t_first_audio: float | None = None  # first chunk synthesized (maybe held)
+        self.t_first_played: float | None = None  # first chunk handed to the output
+        self._user_input = user_input
+        self._build_messages = build_messages
+        self._llm = llm
+        self._decoder = decoder
+        self._emit = emit
+        self._on_finished = on_finished
+        self._held: list[AudioChunk] = []
+        self._out: AudioOutput | None = None
+        self._released = asyncio.Event()
+        self.input_ready = asyncio.Event()  # set once the input is known (or failed)
+        self.speculative = False
+        self.generated = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"reply-{response_id}")
+
+    @property
+    def playing(self) -> bool:
+        return self._out is not None
+
+    def play(self, out: AudioOutput) -> None:
+        """Commit: everything synthesized so far plays now, the rest as it comes."""
+        if self._out is not None:
+            return
+        self._out = out
+        out.begin_reply(self.response_id, self.item_id)
+        held, self._held = self._held, []
+        for chunk in held:
+            self._write(chunk)
+        self._released.set()
+
+    async def cancel(self) -> None:
+        if not self.task.done():
+            self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+
+    def heard_text(self, played_seconds: float) -> str:
+        """The text of the audio the caller actually heard (by playback position).
+
+        A text span starts at a chunk with text and runs over the following text-less chunks;
+        a partly heard span keeps the share of its words that was played."""
+        spans: list[tuple[str, float]] = []
+        for chunk in self.spoken:
+            if chunk.text or not spans:
+                spans.append((chunk.text, chunk.seconds))
+            else:
+                spans[-1] = (spans[-1][0], spans[-1][1] + chunk.seconds)
+        parts: list[str] = []
+        t = 0.0
+        for text, seconds in spans:
+            if t >= played_seconds:
+                break
+            if t + seconds <= played_seconds:
+                parts.append(text)
+            else:
+                words = text.split()
+                n = int(len(words) * (played_seconds - t) / seconds)
+                parts.append(" ".join(words[:n]))
+            t += seconds
+        return " ".join(p for p in parts if p).strip()
+
+    def spoken_text(self) -> str:
+        return " ".join(c.text for c in self.spoken if c.text).strip()
+
+    def spoken_seconds(self) -> float:
+        return sum(c.seconds for c in self.spoken)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _write(self, chunk: AudioChunk) -> None:
+        assert self._out is not None
+        if self.t_first_played is None:
+            self.t_first_played = time.monotonic()
+        self.spoken.append(chunk)
+        self._out.write(chunk)
+        if chunk.text:
+            self._emit(TranscriptDelta(self.response_id, self.item_id, chunk.text + " "))
+
+    async def _text(self, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+        try:
+            async for piece in pieces:
+                if self.t_first_token is None:
+                    self.t_first_token = time.monotonic()
+                self.text += piece
+                yield piece
+        finally:
+            # Closing the LLM's iterator closes its HTTP stream: the server stops generating.
+            await pieces.aclose()  # type: ignore[attr-defined]
+
+    async def _run(self) -> None:
+        try:
+            try:
+                self.input = await self._user_input
+            finally:
+                self.input_ready.set()
+            self.t_input = time.monotonic()
+            messages = self._build_messages(self.input)
+            audio = self._decoder.synthesize(self._text(self._llm.stream(messages)))
+            try:
+                async for chunk in audio:
+                    if self.t_first_audio is None:
+                        self.t_first_audio = time.monotonic()
+                    if self._out is None:
+                        self._held.append(chunk)
+                    else:
+                        self._write(chunk)
+            finally:
+                await audio.aclose()  # type: ignore[attr-defined]
+            self.generated.set()
+            await self._released.wait()
+            self._emit(AudioDone(self.response_id, self.item_id))
+            assert self._out is not None
+            await self._out.drain()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a failing stage ends this reply, never the session
+            log.warning("reply %s failed: %r", self.response_id, exc)
+            self.error = exc
+            self.generated.set()
+            await self._released.wait()  # a failed speculation reports only if it is played
+        finally:
+            self.generated.set()
+        self._on_finished(self)

@@ -1,0 +1,70 @@
+"""Turns VAD decisions into timed signals: onset, pause, end of turn, barge-in.
+
+Everything is counted in milliseconds of audio, not wall time, so a scripted timeline in a test
+behaves exactly like a live caller.
+"""
+from __future__ import annotations
+
+from controller.config import ControllerConfig
+from controller.states import Signal, State
+
+FRAME_MS = 20
+
+
+class TurnDetector:
+    def __init__(self, cfg: ControllerConfig) -> None:
+        self.cfg = cfg
+        self.speech_run_ms = 0  # consecutive speech
+        self.silence_run_ms = 0  # consecutive silence
+        self.last_speech_ms = 0  # audio time of the end of the last speech frame
+        self.turn_ms = 0  # length of the current user turn
+        self.end_of_turn_ms = cfg.end_of_turn_ms  # may be moved by a transcript hint
+
+    def update(self, state: State, speech: bool, t_ms: int) -> Signal | None:
+        if speech:
+            self.speech_run_ms += FRAME_MS
+            self.silence_run_ms = 0
+            self.last_speech_ms = t_ms
+        else:
+            self.silence_run_ms += FRAME_MS
+            self.speech_run_ms = 0
+        cfg = self.cfg
+        if state in (State.USER_SPEAKING, State.USER_PAUSED):
+            self.turn_ms += FRAME_MS
+        match state:
+            case State.SILENCE if self.speech_run_ms >= cfg.onset_ms:
+                self.turn_ms = self.speech_run_ms
+                self.end_of_turn_ms = cfg.end_of_turn_ms
+                return Signal.SPEECH
+            case State.USER_SPEAKING if self.turn_ms >= cfg.max_turn_s * 1000:
+                return Signal.END_OF_TURN
+            case State.USER_SPEAKING if self.silence_run_ms >= cfg.pause_ms:
+                return Signal.PAUSE
+            case State.USER_PAUSED if self.speech_run_ms >= cfg.onset_ms:
+                return Signal.SPEECH
+            case State.USER_PAUSED if self.silence_run_ms >= self.end_of_turn_ms:
+                return Signal.END_OF_TURN
+            case State.BOT_REPLYING if self.speech_run_ms >= cfg.barge_in_ms:
+                self.turn_ms = self.speech_run_ms
+                self.end_of_turn_ms = cfg.end_of_turn_ms
+                return Signal.BARGE_IN
+        return None
+
+    def hint(self, transcript: str) -> None:
+        """End-of-turn hint: a trailing conjunction or filler means more is coming; a question
+        mark or full stop means the thought is finished. Moves this turn's wait, within bounds."""
+        if not self.cfg.eot_hints or not transcript:
+            return
+        words = transcript.lower().rstrip(" .…,").split()
+        last = words[-1] if words else ""
+        base = self.cfg.end_of_turn_ms
+        if last in _TRAILING or transcript.rstrip().endswith(("…", "...", ",")):
+            self.end_of_turn_ms = int(base * 1.6)
+        elif transcript.rstrip().endswith(("?", "？", "。", "!")):
+            self.end_of_turn_ms = max(self.cfg.pause_ms + 100, int(base * 0.8))
+        else:
+            self.end_of_turn_ms = base
+
+
+_TRAILING = {"and", "but", "or", "so", "because", "um", "uh", "the", "a", "to", "of", "with", "then",
+             "那么", "然后", "还有", "就是", "因为", "所以", "和"}

@@ -1,0 +1,61 @@
+"""Helpers shared by the TTS decoders: cutting a span's audio into ~200 ms chunks, picking the
+language of a clause by its script."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from decoder.base import AudioChunk
+
+_KANA = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff]")
+_HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df]")
+_CJK = "\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+# A CJK run: from a CJK character to the last one before a Latin letter (digits and punctuation
+# between them stay in the run: "我有3个"), plus its trailing punctuation.
+_CJK_RUN = re.compile(rf"[{_CJK}](?:[^A-Za-z]*[{_CJK}])?[^A-Za-z0-9{_CJK}]*")
+
+
+def script_language(text: str) -> str | None:
+    """'ja', 'ko' or 'zh' when the text is written in that language's script, else None.
+
+    Kana decides Japanese before Han does, since Japanese text mixes both.
+    """
+    if _KANA.search(text):
+        return "ja"
+    if _HANGUL.search(text):
+        return "ko"
+    if _HAN.search(text):
+        return "zh"
+    return None
+
+
+def script_runs(text: str) -> list[str]:
+    """The clause cut where it switches between a CJK script and the rest ("OK. 好的。" ->
+    ["OK.", "好的。"]), so each part goes to a voice that can say it. Runs without a letter or
+    digit (stray punctuation) are dropped."""
+    runs, pos = [], 0
+    for m in _CJK_RUN.finditer(text):
+        runs += [text[pos:m.start()], m.group()]
+        pos = m.end()
+    runs.append(text[pos:])
+    return [r.strip() for r in runs if any(ch.isalnum() for ch in r)]
+
+
+def chunked(pcm: np.ndarray, sample_rate: int, chunk_s: float, text: str) -> Iterator[AudioChunk]:
+    """One span's audio as chunks of about chunk_s; the span's text rides on the first chunk only
+    (the convention the controller's heard_text() relies on)."""
+    step = max(1, int(chunk_s * sample_rate))
+    for i in range(0, len(pcm), step):
+        yield AudioChunk(pcm[i:i + step], sample_rate, text if i == 0 else "")
+
+
+async def aclose_quietly(it: Any) -> None:
+    """Close an async iterator if it can be closed (async generators can; plain iterators may not)."""
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        await aclose()
+

@@ -1,0 +1,63 @@
+"""Cut streaming LLM text into clauses, the unit the TTS speaks.
+
+The first clause is sent to TTS as early as possible (a comma is enough once it has a few
+words); later ones wait for a sentence end or a length cap, which sounds more natural.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+_SENTENCE_END = ".!?。！？\n"
+_CLAUSE_END = ",;:，；：、"
+# Full-width (CJK) punctuation ends a clause even with no space after it: CJK text has no spaces.
+_FULL_WIDTH = "。！？，；：、\n"
+# A '.' after these is not a sentence end ("Mr. Smith", "e.g. this").
+_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "vs", "e.g", "i.e", "jr", "sr"}
+
+
+def _is_abbreviation(buf: str, dot: int) -> bool:
+    start = dot
+    while start > 0 and (buf[start - 1].isalpha() or buf[start - 1] == "."):
+        start -= 1
+    word = buf[start:dot].lower()
+    return word in _ABBREVIATIONS
+
+
+def _cut_index(buf: str, first: bool, min_chars: int, max_chars: int) -> int:
+    """Index just past where buf should be cut, or -1 to wait for more text."""
+    for i, ch in enumerate(buf):
+        nxt = buf[i + 1] if i + 1 < len(buf) else None
+        ends_here = ch in _FULL_WIDTH or (nxt is not None and nxt.isspace())
+        if ch in _SENTENCE_END and ends_here:
+            # A '.' inside a number ("3.5") is followed by no space; an abbreviation is.
+            if ch == "." and _is_abbreviation(buf, i):
+                continue
+            if i + 1 >= (2 if first else min_chars):
+                return i + 1
+        elif ch in _CLAUSE_END and first and ends_here and i + 1 >= min_chars:
+            return i + 1
+        # ASCII punctuation at the very end of buf waits: the next piece may be "5" of "3.5".
+    if len(buf) >= max_chars:
+        cut = buf.rfind(" ", 0, max_chars)
+        return cut + 1 if cut > 0 else max_chars
+    return -1
+
+
+async def clauses(
+    pieces: AsyncIterator[str], min_chars: int = 12, max_chars: int = 160
+) -> AsyncIterator[str]:
+    """Yield stripped clauses from a stream of text pieces; the rest is flushed at the end."""
+    buf = ""
+    first = True
+    async for piece in pieces:
+        buf += piece
+        while True:
+            cut = _cut_index(buf, first, min_chars, max_chars)
+            if cut < 0:
+                break
+            clause, buf = buf[:cut].strip(), buf[cut:]
+            if clause:
+                first = False
+                yield clause
+    if buf.strip():
+        yield buf.strip()

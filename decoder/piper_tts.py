@@ -1,0 +1,190 @@
+"""Piper (VITS, ONNX) as the embedded decoder: en_US-joe-medium, 22050 Hz.
+
+synthesize() is a three-stage pipeline per reply, so the first clause is heard before the LLM has
+finished writing:  text pieces -> clauses (reader task) -> audio (synthesis task, model calls in
+the shared thread pool) -> ~200 ms chunks (the generator). While clause k is synthesized the reader
+already cuts clause k+1, and while clause k is being sent clause k+1 is synthesized (the audio
+queue holds a few spans of look-ahead).
+
+The voice is English only; clauses in a CJK script go to espeak-ng (the fallback), resampled to the
+voice's rate so one reply has one rate.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soxr
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from decoder import espeak
+from decoder.audio_chunks import aclose_quietly, chunked, script_language, script_runs
+from decoder.base import AudioChunk
+from decoder.clauses import clauses
+
+log = logging.getLogger(__name__)
+_END = object()  # queue sentinel: the stream is complete
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    voice: str = Field("piper-joe", description="asset name (realtime.assets) or a path to a .onnx voice")
+    fallback: Literal["espeak"] | None = Field("espeak", description="speaks the clauses in CJK scripts")
+    length_scale: float | None = Field(None, gt=0.1, le=4, description="> 1 is slower (voice default if null)")
+    speed: float | None = Field(None, gt=0.25, le=10, description="1 / length_scale; give one of the two")
+    speaker: int | str | None = Field(None, description="multi-speaker voices: id or name")
+    chunk_ms: int = Field(200, ge=20, le=2000)
+    threads: int = Field(2, ge=1, le=16, description="synthesis threads shared by all sessions")
+    lookahead: int = Field(4, ge=1, le=64, description="synthesized spans buffered ahead of the sender")
+    espeak: dict = Field(default_factory=dict, description="options of the espeak-ng fallback")
+
+    @model_validator(mode="after")
+    def _one_speed(self) -> "Options":
+        if self.length_scale is not None and self.speed is not None:
+            raise ValueError("give length_scale or speed, not both")
+        return self
+
+
+class PiperDecoder:
+    """Shared per server: one loaded voice and one small thread pool for all sessions."""
+
+    def __init__(self, model_path: Path, options: Options | None = None,
+                 fallback: espeak.EspeakDecoder | None = None) -> None:
+        from piper import PiperVoice, SynthesisConfig  # imported here: loading onnxruntime is slow
+
+        self.options = options or Options()
+        self.voice = PiperVoice.load(model_path)
+        self.sample_rate: int = self.voice.config.sample_rate
+        length_scale = self.options.length_scale or (1 / self.options.speed if self.options.speed else None)
+        self.syn_config = SynthesisConfig(speaker_id=self._speaker_id(self.options.speaker), length_scale=length_scale)
+        self.fallback = fallback
+        self.pool = ThreadPoolExecutor(max_workers=self.options.threads, thread_name_prefix="piper")
+        self.chunk_s = self.options.chunk_ms / 1000
+
+    def _speaker_id(self, speaker: int | str | None) -> int | None:
+        cfg = self.voice.config
+        if speaker is None:
+            return None
+        if isinstance(speaker, str):
+            if speaker not in cfg.speaker_id_map:
+                raise ValueError(f"decoder.speaker: voice has no speaker {speaker!r} "
+                                 f"(it has: {', '.join(cfg.speaker_id_map) or 'one unnamed speaker'})")
+            return cfg.speaker_id_map[speaker]
+        if not 0 <= speaker < cfg.num_speakers:
+            raise ValueError(f"decoder.speaker: {speaker} out of range (voice has {cfg.num_speakers})")
+        return speaker
+
+    async def start(self) -> None:
+        """Warm up (espeak phonemizer data, onnxruntime's first run) so the first reply isn't slow."""
+        await self._run(lambda: list(self.voice.synthesize("Ready.", self.syn_config)))
+
+    async def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def span_audio(self, clause: str) -> AsyncIterator[np.ndarray]:
+        """int16 audio of one clause at sample_rate, one array per sentence as piper makes it;
+        the parts in a CJK script are spoken by the fallback (when there is one)."""
+        runs = script_runs(clause) if self.fallback is not None else [clause]
+        for run in runs:
+            if self.fallback is not None and script_language(run) is not None:
+                async with aclosing(self._fallback_audio(run)) as pcms:  # kills espeak-ng if cancelled
+                    async for pcm in pcms:
+                        yield pcm
+                continue
+            sentences = iter(self.voice.synthesize(run, self.syn_config))
+            while (chunk := await self._run(next, sentences, None)) is not None:
+                yield chunk.audio_int16_array
+
+    async def _fallback_audio(self, clause: str) -> AsyncIterator[np.ndarray]:
+        assert self.fallback is not None
+        resampler = None
+        if self.fallback.sample_rate != self.sample_rate:
+            resampler = soxr.ResampleStream(self.fallback.sample_rate, self.sample_rate, 1, dtype="int16")
+        async with aclosing(self.fallback.pcm(clause)) as pcms:  # kills espeak-ng if cancelled
+            async for pcm in pcms:
+                out = resampler.resample_chunk(pcm) if resampler else pcm
+                if len(out):
+                    yield out
+        if resampler is not None:
+            tail = resampler.resample_chunk(np.zeros(0, np.int16), last=True)
+            if len(tail):
+                yield tail
+
+    async def synthesize(self, text: AsyncIterator[str]) -> AsyncIterator[AudioChunk]:
+        clause_q: asyncio.Queue = asyncio.Queue()
+        audio_q: asyncio.Queue = asyncio.Queue(maxsize=self.options.lookahead)
+        reader = asyncio.create_task(self._read(text, clause_q), name="tts-read")
+        speaker = asyncio.create_task(self._speak(clause_q, audio_q), name="tts-speak")
+        try:
+            while (item := await audio_q.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                label, pcm = item
+                for chunk in chunked(pcm, self.sample_rate, self.chunk_s, label):
+                    yield chunk
+        finally:
+            # Cancelled (aclose, task cancel) or done: stop both stages, then close the LLM text.
+            for task in (reader, speaker):
+                task.cancel()
+            await asyncio.gather(reader, speaker, return_exceptions=True)
+            await aclose_quietly(text)
+
+    @staticmethod
+    async def _read(text: AsyncIterator[str], clause_q: asyncio.Queue) -> None:
+        try:
+            async with aclosing(clauses(text)) as cut:
+                async for clause in cut:
+                    clause_q.put_nowait(clause)
+            clause_q.put_nowait(_END)
+        except Exception as exc:  # the LLM failed: the reply fails with its error
+            clause_q.put_nowait(exc)
+
+    async def _speak(self, clause_q: asyncio.Queue, audio_q: asyncio.Queue) -> None:
+        try:
+            while (clause := await clause_q.get()) is not _END:
+                if isinstance(clause, BaseException):
+                    await audio_q.put(clause)
+                    return
+                label = clause  # the clause's text rides on its first chunk only
+                async with aclosing(self.span_audio(clause)) as spans:  # closed now if cancelled
+                    async for pcm in spans:
+                        await audio_q.put((label, pcm))
+                        label = ""
+            await audio_q.put(_END)
+        except Exception as exc:
+            log.exception("synthesis failed")
+            await audio_q.put(exc)
+
+
+def resolve_model(name_or_path: str, cache_dir: Path) -> Path:
+    """A voice/model file: an existing path as given, else an embedded asset assembled in cache_dir."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".onnx", ".gguf") and path.is_file():
+        return path
+    from realtime import assets  # lazy: the asset table is only needed when building the stack
+
+    return assets.ensure(name_or_path, cache_dir)
+
+
+def build(options: dict, env) -> PiperDecoder:
+    from realtime.config import validate_options
+
+    opts = validate_options(Options, "decoder", options)
+    fallback = None
+    if opts.fallback == "espeak":
+        fallback = espeak.EspeakDecoder(validate_options(espeak.Options, "decoder.espeak", opts.espeak))
+    try:
+        return PiperDecoder(resolve_model(opts.voice, env.cache_dir), opts, fallback)
+    except ValueError as exc:
+        from realtime.config import ConfigError
+
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,158 @@
+"""The bundled LLM server: llama-cpp-python's OpenAI-compatible server on loopback.
+
+It runs as a child process (`python -m llama_cpp.server`), not in-process, so generation never
+competes with the event loop for the GIL and a stuck model can be killed. The child is killed on
+close(), at interpreter exit, and by the kernel if this process dies (PR_SET_PDEATHSIG).
+
+llama-cpp-python ships no wheels: it compiles from source once (`pip install
+'llama-cpp-python[server]'`, ~10 min on 2 cores); the set-up caches the built wheel.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+# Runs in the child before the server: die with the parent, even if it is killed (SIGKILL leaves
+# no chance for atexit). The parent pid check closes the race where the parent died first.
+_LAUNCHER = """
+import ctypes, os, runpy, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(os.environ["STEP_REALTIME_PARENT_PID"]):
+    sys.exit(1)
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
+class LlamaServerError(RuntimeError):
+    """The server could not be started; the message includes the end of its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def llama_cpp_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class LlamaServer:
+    def __init__(self, model_path: Path, model_alias: str, *, n_ctx: int = 2048, n_threads: int | None = None,
+                 host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
+                 startup_timeout_s: float = 180.0) -> None:
+        self.model_path = Path(model_path)
+        self.model_alias = model_alias
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.host = host
+        self.port = port
+        self.log_path = Path(log_path) if log_path else Path(f"/tmp/step-realtime-llama-{os.getpid()}.log")
+        self.startup_timeout_s = startup_timeout_s
+        self.startup_seconds: float | None = None  # measured by start()
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", _LAUNCHER, "--model", str(self.model_path), "--model_alias", self.model_alias,
+                "--host", self.host, "--port", str(self.port), "--n_ctx", str(self.n_ctx),
+                "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
+                # Queue concurrent sessions' requests instead of cutting the running reply short.
+                "--interrupt_requests", "False"]
+
+    async def start(self) -> str:
+        """Start the server and wait until /v1/models answers; returns the base URL."""
+        if self.running:
+            return self.base_url
+        if not llama_cpp_installed():
+            raise LlamaServerError("llama-cpp-python is not installed: pip install 'llama-cpp-python[server]' "
+                                   "(or give llm.base_url of a running OpenAI-compatible server)")
+        if not self.model_path.is_file():
+            raise LlamaServerError(f"no model file {self.model_path}")
+        if self.port == 0:
+            self.port = free_port(self.host)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.command(), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                env={**os.environ, "STEP_REALTIME_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"})
+        _live_pids.add(self._proc.pid)
+        try:
+            await self._wait_ready()
+        except BaseException:
+            await self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        return self.base_url
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as http:
+            while True:
+                assert self._proc is not None
+                if self._proc.returncode is not None:
+                    raise LlamaServerError(f"llama.cpp server exited with {self._proc.returncode}:\n{self.log_tail()}")
+                try:
+                    async with http.get(f"{self.base_url}/models") as r:
+                        if r.status == 200:
+                            return
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise LlamaServerError(f"llama.cpp server not ready after {self.startup_timeout_s:.0f} s:\n"
+                                           f"{self.log_tail()}")
+                try:  # wakes early if the process exits
+                    await asyncio.wait_for(self._proc.wait(), 0.25)
+                except asyncio.TimeoutError:
+                    pass
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        _live_pids.discard(proc.pid)
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), grace_s)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+_live_pids: set[int] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    # A server the program forgot to close() must not outlive it.
+    for pid in list(_live_pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,1 @@
+"""Transports, sessions, the server and the CLI. Knows nothing of models."""

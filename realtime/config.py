@@ -1,0 +1,96 @@
+"""The server's YAML config, validated on load.
+
+Each stage section names an implementation (`impl`) and passes the rest to that
+implementation's own pydantic `Options` model, so a typo in any option is an error that names it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from controller.config import ControllerConfig
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message says where and why."""
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    impl: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_sessions: int = Field(32, ge=1)
+    max_event_bytes: int = Field(2_000_000, ge=1024, description="largest client JSON event")
+    max_sdp_bytes: int = Field(65_536, ge=1024)
+    cache_dir: str = Field("~/.cache/step-realtime", description="assembled embedded models")
+    ice_servers: list[str] = Field(default_factory=list, description="STUN/TURN URLs for WebRTC (none: host candidates only)")
+
+
+class ContextConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    system_prompt: str = "You are a helpful voice assistant. Answer briefly, in one or two short sentences."
+    max_prompt_tokens: int = Field(1536, ge=64)
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    server: ServerConfig = ServerConfig()
+    vad: StageConfig
+    tokenizer: StageConfig
+    llm: StageConfig
+    decoder: StageConfig
+    context: ContextConfig = ContextConfig()
+    controller: ControllerConfig = ControllerConfig()
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.server.cache_dir).expanduser()
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_explain(exc)}") from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{where}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def validate_options(model: type[BaseModel], section: str, options: dict[str, Any]) -> Any:
+    """Validate one stage's options with its implementation's Options model."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        raise ConfigError(f"{section}: {_explain(exc)}") from None

@@ -1,0 +1,224 @@
+"""The OpenAI Realtime (GA) wire protocol: client events in, server events out.
+
+parse_client_event() turns one text message into a validated pydantic model or raises
+ProtocolError (which the session sends back as an `error` event and carries on).
+SessionSettings holds what session.update may change and renders the session object.
+EventRenderer (realtime/events_out.py) turns controller events into server events.
+
+Shapes follow the openai SDK's types (openai/types/realtime/); tests/test_protocol.py validates
+every event we render against them. Fields OpenAI accepts but this server does not use
+(tools, noise_reduction, ...) are accepted and ignored; see docs/protocol.md.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from realtime.audio import SUPPORTED_PCM_RATES
+
+DEFAULT_RATE = 24_000
+
+
+class ProtocolError(Exception):
+    """A client event we cannot act on. Rendered as {type: "error", error: {...}}."""
+
+    def __init__(self, code: str, message: str, param: str | None = None, event_id: str | None = None,
+                 type_: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.code, self.message, self.param, self.event_id, self.type = code, message, param, event_id, type_
+
+    def event(self) -> dict[str, Any]:
+        return error_event(self.type, self.code, self.message, self.param, self.event_id)
+
+
+def error_event(type_: str, code: str | None, message: str, param: str | None = None,
+                event_id: str | None = None) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": type_, "code": code, "message": message, "param": param,
+                                       "event_id": event_id}}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+# -- client events -----------------------------------------------------------------------------
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class AudioFormat(_Lenient):
+    type: str = "audio/pcm"
+    rate: int | None = None
+
+
+class TurnDetection(_Lenient):
+    type: Literal["server_vad", "semantic_vad"]
+    threshold: float | None = Field(None, gt=0, lt=1)
+    silence_duration_ms: int | None = Field(None, ge=40, le=10_000)
+    prefix_padding_ms: int | None = Field(None, ge=0)
+    create_response: bool | None = None
+    interrupt_response: bool | None = None
+    idle_timeout_ms: int | None = None
+    eagerness: str | None = None
+
+
+class AudioInputSettings(_Lenient):
+    format: AudioFormat | None = None
+    turn_detection: TurnDetection | None = None
+    transcription: dict | None = None
+    noise_reduction: dict | None = None
+
+
+class AudioOutputSettings(_Lenient):
+    format: AudioFormat | None = None
+    voice: str | dict | None = None
+    speed: float | None = None
+
+
+class AudioSettings(_Lenient):
+    input: AudioInputSettings | None = None
+    output: AudioOutputSettings | None = None
+
+
+class SessionIn(_Lenient):
+    type: Literal["realtime"] = "realtime"
+    model: str | None = None
+    instructions: str | None = None
+    output_modalities: list[Literal["audio", "text"]] | None = None
+    audio: AudioSettings | None = None
+
+
+class ClientEvent(_Lenient):
+    type: str
+    event_id: str | None = None
+
+
+class SessionUpdate(ClientEvent):
+    session: SessionIn
+
+
+class InputAudioBufferAppend(ClientEvent):
+    audio: str
+
+
+class ResponseCreate(ClientEvent):
+    response: dict | None = None
+
+
+class ResponseCancel(ClientEvent):
+    response_id: str | None = None
+
+
+class ConversationItemTruncate(ClientEvent):
+    item_id: str
+    content_index: int = Field(ge=0)
+    audio_end_ms: int = Field(ge=0)
+
+
+CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
+    "session.update": SessionUpdate,
+    "input_audio_buffer.append": InputAudioBufferAppend,
+    "input_audio_buffer.commit": ClientEvent,
+    "input_audio_buffer.clear": ClientEvent,
+    "response.create": ResponseCreate,
+    "response.cancel": ResponseCancel,
+    "conversation.item.truncate": ConversationItemTruncate,
+}
+
+
+def parse_client_event(raw: str | bytes, max_bytes: int) -> ClientEvent:
+    size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
+    if size > max_bytes:
+        raise ProtocolError("event_too_large", f"event is {size} bytes; the limit is {max_bytes}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("invalid_json", f"event is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("invalid_event", "event must be a JSON object")
+    event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("missing_field", "event has no 'type'", "type", event_id)
+    model = CLIENT_EVENTS.get(kind)
+    if model is None:
+        raise ProtocolError("unknown_event", f"unknown or unsupported event type {kind!r}", "type", event_id)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        code = "missing_field" if err["type"] == "missing" else "invalid_value"
+        raise ProtocolError(code, f"{kind}: {where}: {err['msg']}", where, event_id) from None
+
+
+# -- session settings --------------------------------------------------------------------------
+
+def _format_rate(fmt: AudioFormat, param: str) -> int:
+    if fmt.type != "audio/pcm":
+        raise ProtocolError("unsupported_audio_format", f"audio format {fmt.type!r} is not supported; use audio/pcm", param)
+    rate = fmt.rate or DEFAULT_RATE
+    if rate not in SUPPORTED_PCM_RATES:
+        raise ProtocolError("unsupported_audio_format", f"audio/pcm rate {rate} is not supported "
+                            f"(supported: {', '.join(map(str, SUPPORTED_PCM_RATES))})", f"{param}.rate")
+    return rate
+
+
+@dataclass
+class SessionSettings:
+    instructions: str
+    model: str = "step-realtime"
+    id: str = field(default_factory=lambda: new_id("sess"))
+    input_rate: int = DEFAULT_RATE
+    output_rate: int = DEFAULT_RATE
+    voice: str | dict = "default"
+    turn_detection: dict | None = field(default_factory=lambda: {"type": "server_vad"})
+
+    def apply(self, update: SessionIn, fields_set: set[str]) -> "SessionSettings":
+        """A copy with the update applied; raises ProtocolError and changes nothing on a bad value."""
+        new = SessionSettings(**self.__dict__)
+        if update.model:
+            new.model = update.model
+        if update.instructions is not None:
+            new.instructions = update.instructions
+        if update.output_modalities is not None and "audio" not in update.output_modalities:
+            raise ProtocolError("unsupported_modalities", "this server always answers with audio",
+                                "session.output_modalities")
+        audio_in = update.audio.input if update.audio else None
+        audio_out = update.audio.output if update.audio else None
+        if audio_in is not None:
+            if audio_in.format is not None:
+                new.input_rate = _format_rate(audio_in.format, "session.audio.input.format")
+            if "turn_detection" in audio_in.model_fields_set:
+                td = audio_in.turn_detection
+                new.turn_detection = None if td is None else td.model_dump(exclude_none=True)
+        if audio_out is not None:
+            if audio_out.format is not None:
+                new.output_rate = _format_rate(audio_out.format, "session.audio.output.format")
+            if audio_out.voice is not None:
+                new.voice = audio_out.voice
+        return new
+
+    def render(self) -> dict[str, Any]:
+        return {
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": self.id,
+            "model": self.model,
+            "output_modalities": ["audio"],
+            "instructions": self.instructions,
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": self.input_rate},
+                    "turn_detection": self.turn_detection,
+                    "transcription": None,
+                    "noise_reduction": None,
+                },
+                "output": {"format": {"type": "audio/pcm", "rate": self.output_rate}, "voice": self.voice},
+            },
+        }

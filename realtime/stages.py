@@ -1,0 +1,63 @@
+"""Stage implementations by name. Imports are lazy so the embedded default never imports torch.
+
+Each entry points at a `build(options: dict, env: BuildEnv)` function in the implementation's
+module; it validates its options (realtime.config.validate_options) and returns the shared,
+per-server object: a VoiceActivityFactory, TokenizerFactory, LLMClient or Decoder.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from realtime.config import Config, ConfigError
+
+REGISTRY: dict[str, dict[str, str]] = {
+    "vad": {
+        "energy": "vad.energy:build",
+        "silero": "vad.silero:build",
+    },
+    "tokenizer": {
+        "fake": "streaming_tokenizer.fake:build",
+        "whisper": "streaming_tokenizer.whisper:build",
+        "step-audio": "streaming_tokenizer.step_audio:build",
+    },
+    "llm": {
+        "fake": "llm.fake:build",
+        "openai": "llm.openai_chat:build",
+        "step-audio": "llm.step_audio:build",
+    },
+    "decoder": {
+        "fake": "decoder.fake:build",
+        "piper": "decoder.piper_tts:build",
+        "espeak": "decoder.espeak:build",
+        "step-audio": "decoder.step_audio:build",
+    },
+}
+
+
+@dataclass
+class BuildEnv:
+    """What builders may use besides their options."""
+
+    cache_dir: Path
+    cleanups: list[Any] = field(default_factory=list)  # async callables run at shutdown
+
+
+def build_stage(kind: str, impl: str, options: dict[str, Any], env: BuildEnv) -> Any:
+    try:
+        target = REGISTRY[kind][impl]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY.get(kind, {})))
+        raise ConfigError(f"{kind}.impl: unknown implementation {impl!r} (known: {known})") from None
+    module_name, func = target.split(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, func)(options, env)
+
+
+def build_all(cfg: Config, env: BuildEnv) -> dict[str, Any]:
+    return {
+        kind: build_stage(kind, getattr(cfg, kind).impl, getattr(cfg, kind).options(), env)
+        for kind in ("vad", "tokenizer", "llm", "decoder")
+    }

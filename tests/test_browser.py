@@ -1,0 +1,101 @@
+"""The web client in a real headless Chromium, talking to the real server over WebRTC.
+
+Chromium's fake microphone plays a WAV (looped); the page logs `STEP <kind>: <value>` console lines
+that we read from Chromium's stderr: the user transcript, the reply transcript, the loudness of the
+reply audio as the page's WebAudio AnalyserNode measured it, the controller states.
+
+Set STEP_WEB_CLIENT_SCREENSHOT=docs/web_client.png to keep the mid-conversation screenshot.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.browser_util import (
+    REPO, Chromium, find_chromium, floats, run_server, silence, speech_like, spoken_sentence, write_wav,
+)
+
+CHROMIUM = find_chromium()
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)"),
+]
+
+REPLY_AUDIO_RMS = 0.02  # the fake TTS tone is ≈0.065 RMS, real speech more; silence is ≈0
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _nonempty(values: list[str]) -> list[str]:
+    return [v.strip() for v in values if v.strip()]
+
+
+def _reply_heard(b: Chromium) -> bool:
+    return (bool(_nonempty(b.values("user_transcript")))
+            and bool(_nonempty(b.values("assistant_transcript")))
+            and any(x > REPLY_AUDIO_RMS for x in floats(b.values("reply_audio_rms")))
+            and bool(b.values("turn_metrics")))
+
+
+def _converse(config: str, wav: Path, tmp_path: Path, server_ready_s: float, reply_s: float) -> Chromium:
+    """One call from the page to a `realtime.cli serve` subprocess; returns the finished browser
+    (its collected lines stay readable) after taking a screenshot mid-conversation."""
+    server_log = tmp_path / "server.log"
+    with run_server(config, ready_timeout_s=server_ready_s, log_path=server_log) as url:
+        with Chromium(f"{url}/?autostart=1", wav, tmp_path, executable=CHROMIUM) as browser:
+            heard = browser.wait_for(_reply_heard, reply_s)
+            shot = browser.screenshot(tmp_path / "web_client.png")
+    assert heard, (f"no complete spoken reply within {reply_s} s\n{browser.report()}\n"
+                   f"server log tail:\n{server_log.read_text(errors='replace')[-3000:]}")
+    assert shot.read_bytes().startswith(PNG_MAGIC)
+    if target := os.environ.get("STEP_WEB_CLIENT_SCREENSHOT"):
+        shutil.copy(shot, REPO / target)
+    return browser
+
+
+def _common_checks(b: Chromium) -> None:
+    report = b.report()
+    assert not b.values("error"), f"the page showed errors\n{report}"
+    assert "connected" in b.values("connection"), report
+    states = b.values("state")
+    assert "user_speaking" in states and "bot_replying" in states, report
+    # The page's own latency measurement: speech_stopped → first audible reply audio.
+    latencies = floats(b.values("first_audio_latency_ms"))
+    assert latencies and all(ms >= 0 for ms in latencies), report
+    metrics = json.loads(b.values("turn_metrics")[0])
+    assert isinstance(metrics, dict) and metrics, report
+
+
+def test_fake_stack_conversation(tmp_path):
+    # A loud voiced burst (the energy VAD's "speech"), then silence long enough to end the turn.
+    wav = write_wav(tmp_path / "mic.wav", np.concatenate([silence(0.5), speech_like(1.5), silence(3.0)]))
+    b = _converse("configs/fake.yaml", wav, tmp_path, server_ready_s=60, reply_s=90)
+    _common_checks(b)
+
+    users = _nonempty(b.values("user_transcript"))
+    # The fake tokenizer writes one word "wN" per 200 ms of loud audio: 1.5 s gives several.
+    assert all(re.fullmatch(r"w0( w\d+)*", u) for u in users), b.report()
+    assert any(len(u.split()) >= 3 for u in users), b.report()
+    # The echo LLM repeats the input, so some reply must contain one of the user's transcripts.
+    replies = _nonempty(b.values("assistant_transcript"))
+    assert any(u in r for u in users for r in replies), b.report()
+
+
+@pytest.mark.integration
+def test_default_stack_conversation(tmp_path):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install -y espeak-ng)")
+    speech = spoken_sentence("What is the capital of France?")
+    wav = write_wav(tmp_path / "mic.wav", np.concatenate([silence(0.5), speech, silence(5.0)]))
+    b = _converse("configs/default.yaml", wav, tmp_path, server_ready_s=300, reply_s=240)
+    _common_checks(b)
+
+    users = " ".join(_nonempty(b.values("user_transcript"))).lower()
+    assert "capital" in users or "france" in users, b.report()
+    replies = _nonempty(b.values("assistant_transcript"))
+    assert any(re.search(r"[a-z]{2,}", r.lower()) for r in replies), b.report()

@@ -1,0 +1,294 @@
+// step-realtime browser client: one WebRTC call to the server, OpenAI Realtime events on the
+// "oai-events" data channel. Plain JS, no build step.
+//
+// Every notable thing is also logged as a machine-readable console line, "STEP <kind>: <value>",
+// which headless Chromium prints on stderr (tests/test_browser.py reads them).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  start: $("start"), connection: $("connection"), states: $("states"), speculation: $("speculation"),
+  micLevel: $("mic-level"), replyLevel: $("reply-level"), errors: $("errors"),
+  conversation: $("conversation"), audio: $("remote-audio"),
+};
+
+const REPLY_AUDIO_RMS = 0.01; // remote audio louder than this counts as "the reply is audible"
+const LEVEL_TICK_MS = 20;
+const LEVEL_LOG_MS = 1000;
+
+let call = null; // {pc, channel, stream, audioCtx, timer}
+const userItems = new Map(); // item_id -> <li>
+const replies = new Map(); // response_id -> {li, text}
+let lastReply = null;
+let speechStoppedAt = null; // performance.now() of the last speech_stopped, until audio is heard
+
+function log(kind, value) {
+  console.log(`STEP ${kind}: ${value}`);
+}
+
+function showError(message) {
+  log("error", message);
+  const li = document.createElement("li");
+  li.textContent = `${new Date().toLocaleTimeString()} ${message}`;
+  ui.errors.append(li);
+}
+
+function setConnection(text) {
+  ui.connection.textContent = text;
+  ui.connection.dataset.status = text;
+  log("connection", text);
+}
+
+function setState(state) {
+  for (const li of ui.states.children) li.classList.toggle("active", li.dataset.state === state);
+  if (state) log("state", state);
+}
+
+// ---- conversation view ----
+
+function addBubble(role) {
+  const li = document.createElement("li");
+  li.className = role;
+  li.innerHTML = `<span class="who">${role === "user" ? "you" : "assistant"}</span>` +
+    `<span class="text"></span><span class="metrics"></span>`;
+  ui.conversation.append(li);
+  li.scrollIntoView({block: "end"});
+  return li;
+}
+
+function setText(li, text) {
+  li.querySelector(".text").textContent = text;
+  li.scrollIntoView({block: "end"});
+}
+
+function userBubble(itemId) {
+  if (!userItems.has(itemId)) {
+    const li = addBubble("user");
+    li.classList.add("pending");
+    setText(li, "…");
+    userItems.set(itemId, li);
+  }
+  return userItems.get(itemId);
+}
+
+function reply(responseId) {
+  if (!replies.has(responseId)) {
+    replies.set(responseId, {li: addBubble("assistant"), text: ""});
+  }
+  lastReply = replies.get(responseId);
+  return lastReply;
+}
+
+function addMetric(r, text) {
+  const span = document.createElement("span");
+  span.textContent = text;
+  r.li.querySelector(".metrics").append(span);
+}
+
+const METRIC_LABELS = {
+  eot_to_first_audio_ms: "server end-of-turn → audio", asr_ms: "asr", llm_ttft_ms: "llm first token",
+  tts_first_audio_ms: "tts first audio", end_of_turn_delay_ms: "end-of-turn wait", saved_ms: "saved by speculation",
+};
+
+function showTurnMetrics(ev) {
+  const values = ev.values || {};
+  log("turn_metrics", JSON.stringify(values));
+  const id = ev.response_id || (ev.response && ev.response.id);
+  const r = (id && replies.get(id)) || lastReply;
+  if (!r) return;
+  const parts = Object.entries(METRIC_LABELS)
+    .filter(([key]) => values[key] !== null && values[key] !== undefined)
+    .map(([key, label]) => `${label} ${Math.round(values[key])} ms`);
+  if (parts.length) addMetric(r, parts.join(" · "));
+}
+
+// ---- server events ----
+
+function handleEvent(ev) {
+  switch (ev.type) {
+    case "session.created":
+      log("session", (ev.session && ev.session.id) || "created");
+      break;
+    case "input_audio_buffer.speech_started":
+      speechStoppedAt = null;
+      userBubble(ev.item_id);
+      log("speech_started", ev.item_id);
+      break;
+    case "input_audio_buffer.speech_stopped":
+      speechStoppedAt = performance.now();
+      log("speech_stopped", ev.item_id);
+      break;
+    case "conversation.item.input_audio_transcription.completed": {
+      const li = userBubble(ev.item_id);
+      li.classList.remove("pending");
+      setText(li, ev.transcript || "(nothing recognised)");
+      log("user_transcript", ev.transcript);
+      break;
+    }
+    case "response.created":
+      reply(ev.response.id);
+      log("response_created", ev.response.id);
+      break;
+    case "response.output_audio_transcript.delta":
+    case "response.audio_transcript.delta": { // the older (beta) name of the same event
+      const r = reply(ev.response_id);
+      r.text += ev.delta;
+      setText(r.li, r.text);
+      break;
+    }
+    case "response.done": {
+      const r = reply(ev.response.id);
+      const status = ev.response.status || "completed";
+      if (status !== "completed") r.li.classList.add(status);
+      log("assistant_transcript", r.text);
+      log("response_done", status);
+      break;
+    }
+    case "error":
+      showError((ev.error && ev.error.message) || JSON.stringify(ev));
+      break;
+    case "step.state":
+      setState(ev.state);
+      break;
+    case "step.speculation":
+      ui.speculation.textContent = `speculation ${ev.action}`;
+      log("speculation", ev.action);
+      break;
+    case "step.turn_metrics":
+      showTurnMetrics(ev);
+      break;
+  }
+}
+
+// ---- audio levels: meters, and the latency the caller actually hears ----
+
+function analyser(ctx, stream) {
+  const node = ctx.createAnalyser();
+  node.fftSize = 1024;
+  ctx.createMediaStreamSource(stream).connect(node); // not connected onward: <audio> plays it
+  return {node, buf: new Float32Array(node.fftSize), peak: 0};
+}
+
+function rms(a) {
+  a.node.getFloatTimeDomainData(a.buf);
+  let sum = 0;
+  for (const x of a.buf) sum += x * x;
+  const value = Math.sqrt(sum / a.buf.length);
+  a.peak = Math.max(a.peak, value);
+  return value;
+}
+
+function startLevels(c) {
+  let lastLog = performance.now();
+  c.timer = setInterval(() => {
+    const logNow = performance.now() - lastLog >= LEVEL_LOG_MS;
+    if (logNow) lastLog = performance.now();
+    if (c.mic) {
+      ui.micLevel.value = rms(c.mic);
+      if (logNow && c.mic.peak > 0.001) log("mic_rms", c.mic.peak.toFixed(4));
+      if (logNow) c.mic.peak = 0;
+    }
+    if (!c.remote) return;
+    const remote = rms(c.remote);
+    ui.replyLevel.value = remote;
+    if (speechStoppedAt !== null && remote > REPLY_AUDIO_RMS) {
+      const ms = Math.round(performance.now() - speechStoppedAt);
+      speechStoppedAt = null;
+      log("first_audio_latency_ms", ms);
+      if (lastReply) addMetric(lastReply, `heard ${ms} ms after speech stopped`);
+    }
+    if (logNow && c.remote.peak > 0.001) log("reply_audio_rms", c.remote.peak.toFixed(4));
+    if (logNow) c.remote.peak = 0;
+  }, LEVEL_TICK_MS);
+}
+
+// ---- the call ----
+
+function iceGatheringDone(pc, timeoutMs) {
+  // The server does not trickle ICE: send the offer once it holds all (host) candidates.
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, timeoutMs);
+  });
+}
+
+async function start() {
+  setConnection("connecting");
+  const c = {pc: new RTCPeerConnection(), audioCtx: new AudioContext()};
+  call = c;
+  if (c.audioCtx.state === "suspended") await c.audioCtx.resume();
+
+  c.stream = await navigator.mediaDevices.getUserMedia({
+    audio: {echoCancellation: true, noiseSuppression: true, autoGainControl: true},
+  });
+  for (const track of c.stream.getTracks()) c.pc.addTrack(track, c.stream);
+  c.mic = analyser(c.audioCtx, c.stream);
+
+  c.pc.ontrack = (e) => {
+    const remote = e.streams[0] || new MediaStream([e.track]);
+    ui.audio.srcObject = remote; // Chrome only feeds WebAudio from a remote stream that also plays
+    c.remote = analyser(c.audioCtx, remote);
+    log("remote_track", e.track.kind);
+  };
+  c.pc.onconnectionstatechange = () => {
+    log("peer_connection", c.pc.connectionState);
+    if (c.pc.connectionState === "failed") showError("WebRTC connection failed");
+  };
+
+  c.channel = c.pc.createDataChannel("oai-events");
+  c.channel.onopen = () => setConnection("connected");
+  c.channel.onclose = () => { if (call === c) setConnection("closed"); };
+  c.channel.onmessage = (m) => {
+    try { handleEvent(JSON.parse(m.data)); } catch (err) { showError(`bad event: ${err.message}`); }
+  };
+
+  await c.pc.setLocalDescription(await c.pc.createOffer());
+  await iceGatheringDone(c.pc, 3000);
+  const resp = await fetch("v1/realtime/calls", {
+    method: "POST", headers: {"Content-Type": "application/sdp"}, body: c.pc.localDescription.sdp,
+  });
+  const body = await resp.text();
+  if (!resp.ok) throw new Error(`POST v1/realtime/calls: ${resp.status} ${body}`);
+  if (call !== c) return; // stopped while waiting
+  await c.pc.setRemoteDescription({type: "answer", sdp: body});
+  startLevels(c);
+}
+
+function stop() {
+  const c = call;
+  call = null;
+  if (!c) return;
+  clearInterval(c.timer);
+  if (c.channel) c.channel.close();
+  c.pc.close();
+  if (c.stream) for (const track of c.stream.getTracks()) track.stop();
+  c.audioCtx.close();
+  ui.audio.srcObject = null;
+  ui.micLevel.value = ui.replyLevel.value = 0;
+  speechStoppedAt = null;
+  setState(null);
+  setConnection("idle");
+}
+
+async function toggle() {
+  if (call) {
+    stop();
+    ui.start.textContent = "Start";
+    return;
+  }
+  ui.start.textContent = "Stop";
+  try {
+    await start();
+  } catch (err) {
+    showError(err.message || String(err));
+    stop();
+    ui.start.textContent = "Start";
+  }
+}
+
+ui.start.addEventListener("click", toggle);
+window.addEventListener("error", (e) => showError(e.message));
+window.addEventListener("unhandledrejection", (e) => showError(String(e.reason)));
+if (new URLSearchParams(location.search).get("autostart") === "1") toggle();
