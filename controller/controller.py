@@ -158,7 +158,7 @@ class Controller:
             return
         self._discard_speculation()
         spec = self._speculation = self._new_reply(self.stages.tokenizer.finalize())
-        self.stats.started += 1
+        self.stats.count("started")
         self.emit(Speculation("started", self.t_ms))
         asyncio.create_task(self._hint_from(spec))
 
@@ -179,7 +179,7 @@ class Controller:
     def _discard_speculation(self) -> None:
         spec, self._speculation = self._speculation, None
         if spec is not None:
-            self.stats.discarded += 1
+            self.stats.count("discarded")
             self.emit(Speculation("discarded", self.t_ms, spec.input.text if spec.input else ""))
             asyncio.create_task(spec.cancel())
 
@@ -194,11 +194,11 @@ class Controller:
                 await spec.input_ready.wait()
                 usable = spec.error is None and spec.input is not None
                 if user is not None and usable and spec.input.same_as(user):
-                    self.stats.committed += 1
+                    self.stats.count("committed")
                     self.emit(Speculation("committed", self.t_ms, user.text))
                     self._play(spec, speculative=True)
                     return
-                self.stats.discarded += 1
+                self.stats.count("discarded")
                 self.emit(Speculation("discarded", self.t_ms, spec.input.text if spec.input else ""))
                 await spec.cancel()
             if user is not None and not user.text and not user.audio_tokens:

@@ -9,11 +9,18 @@ from controller.events import TurnMetrics
 
 @dataclass
 class SpeculationStats:
-    """Shared per server and kept per session: started = committed + discarded + in flight."""
+    """Kept per session, each feeding the server's (its parent): started = committed +
+    discarded + in flight."""
 
     started: int = 0
     committed: int = 0
     discarded: int = 0
+    parent: "SpeculationStats | None" = None
+
+    def count(self, what: str) -> None:
+        setattr(self, what, getattr(self, what) + 1)
+        if self.parent is not None:
+            self.parent.count(what)
 
     @property
     def commit_rate(self) -> float | None:

@@ -23,18 +23,25 @@ def _is_abbreviation(buf: str, dot: int) -> bool:
     return word in _ABBREVIATIONS
 
 
+def _is_cjk(ch: str) -> bool:
+    return "\u1100" <= ch <= "\u11ff" or "\u3040" <= ch <= "\u30ff" or "\u3400" <= ch <= "\u9fff" \
+        or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\ufaff"
+
+
 def _cut_index(buf: str, first: bool, min_chars: int, max_chars: int) -> int:
     """Index just past where buf should be cut, or -1 to wait for more text."""
+    length = 0  # weighted: a CJK character is a syllable, about three Latin letters
     for i, ch in enumerate(buf):
+        length += 3 if _is_cjk(ch) else 1
         nxt = buf[i + 1] if i + 1 < len(buf) else None
         ends_here = ch in _FULL_WIDTH or (nxt is not None and nxt.isspace())
         if ch in _SENTENCE_END and ends_here:
             # A '.' inside a number ("3.5") is followed by no space; an abbreviation is.
             if ch == "." and _is_abbreviation(buf, i):
                 continue
-            if i + 1 >= (2 if first else min_chars):
+            if length >= (2 if first else min_chars):
                 return i + 1
-        elif ch in _CLAUSE_END and first and ends_here and i + 1 >= min_chars:
+        elif ch in _CLAUSE_END and first and ends_here and length >= min_chars:
             return i + 1
         # ASCII punctuation at the very end of buf waits: the next piece may be "5" of "3.5".
     if len(buf) >= max_chars:

@@ -65,7 +65,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for dotted, value in (overrides or {}).items():
@@ -78,6 +78,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_explain(exc)}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's messages span several lines; a config error is one line."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def _explain(exc: ValidationError) -> str:

@@ -179,7 +179,7 @@ class SessionSettings:
     voice: str | dict = "default"
     turn_detection: dict | None = field(default_factory=lambda: {"type": "server_vad"})
 
-    def apply(self, update: SessionIn, fields_set: set[str]) -> "SessionSettings":
+    def apply(self, update: SessionIn) -> "SessionSettings":
         """A copy with the update applied; raises ProtocolError and changes nothing on a bad value."""
         new = SessionSettings(**self.__dict__)
         if update.model:

@@ -128,6 +128,32 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+@contextmanager
+def refusing_server(status: int, message: str):
+    """Serves web_client/ but answers every offer with `status`: for the page's error path."""
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(message.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(REPO / "web_client")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # ---- the browser ----
 
 class Chromium:
@@ -188,12 +214,21 @@ class Chromium:
         return f"STEP lines (last 60):\n{steps}\nchromium stderr (last 15):\n{tail}"
 
     def screenshot(self, path: Path, timeout_s: float = 20.0) -> Path:
-        """A PNG of the page as it is now, via the DevTools protocol."""
+        """A PNG of the page as it is now."""
+        result = self.devtools("Page.captureScreenshot", {"format": "png"}, timeout_s)
+        path.write_bytes(base64.b64decode(result["data"]))
+        return path
+
+    def evaluate(self, expression: str, timeout_s: float = 20.0):
+        """The value of a JavaScript expression in the page (e.g. a click on a button)."""
+        result = self.devtools("Runtime.evaluate", {"expression": expression, "returnByValue": True}, timeout_s)
+        return result["result"].get("value")
+
+    def devtools(self, method: str, params: dict, timeout_s: float = 20.0) -> dict:
+        """One DevTools-protocol command to the page; its result."""
         if not self.wait_for(lambda b: b._devtools is not None, timeout_s):
             raise RuntimeError("Chromium did not print its DevTools address")
-        png = asyncio.run(asyncio.wait_for(_capture(self._devtools), timeout_s))
-        path.write_bytes(png)
-        return path
+        return asyncio.run(asyncio.wait_for(_devtools_call(self._devtools, method, params), timeout_s))
 
     def close(self) -> None:
         _stop(self.proc)
@@ -205,7 +240,7 @@ class Chromium:
         self.close()
 
 
-async def _capture(browser_ws: str) -> bytes:
+async def _devtools_call(browser_ws: str, method: str, params: dict) -> dict:
     import aiohttp
 
     http = browser_ws.replace("ws://", "http://").split("/devtools/")[0]
@@ -213,14 +248,14 @@ async def _capture(browser_ws: str) -> bytes:
         async with session.get(f"{http}/json/list") as r:
             pages = [t for t in await r.json() if t["type"] == "page"]
         async with session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            await ws.send_json({"id": 1, "method": "Page.captureScreenshot", "params": {"format": "png"}})
+            await ws.send_json({"id": 1, "method": method, "params": params})
             async for msg in ws:
                 reply = msg.json()
                 if reply.get("id") == 1:
                     if "error" in reply:
-                        raise RuntimeError(f"captureScreenshot: {reply['error']}")
-                    return base64.b64decode(reply["result"]["data"])
-    raise RuntimeError("DevTools closed before the screenshot arrived")
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply["result"]
+    raise RuntimeError(f"DevTools closed before {method} answered")
 
 
 def floats(values: list[str]) -> list[float]:

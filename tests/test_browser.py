@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.browser_util import (
-    REPO, Chromium, find_chromium, floats, run_server, silence, speech_like, spoken_sentence, write_wav,
+    REPO, Chromium, find_chromium, floats, refusing_server, run_server, silence, speech_like, spoken_sentence, write_wav,
 )
 
 CHROMIUM = find_chromium()
@@ -48,11 +48,19 @@ def _converse(config: str, wav: Path, tmp_path: Path, server_ready_s: float, rep
     server_log = tmp_path / "server.log"
     with run_server(config, ready_timeout_s=server_ready_s, log_path=server_log) as url:
         with Chromium(f"{url}/?autostart=1", wav, tmp_path, executable=CHROMIUM) as browser:
-            heard = browser.wait_for(_reply_heard, reply_s)
+            if not browser.wait_for(_reply_heard, reply_s):
+                pytest.fail(f"no complete spoken reply within {reply_s} s\n{browser.report()}\n"
+                            f"server log tail:\n{server_log.read_text(errors='replace')[-3000:]}")
+            # Best effort: catch the next reply while it plays, for a livelier picture.
+            replies = len(browser.values("first_audio_latency_ms"))
+            browser.wait_for(lambda b: len(b.values("first_audio_latency_ms")) > replies, 30)
             shot = browser.screenshot(tmp_path / "web_client.png")
-    assert heard, (f"no complete spoken reply within {reply_s} s\n{browser.report()}\n"
-                   f"server log tail:\n{server_log.read_text(errors='replace')[-3000:]}")
+            # The Stop button ends the call.
+            browser.evaluate("document.getElementById('start').click()")
+            stopped = browser.wait_for(lambda b: b.values("connection")[-1:] == ["idle"], 30)
+            button = browser.evaluate("document.getElementById('start').textContent")
     assert shot.read_bytes().startswith(PNG_MAGIC)
+    assert stopped and button == "Start", browser.report()
     if target := os.environ.get("STEP_WEB_CLIENT_SCREENSHOT"):
         shutil.copy(shot, REPO / target)
     return browser
@@ -86,12 +94,24 @@ def test_fake_stack_conversation(tmp_path):
     assert any(u in r for u in users for r in replies), b.report()
 
 
+def test_refused_offer_is_shown_as_an_error(tmp_path):
+    wav = write_wav(tmp_path / "mic.wav", silence(1.0))
+    with refusing_server(503, "too many sessions") as url:
+        with Chromium(f"{url}/?autostart=1", wav, tmp_path, executable=CHROMIUM) as b:
+            # shown, and the half-made call torn down
+            done = b.wait_for(lambda b: bool(b.values("error")) and "idle" in b.values("connection"), 60)
+    assert done, b.report()
+    assert "503" in b.values("error")[0] and "too many sessions" in b.values("error")[0], b.report()
+
+
 @pytest.mark.integration
 def test_default_stack_conversation(tmp_path):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install -y espeak-ng)")
+    # Long silence after the question: the WAV loops, and the reply should play out before the
+    # question comes again (a barge-in would cut it short; that is not what this test is about).
     speech = spoken_sentence("What is the capital of France?")
-    wav = write_wav(tmp_path / "mic.wav", np.concatenate([silence(0.5), speech, silence(5.0)]))
+    wav = write_wav(tmp_path / "mic.wav", np.concatenate([silence(0.5), speech, silence(8.0)]))
     b = _converse("configs/default.yaml", wav, tmp_path, server_ready_s=300, reply_s=240)
     _common_checks(b)
 

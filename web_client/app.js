@@ -23,7 +23,7 @@ let lastReply = null;
 let speechStoppedAt = null; // performance.now() of the last speech_stopped, until audio is heard
 
 function log(kind, value) {
-  console.log(`STEP ${kind}: ${value}`);
+  console.log(`STEP ${kind}: ${String(value).replace(/\n/g, " ")}`); // one line per entry
 }
 
 function showError(message) {
@@ -46,19 +46,23 @@ function setState(state) {
 
 // ---- conversation view ----
 
+function scrollToEnd() {
+  ui.conversation.scrollTop = ui.conversation.scrollHeight;
+}
+
 function addBubble(role) {
   const li = document.createElement("li");
   li.className = role;
   li.innerHTML = `<span class="who">${role === "user" ? "you" : "assistant"}</span>` +
     `<span class="text"></span><span class="metrics"></span>`;
   ui.conversation.append(li);
-  li.scrollIntoView({block: "end"});
+  scrollToEnd();
   return li;
 }
 
 function setText(li, text) {
   li.querySelector(".text").textContent = text;
-  li.scrollIntoView({block: "end"});
+  scrollToEnd();
 }
 
 function userBubble(itemId) {
@@ -83,11 +87,17 @@ function addMetric(r, text) {
   const span = document.createElement("span");
   span.textContent = text;
   r.li.querySelector(".metrics").append(span);
+  scrollToEnd();
 }
 
-const METRIC_LABELS = {
-  eot_to_first_audio_ms: "server end-of-turn → audio", asr_ms: "asr", llm_ttft_ms: "llm first token",
-  tts_first_audio_ms: "tts first audio", end_of_turn_delay_ms: "end-of-turn wait", saved_ms: "saved by speculation",
+function formatMs(ms) {
+  return `${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms`;
+}
+
+const METRIC_LABELS = { // step.turn_metrics values worth a glance, in pipeline order
+  end_of_turn_delay_ms: "end-of-turn wait", asr_ms: "asr", llm_ttft_ms: "llm first token",
+  tts_first_audio_ms: "tts first audio", eot_to_first_audio_ms: "end of turn → audio out",
+  saved_ms: "saved by speculation",
 };
 
 function showTurnMetrics(ev) {
@@ -98,8 +108,17 @@ function showTurnMetrics(ev) {
   if (!r) return;
   const parts = Object.entries(METRIC_LABELS)
     .filter(([key]) => values[key] !== null && values[key] !== undefined)
-    .map(([key, label]) => `${label} ${Math.round(values[key])} ms`);
-  if (parts.length) addMetric(r, parts.join(" · "));
+    .map(([key, label]) => `${label} ${formatMs(values[key])}`);
+  if (parts.length) addMetric(r, `server: ${parts.join(" · ")}`);
+}
+
+function finalTranscript(response) {
+  for (const item of response.output || []) {
+    for (const part of item.content || []) {
+      if (typeof part.transcript === "string") return part.transcript;
+    }
+  }
+  return null;
 }
 
 // ---- server events ----
@@ -140,6 +159,10 @@ function handleEvent(ev) {
       const r = reply(ev.response.id);
       const status = ev.response.status || "completed";
       if (status !== "completed") r.li.classList.add(status);
+      // After a barge-in the server reports what was actually heard: show that.
+      const heard = finalTranscript(ev.response);
+      if (heard !== null) r.text = heard;
+      setText(r.li, r.text);
       log("assistant_transcript", r.text);
       log("response_done", status);
       break;
@@ -178,24 +201,28 @@ function rms(a) {
   return value;
 }
 
+function meterLevel(value) {
+  return Math.max(0, 1 + Math.log10(value + 1e-9) / 3); // -60 dBFS .. 0 dBFS → 0 .. 1
+}
+
 function startLevels(c) {
   let lastLog = performance.now();
   c.timer = setInterval(() => {
     const logNow = performance.now() - lastLog >= LEVEL_LOG_MS;
     if (logNow) lastLog = performance.now();
     if (c.mic) {
-      ui.micLevel.value = rms(c.mic);
+      ui.micLevel.value = meterLevel(rms(c.mic));
       if (logNow && c.mic.peak > 0.001) log("mic_rms", c.mic.peak.toFixed(4));
       if (logNow) c.mic.peak = 0;
     }
     if (!c.remote) return;
     const remote = rms(c.remote);
-    ui.replyLevel.value = remote;
+    ui.replyLevel.value = meterLevel(remote);
     if (speechStoppedAt !== null && remote > REPLY_AUDIO_RMS) {
       const ms = Math.round(performance.now() - speechStoppedAt);
       speechStoppedAt = null;
       log("first_audio_latency_ms", ms);
-      if (lastReply) addMetric(lastReply, `heard ${ms} ms after speech stopped`);
+      if (lastReply) addMetric(lastReply, `heard ${ms} ms after speech stopped (measured here)`);
     }
     if (logNow && c.remote.peak > 0.001) log("reply_audio_rms", c.remote.peak.toFixed(4));
     if (logNow) c.remote.peak = 0;

@@ -1,0 +1,283 @@
+"""What the caller measures, and how one turn's figures are read from it.
+
+Clock: time.monotonic() (CLOCK_MONOTONIC, one clock for every process on the machine, so a local
+server's or echo agent's timestamps can be compared with the caller's).
+
+"Heard": reply audio goes through a zero-latency playout that never plays a sample before it has
+arrived, plays all voice in order, and drops silence while it is behind (as adaptive players do,
+so a burst of silence frames does not delay what follows for the rest of the call). The moment a sample is heard is therefore
+max(arrival of its chunk, end of the audio before it) + its offset in the chunk. Voice-to-voice
+latency of a turn = first voiced reply sample heard − last voiced sample of the user's utterance
+leaving the caller's microphone. A real device adds its own output latency on top; nothing else.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+VOICE_DBFS = -50.0  # a 5 ms window louder than this is voice (codec noise / silence is far below)
+WINDOW_S = 0.005
+_VOICE_RMS = 10 ** (VOICE_DBFS / 20)
+GAP_MIN_MS = 5.0  # underruns shorter than this are scheduling noise, not gaps
+
+
+def as_float(pcm: np.ndarray) -> np.ndarray:
+    """int16 or float audio → float32 in [-1, 1], mono (channels averaged)."""
+    x = pcm.astype(np.float32)
+    if pcm.dtype == np.int16:
+        x /= 32768.0
+    return x.mean(axis=1) if x.ndim == 2 else x
+
+
+def voiced_bounds(pcm: np.ndarray, sr: int) -> tuple[float | None, float | None]:
+    """Offsets in seconds of the start of the first and the end of the last voiced 5 ms window."""
+    x = as_float(pcm)
+    win = max(1, int(sr * WINDOW_S))
+    n = len(x) // win * win
+    if len(x) > n:  # a short tail window counts too
+        x = np.concatenate([x, np.zeros(win - (len(x) - n), np.float32)])
+    if not len(x):
+        return None, None
+    rms = np.sqrt(np.mean(x.reshape(-1, win) ** 2, axis=1))
+    loud = np.flatnonzero(rms > _VOICE_RMS)
+    if not len(loud):
+        return None, None
+    return loud[0] * win / sr, min((loud[-1] + 1) * win, len(pcm)) / sr
+
+
+@dataclass
+class Chunk:
+    t_arrival: float
+    t_heard: float  # when its first sample plays
+    duration: float
+    voice_start: float | None  # offsets in the chunk, seconds
+    voice_end: float | None
+    underrun: float  # seconds the playout waited for this chunk (0 if it was already queued)
+    response_id: str | None = None
+
+
+class Playout:
+    """Records reply audio as it arrives and wakes whoever waits for voice or for quiet."""
+
+    def __init__(self) -> None:
+        self.chunks: list[Chunk] = []
+        self.cursor = 0.0  # when the audio received so far has finished playing
+        self._changed = asyncio.Event()
+
+    def add(self, pcm: np.ndarray, sr: int, t_arrival: float | None = None,
+            response_id: str | None = None) -> Chunk:
+        t = time.monotonic() if t_arrival is None else t_arrival
+        dur = (pcm.shape[0]) / sr
+        start, end = voiced_bounds(pcm, sr)
+        heard = max(t, self.cursor)
+        chunk = Chunk(t, heard, dur, start, end, max(0.0, t - self.cursor), response_id)
+        if start is not None or heard == t:
+            self.cursor = heard + dur
+        # else: silence while behind is dropped (as adaptive players do); voice is never dropped
+        self.chunks.append(chunk)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return chunk
+
+    def first_voice_after(self, t: float) -> float | None:
+        for c in self.chunks:
+            if c.voice_start is not None and c.t_heard + c.voice_end > t:
+                return max(t, c.t_heard + c.voice_start)
+        return None
+
+    def last_voice_end(self) -> float | None:
+        for c in reversed(self.chunks):
+            if c.voice_end is not None:
+                return c.t_heard + c.voice_end
+        return None
+
+    async def wait_voice_after(self, t: float, timeout: float) -> float | None:
+        deadline = time.monotonic() + timeout
+        while (found := self.first_voice_after(t)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(left, 0.1))
+            except asyncio.TimeoutError:
+                pass
+        return found
+
+    async def wait_quiet(self, quiet_s: float, timeout: float) -> bool:
+        """Until no voice has been heard for quiet_s (counting audio still queued to play)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            last = self.last_voice_end() or 0.0
+            if time.monotonic() - last >= quiet_s:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+
+@dataclass
+class TurnTiming:
+    """One utterance as the caller said it (caller clock)."""
+    index: int
+    conversation: str
+    lang: str
+    voice: str
+    barge_in: bool
+    t_speech_start: float
+    t_speech_end: float
+
+
+@dataclass
+class TurnRecord:
+    caller: int
+    conversation: str
+    turn: int
+    lang: str
+    voice: str
+    barge_in: bool
+    v2v_ms: float | None = None
+    reply_ms: float | None = None  # from first to last voiced reply sample heard
+    max_gap_ms: float = 0.0
+    gaps_over_100ms: int = 0
+    jitter_ms: float | None = None
+    barge_stop_ms: float | None = None
+    interrupted: bool | None = None
+    premature: bool = False
+    response_id: str | None = None
+    speculative: bool | None = None
+    speculation: list[str] = field(default_factory=list)
+    server: dict = field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _runs(chunks: list[Chunk], merge_s: float = 0.25) -> list[tuple[int, int]]:
+    """Index ranges of voiced stretches of heard audio; pauses under merge_s stay inside a run."""
+    runs: list[list[int]] = []
+    last_end = None
+    for i, c in enumerate(chunks):
+        if c.voice_start is None:
+            continue
+        if last_end is not None and c.t_heard + c.voice_start - last_end < merge_s:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+        last_end = c.t_heard + c.voice_end
+    return [(a, b) for a, b in runs]
+
+
+def _gaps_and_jitter(chunks: list[Chunk]) -> tuple[list[float], float | None]:
+    """Underruns (ms) after the first chunk, and RFC 3550 interarrival jitter (ms)."""
+    gaps = [c.underrun * 1000 for c in chunks[1:] if c.underrun * 1000 >= GAP_MIN_MS]
+    j = 0.0
+    for prev, cur in zip(chunks, chunks[1:]):
+        d = (cur.t_arrival - prev.t_arrival) - prev.duration
+        j += (abs(d) - j) / 16
+    return gaps, (round(j * 1000, 2) if len(chunks) > 1 else None)
+
+
+def analyze(caller: int, turns: list[TurnTiming], chunks: list[Chunk],
+            events: list[tuple[float, dict]]) -> list[TurnRecord]:
+    """Per-turn figures from what one caller said, heard and was told."""
+    runs = _runs(chunks)
+    records = []
+    for i, turn in enumerate(turns):
+        nxt = turns[i + 1].t_speech_start if i + 1 < len(turns) else float("inf")
+        rec = TurnRecord(caller, turn.conversation, turn.index, turn.lang, turn.voice, turn.barge_in)
+        # the reply: the first voiced run that begins after the end of the user's speech
+        run = next(((a, b) for a, b in runs
+                    if chunks[a].t_heard + chunks[a].voice_start > turn.t_speech_end
+                    and chunks[a].t_heard + chunks[a].voice_start < nxt), None)
+        ongoing = next(((a, b) for a, b in runs if chunks[a].t_heard + chunks[a].voice_start
+                        <= turn.t_speech_start < chunks[b].t_heard + chunks[b].voice_end), None)
+        if ongoing is not None:
+            # the caller spoke into a reply: how long until that reply's audio stopped arriving
+            a, b = ongoing
+            rec.barge_stop_ms = round((chunks[b].t_arrival - turn.t_speech_start) * 1000, 1)
+            if chunks[b].t_heard + chunks[b].voice_end > turn.t_speech_end:
+                rec.error = "reply kept playing through the whole utterance"
+        early = any(turn.t_speech_start < chunks[a].t_heard + chunks[a].voice_start <= turn.t_speech_end
+                    for a, _ in runs)
+        if early:
+            rec.premature = True  # the agent spoke during the user's turn (e.g. into a pause)
+        if run is None:
+            rec.error = rec.error or ("replied before the user finished" if early else "no reply")
+        else:
+            a, b = run
+            first = chunks[a].t_heard + chunks[a].voice_start
+            rec.v2v_ms = round((first - turn.t_speech_end) * 1000, 1)
+            rec.reply_ms = round((chunks[b].t_heard + chunks[b].voice_end - first) * 1000, 1)
+            gaps, rec.jitter_ms = _gaps_and_jitter(chunks[a:b + 1])
+            rec.max_gap_ms = round(max(gaps, default=0.0), 1)
+            rec.gaps_over_100ms = sum(g > 100 for g in gaps)
+            rec.response_id = chunks[a].response_id
+        _attach_events(rec, turn, nxt, events)
+        records.append(rec)
+    return records
+
+
+def _attach_events(rec: TurnRecord, turn: TurnTiming, nxt: float, events: list[tuple[float, dict]]) -> None:
+    """The server's own view: which response answered, its stage timings, speculation outcome."""
+    window = [(t, e) for t, e in events if turn.t_speech_start <= t < nxt]
+    created = [e.get("response", {}).get("id") for _, e in window if e.get("type") == "response.created"]
+    if rec.response_id is None and created:
+        rec.response_id = created[-1]
+    rec.speculation = [e.get("action", "") for _, e in window if e.get("type") == "step.speculation"]
+    for _, e in events:
+        rid = e.get("response_id") or e.get("response", {}).get("id")
+        if rec.response_id is None or rid != rec.response_id:
+            continue
+        if e.get("type") == "step.turn_metrics":
+            rec.speculative = bool(e.get("speculative"))
+            rec.server = dict(e.get("values") or {})
+    if rec.barge_stop_ms is not None:
+        before = [(t, e) for t, e in events if t < turn.t_speech_end + 5 and e.get("type") == "response.done"]
+        status = [e.get("response", {}).get("status") for t, e in before if t >= turn.t_speech_start]
+        rec.interrupted = ("cancelled" in status) if status else None
+        if rec.interrupted is False:  # the reply had finished on its own: nothing was stopped
+            rec.barge_stop_ms = None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(float(np.percentile(vals, q)), 1) if vals else None
+
+
+def summarize(records: list[TurnRecord]) -> dict:
+    v2v = [r.v2v_ms for r in records if r.v2v_ms is not None]
+    stops = [r.barge_stop_ms for r in records if r.barge_stop_ms is not None]
+    summary = {
+        "turns": len(records),
+        "replied": len(v2v),
+        "errors": sum(r.error is not None for r in records),
+        "v2v_p50_ms": percentile(v2v, 50), "v2v_p95_ms": percentile(v2v, 95),
+        "v2v_p99_ms": percentile(v2v, 99), "v2v_mean_ms": round(float(np.mean(v2v)), 1) if v2v else None,
+        "max_gap_ms": max((r.max_gap_ms for r in records), default=0.0),
+        "gaps_over_100ms": sum(r.gaps_over_100ms for r in records),
+        "jitter_p95_ms": percentile([r.jitter_ms for r in records if r.jitter_ms is not None], 95),
+        "barge_stop_p50_ms": percentile(stops, 50), "barge_stop_p95_ms": percentile(stops, 95),
+        "speculative_turns": sum(bool(r.speculative) for r in records),
+    }
+    for key in ("end_of_turn_delay_ms", "asr_ms", "llm_ttft_ms", "tts_first_audio_ms",
+                "eot_to_first_audio_ms", "saved_ms"):
+        vals = [r.server.get(key) for r in records if r.server.get(key) is not None]
+        summary[f"server_{key}_p50"] = percentile(vals, 50)
+    return summary
+
+
+def knee(summaries: dict[int, dict], threshold_ms: float, max_gap_ms: float = 100.0) -> int | None:
+    """Highest concurrency whose p95 voice-to-voice is under the threshold with no long gaps,
+    every lower level passing too (a level past a failing one does not count)."""
+    best = None
+    for level in sorted(summaries):
+        s = summaries[level]
+        ok = (s.get("v2v_p95_ms") is not None and s["v2v_p95_ms"] <= threshold_ms
+              and s.get("max_gap_ms", 0) <= max_gap_ms and s.get("errors", 0) == 0)
+        if not ok:
+            break
+        best = level
+    return best

@@ -1,0 +1,131 @@
+"""Any OpenAI-compatible chat endpoint, streamed, through the official `openai` SDK.
+
+With base_url null the client starts the bundled llama.cpp server (llm/llama_server.py) on
+loopback in start() and stops it in close(). Closing a stream early (aclose() or cancelling the
+task that iterates it) closes its HTTP response, and the server stops generating when it notices
+the disconnect at its next token: a discarded speculation costs almost nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import openai
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm.base import Message
+from llm.llama_server import LlamaServer
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1; null: start the bundled server")
+    model: str = Field("smollm2-135m", description="model name sent to the server; with the bundled server also "
+                                                  "the embedded asset it loads")
+    api_key: str = "sk-local"
+    max_tokens: int = Field(120, ge=1)
+    temperature: float = Field(0.6, ge=0, le=2)
+    timeout: float = Field(30.0, gt=0, description="seconds, per request (connect and each read)")
+    max_retries: int = Field(0, ge=0, description="retries cost a turn's latency: none by default")
+    # The bundled server (base_url null) only:
+    model_path: str | None = Field(None, description="a .gguf file instead of the asset named by model")
+    n_ctx: int = Field(2048, ge=256)
+    n_threads: int | None = Field(None, ge=1, description="null: all cores")
+    startup_timeout_s: float = Field(180.0, gt=0)
+    log_path: str | None = Field(None, description="server log; null: <cache_dir>/logs/llama-server.log")
+
+
+class LLMError(RuntimeError):
+    """The LLM request failed; the message says which server and why (shown in an error event)."""
+
+
+class LLMUnavailableError(LLMError, ConnectionError):
+    """The LLM server cannot be reached."""
+
+
+class OpenAIChatClient:
+    """Shared per server; every stream() is one streamed chat completion."""
+
+    def __init__(self, options: Options | None = None, server: LlamaServer | None = None) -> None:
+        self.options = options or Options()
+        self.server = server
+        self._client: openai.AsyncOpenAI | None = None
+        self._start_lock = asyncio.Lock()
+        if self.options.base_url is not None:
+            self._client = self._make_client(self.options.base_url)
+
+    def _make_client(self, base_url: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=base_url, api_key=self.options.api_key,
+                                  timeout=self.options.timeout, max_retries=self.options.max_retries)
+
+    @property
+    def base_url(self) -> str | None:
+        if self.options.base_url is not None:
+            return self.options.base_url
+        return self.server.base_url if self.server is not None and self.server.running else None
+
+    async def start(self) -> None:
+        """Start the bundled server if this client has one (no-op with a base_url)."""
+        async with self._start_lock:
+            if self._client is None:
+                if self.options.base_url is not None:
+                    self._client = self._make_client(self.options.base_url)
+                elif self.server is None:
+                    raise LLMError("llm: no base_url and no bundled server to start")
+                else:
+                    self._client = self._make_client(await self.server.start())
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+        if self.server is not None:
+            await self.server.stop()
+
+    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+        if self._client is None:
+            await self.start()
+        assert self._client is not None
+        where = self.base_url or "the LLM server"
+        try:
+            response = await self._client.chat.completions.create(
+                model=self.options.model, messages=[{"role": m.role, "content": m.content} for m in messages],
+                stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature)
+        except openai.APIConnectionError as exc:  # includes timeouts
+            raise LLMUnavailableError(f"{where} is unreachable: {exc}") from exc
+        except openai.APIStatusError as exc:
+            raise LLMError(f"{where} answered {exc.status_code}: {exc.message}") from exc
+        try:
+            async for chunk in response:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except openai.APIError as exc:
+            raise LLMError(f"{where} failed mid-stream: {exc}") from exc
+        finally:
+            # Runs on aclose() and on cancellation too: dropping the connection is what tells the
+            # server to stop generating.
+            await response.close()
+
+
+def _resolve_model(name_or_path: str, cache_dir: Path) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return path
+    from realtime import assets  # lazy: only the bundled server needs the asset table
+
+    return assets.ensure(name_or_path, cache_dir)
+
+
+def build(options: dict, env) -> OpenAIChatClient:
+    from realtime.config import validate_options
+
+    opts = validate_options(Options, "llm", options)
+    server = None
+    if opts.base_url is None:
+        cache_dir = Path(env.cache_dir).expanduser()
+        log_path = Path(opts.log_path).expanduser() if opts.log_path else cache_dir / "logs" / "llama-server.log"
+        server = LlamaServer(_resolve_model(opts.model_path or opts.model, cache_dir), opts.model,
+                             n_ctx=opts.n_ctx, n_threads=opts.n_threads, log_path=log_path,
+                             startup_timeout_s=opts.startup_timeout_s)
+    return OpenAIChatClient(opts, server)

@@ -1,0 +1,98 @@
+"""Step-Audio-Chat over vLLM's OpenAI-compatible API, with Step-Audio's own prompt format.
+
+Step-1's chat template is not a chat-completions template vLLM knows, so the client renders
+the prompt itself, exactly as Step-Audio's stepaudio.py does, and sends it raw through
+/v1/completions, streamed, stopping at <|EOT|>:
+
+    <|BOT|>system\\n{system}<|EOT|><|BOT|>human\\n{user}<|EOT|><|BOT|>assistant\\n{reply}<|EOT|>...<|BOT|>assistant\\n
+
+A user turn's content is its transcript, or <audio_N>... tokens for the current spoken turn
+(UserInput.prompt_text()). Closing the iterator closes the HTTP stream, so vLLM aborts the
+request: a discarded speculation stops costing GPU time at once.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+
+import openai
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm.base import Message
+from llm.openai_chat import LLMError, LLMUnavailableError
+
+BOT, EOT = "<|BOT|>", "<|EOT|>"
+ROLE_NAMES = {"system": "system", "user": "human", "assistant": "assistant"}
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="the vLLM server (`vllm serve ... --port 8000`)")
+    model: str = Field("step-audio-chat", description="vLLM's --served-model-name")
+    api_key: str = "EMPTY"
+    max_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.7, ge=0, le=2)  # stepaudio.py's sampling
+    top_p: float = Field(0.9, gt=0, le=1)
+    timeout: float = Field(60.0, gt=0, description="seconds, per request (connect and each read)")
+    max_retries: int = Field(0, ge=0)
+
+
+def render_prompt(messages: Sequence[Message]) -> str:
+    """Step-Audio's chat template (stepaudio.py apply_chat_template) for text-or-token turns."""
+    prompt = "".join(f"{BOT}{ROLE_NAMES[m.role]}\n{m.content}{EOT}" for m in messages)
+    if not prompt.endswith(f"{BOT}assistant\n"):
+        prompt += f"{BOT}assistant\n"
+    return prompt
+
+
+class StepAudioChatClient:
+    """Shared per server; every stream() is one streamed raw completion."""
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options or Options()
+        self._client = openai.AsyncOpenAI(base_url=self.options.base_url, api_key=self.options.api_key,
+                                          timeout=self.options.timeout, max_retries=self.options.max_retries)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+        # aclosing: closing this iterator must close the inner one (and its HTTP stream) now,
+        # not whenever the garbage collector gets to it.
+        async with aclosing(self.stream_prompt(render_prompt(messages))) as pieces:
+            async for piece in pieces:
+                yield piece
+
+    async def stream_prompt(self, prompt: str) -> AsyncIterator[str]:
+        where = self.options.base_url
+        try:
+            response = await self._client.completions.create(
+                model=self.options.model, prompt=prompt, stream=True, stop=[EOT],
+                max_tokens=self.options.max_tokens, temperature=self.options.temperature, top_p=self.options.top_p)
+        except openai.APIConnectionError as exc:  # includes timeouts
+            raise LLMUnavailableError(f"{where} is unreachable: {exc}") from exc
+        except openai.APIStatusError as exc:
+            raise LLMError(f"{where} answered {exc.status_code}: {exc.message}") from exc
+        try:
+            async for chunk in response:
+                if chunk.choices and chunk.choices[0].text:
+                    yield chunk.choices[0].text
+        except openai.APIError as exc:
+            raise LLMError(f"{where} failed mid-stream: {exc}") from exc
+        finally:
+            # Also on aclose() and cancellation: dropping the connection makes vLLM abort the request.
+            await response.close()
+
+    async def complete_text(self, system: str, audio_tokens: Sequence[int]) -> str:
+        """One whole reply to a system prompt and a spoken turn (used for Step-Audio-Chat ASR)."""
+        from streaming_tokenizer.step_audio.interleave import render
+
+        prompt = render_prompt([Message("system", system), Message("user", render(audio_tokens))])
+        async with aclosing(self.stream_prompt(prompt)) as pieces:
+            return "".join([piece async for piece in pieces])
+
+
+def build(options: dict, env) -> StepAudioChatClient:
+    from realtime.config import validate_options
+
+    return StepAudioChatClient(validate_options(Options, "llm", options))

@@ -1,0 +1,123 @@
+"""The server: one aiohttp app on one port.
+
+  GET  /                               the web client (web_client/index.html), files beside it
+  GET  /healthz                        liveness + whether the stages are up
+  GET  /metrics                        sessions, speculation counters, recent turn latencies (JSON)
+  GET  /v1/realtime                    OpenAI Realtime over WebSocket
+  POST /v1/realtime/calls              OpenAI Realtime over WebRTC (SDP offer → answer)
+  POST /v1/realtime/calls/{id}/hangup
+
+Stages are built once per server from the config (realtime.stages.build_all) and shared by all
+sessions; each session gets its own VAD and tokenizer from their factories.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+from pathlib import Path
+
+from aiohttp import web
+
+from realtime import webrtc
+from realtime.config import Config
+from realtime.session import ServerContext
+from realtime.stages import BuildEnv, build_all
+from realtime.ws import SERVER_KEY, realtime_ws
+
+log = logging.getLogger(__name__)
+WEB_CLIENT = Path(__file__).resolve().parent.parent / "web_client"
+ENV_KEY = web.AppKey("build_env", BuildEnv)
+
+
+def create_app(config: Config, stages: dict | None = None) -> web.Application:
+    """`stages`: already-built stage objects (tests); by default they are built at startup."""
+    app = web.Application(client_max_size=4 * config.server.max_sdp_bytes)
+    app[SERVER_KEY] = ServerContext(config, stages or {})
+    app[webrtc.CALLS_KEY] = {}
+    app[ENV_KEY] = BuildEnv(cache_dir=config.cache_path)
+    if webrtc.is_loopback(config.server.host):
+        webrtc.use_loopback_candidates()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/realtime", realtime_ws)
+    app.router.add_post("/v1/realtime/calls", webrtc.create_call)
+    app.router.add_post("/v1/realtime/calls/{call_id}/hangup", webrtc.hangup)
+    app.router.add_get("/", web_client)
+    app.router.add_get("/{name:[A-Za-z0-9_./-]+}", web_client)
+    app.on_startup.append(_start_stages)
+    app.on_shutdown.append(_end_sessions)
+    app.on_cleanup.append(_close_stages)
+    return app
+
+
+async def _start_stages(app: web.Application) -> None:
+    server = app[SERVER_KEY]
+    if not server.stages:
+        server.stages = build_all(server.config, app[ENV_KEY])
+    for stage in server.stages.values():
+        if hasattr(stage, "start"):
+            await stage.start()
+    log.info("stages ready: %s", {k: type(v).__name__ for k, v in server.stages.items()})
+
+
+async def _end_sessions(app: web.Application) -> None:
+    await asyncio.gather(*(call.close() for call in list(app[webrtc.CALLS_KEY].values())),
+                         return_exceptions=True)
+    await asyncio.gather(*(s.close() for s in list(app[SERVER_KEY].sessions)), return_exceptions=True)
+
+
+async def _close_stages(app: web.Application) -> None:
+    for stage in app[SERVER_KEY].stages.values():
+        if hasattr(stage, "close"):
+            try:
+                result = stage.close()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("closing %s failed", type(stage).__name__)
+    for cleanup in app[ENV_KEY].cleanups:
+        try:
+            await cleanup()
+        except Exception:
+            log.exception("cleanup failed")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    return web.json_response({"ok": True, "stages": {k: type(v).__name__ for k, v in server.stages.items()},
+                              "sessions": len(server.sessions)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    turns = list(server.recent_turns)
+    medians: dict[str, float] = {}
+    for key in sorted({k for t in turns for k in t.values}):
+        values = [t.values[key] for t in turns if t.values.get(key) is not None]
+        if values:
+            medians[key] = round(statistics.median(values), 1)
+    return web.json_response({
+        "sessions": {"active": len(server.sessions), "max": server.config.server.max_sessions,
+                     "by_transport": _count(s.transport for s in server.sessions)},
+        "speculation": server.stats.as_dict(),
+        "turns": {"recent": len(turns), "speculative": sum(t.speculative for t in turns),
+                  "median_ms": medians},
+    })
+
+
+def _count(items) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+async def web_client(request: web.Request) -> web.StreamResponse:
+    name = request.match_info.get("name", "index.html")
+    path = (WEB_CLIENT / name).resolve()
+    if WEB_CLIENT not in path.parents or not path.is_file():
+        if name == "index.html":
+            return web.Response(status=404, text="web client not installed (web_client/index.html is missing)\n")
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)

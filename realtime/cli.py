@@ -1,0 +1,142 @@
+"""step-realtime: serve | models | check-config.
+
+Config problems print one line (file, option, why) and exit 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from realtime.config import Config, ConfigError, load_config
+from realtime.stages import REGISTRY
+
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="step-realtime", description="Real-time full-duplex voice agent server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server (web client, Realtime WebSocket and WebRTC on one port)")
+    serve.add_argument("--config", default=DEFAULT_CONFIG)
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port (0: any free port)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    models = sub.add_parser("models", help="assemble the embedded models into the cache directory")
+    models.add_argument("--config", default=DEFAULT_CONFIG)
+    check = sub.add_parser("check-config", help="validate a config file (and, with --build, build its stages)")
+    check.add_argument("--config", default=DEFAULT_CONFIG)
+    check.add_argument("--build", action="store_true", help="also build every stage (loads the models)")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides = {}
+    if getattr(args, "host", None):
+        overrides["server.host"] = args.host
+    if getattr(args, "port", None) is not None:
+        overrides["server.port"] = args.port
+    cfg = load_config(args.config, overrides)
+    for kind in REGISTRY:
+        impl = getattr(cfg, kind).impl
+        if impl not in REGISTRY[kind]:
+            known = ", ".join(sorted(REGISTRY[kind]))
+            raise ConfigError(f"{args.config}: {kind}.impl: unknown implementation {impl!r} (known: {known})")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = _load(args)
+        if args.command == "check-config":
+            return _check(cfg, args)
+        if args.command == "models":
+            return _models(cfg)
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _run(_serve(cfg))
+        return 0
+    except ConfigError as exc:
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"step-realtime: config error: {message}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"step-realtime: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+class StartupError(Exception):
+    """The server could not start (a model missing, the port taken, ...): one line, exit 1."""
+
+
+def _check(cfg: Config, args: argparse.Namespace) -> int:
+    if args.build:
+        from realtime.stages import BuildEnv, build_all
+
+        stages = build_all(cfg, BuildEnv(cache_dir=cfg.cache_path))
+        print("stages: " + ", ".join(f"{k}={type(v).__name__}" for k, v in stages.items()))
+    impls = ", ".join(f"{kind}={getattr(cfg, kind).impl}" for kind in REGISTRY)
+    print(f"{args.config}: ok ({impls}; {cfg.server.host}:{cfg.server.port})")
+    return 0
+
+
+def _models(cfg: Config) -> int:
+    from realtime import assets  # another module's heavy lifting; only this command needs it
+
+    try:
+        paths = assets.ensure_all(cfg.cache_path)
+    except assets.AssetError as exc:
+        print(f"step-realtime: models: {exc}", file=sys.stderr)
+        return 1
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _run(coro) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)
+
+
+async def _serve(cfg: Config) -> None:
+    from aiohttp import web
+
+    from realtime.app import create_app
+
+    runner = web.AppRunner(create_app(cfg), handle_signals=False)
+    try:
+        await runner.setup()  # builds and starts the stages
+        site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
+        await site.start()
+    except ConfigError:
+        await runner.cleanup()
+        raise
+    except Exception as exc:
+        logging.getLogger(__name__).debug("startup failed", exc_info=True)
+        await runner.cleanup()
+        raise StartupError(f"{type(exc).__name__}: {exc}") from None
+    try:
+        host, port = runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"step-realtime listening on http://{shown}:{port}/ (Realtime WebSocket: "
+              f"ws://{shown}:{port}/v1/realtime)", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Controller events (controller/events.py) → Realtime server events.
+
+Standard events use OpenAI's GA names and shapes. What the Realtime API has no word for (the
+controller's state, speculation, per-turn latency) goes out as "step.*" events; the openai SDK
+passes unknown types through, so its clients are unaffected.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from controller import events as ev
+from realtime.protocol import SessionSettings, error_event
+
+# response.done status_details.reason for the controller's cancel reasons.
+_CANCEL_REASONS = {"barge_in": "turn_detected", "client_cancelled": "client_cancelled"}
+_PART = {"output_index": 0, "content_index": 0}
+
+
+def _assistant_item(item_id: str, status: str, transcript: str | None) -> dict[str, Any]:
+    return {"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant",
+            "status": status, "content": [{"type": "output_audio", "transcript": transcript}]}
+
+
+class EventRenderer:
+    """Per session: keeps what later events need (transcripts so far, turn start times)."""
+
+    def __init__(self, settings: SessionSettings) -> None:
+        self.settings = settings
+        self._speech_start_ms: dict[str, int] = {}
+        self._speech_ms: dict[str, int] = {}
+        self._last_item: str | None = None
+        self._transcripts: dict[str, str] = {}  # response_id -> transcript deltas so far
+
+    def _response(self, response_id: str, status: str, output: list | None = None,
+                  details: dict | None = None) -> dict[str, Any]:
+        return {
+            "object": "realtime.response", "id": response_id, "status": status, "status_details": details,
+            "output": output or [], "output_modalities": ["audio"], "conversation_id": None,
+            "audio": {"output": {"format": {"type": "audio/pcm", "rate": self.settings.output_rate},
+                                 "voice": self.settings.voice}},
+            "usage": None,
+        }
+
+    def render(self, event: object) -> list[dict[str, Any]]:
+        match event:
+            case ev.StateChanged():
+                return [{"type": "step.state", "state": event.state, "previous": event.previous,
+                         "reason": event.reason, "audio_ms": event.t_ms}]
+            case ev.SpeechStarted():
+                self._speech_start_ms[event.item_id] = event.audio_start_ms
+                return [{"type": "input_audio_buffer.speech_started", "item_id": event.item_id,
+                         "audio_start_ms": event.audio_start_ms}]
+            case ev.SpeechStopped():
+                start = self._speech_start_ms.pop(event.item_id, event.audio_end_ms)
+                self._speech_ms[event.item_id] = max(0, event.audio_end_ms - start)
+                return [{"type": "input_audio_buffer.speech_stopped", "item_id": event.item_id,
+                         "audio_end_ms": event.audio_end_ms}]
+            case ev.InputCommitted():
+                previous, self._last_item = self._last_item, event.item_id
+                item = {"id": event.item_id, "object": "realtime.item", "type": "message", "role": "user",
+                        "status": "completed", "content": [{"type": "input_audio", "transcript": None}]}
+                return [{"type": "input_audio_buffer.committed", "item_id": event.item_id,
+                         "previous_item_id": previous},
+                        {"type": "conversation.item.added", "item": item, "previous_item_id": previous}]
+            case ev.InputTranscript():
+                seconds = self._speech_ms.pop(event.item_id, 0) / 1000
+                return [{"type": "conversation.item.input_audio_transcription.completed",
+                         "item_id": event.item_id, "content_index": 0, "transcript": event.text,
+                         "usage": {"type": "duration", "seconds": seconds}}]
+            case ev.Speculation():
+                return [{"type": "step.speculation", "action": event.action, "audio_ms": event.t_ms,
+                         "text": event.text}]
+            case ev.ResponseCreated():
+                self._transcripts[event.response_id] = ""
+                self._last_item = event.item_id
+                rid, iid = event.response_id, event.item_id
+                return [{"type": "response.created", "response": self._response(rid, "in_progress")},
+                        {"type": "response.output_item.added", "response_id": rid, "output_index": 0,
+                         "item": _assistant_item(iid, "in_progress", None)},
+                        {"type": "response.content_part.added", "response_id": rid, "item_id": iid, **_PART,
+                         "part": {"type": "audio", "transcript": ""}}]
+            case ev.TranscriptDelta():
+                self._transcripts[event.response_id] = self._transcripts.get(event.response_id, "") + event.delta
+                return [{"type": "response.output_audio_transcript.delta", "response_id": event.response_id,
+                         "item_id": event.item_id, **_PART, "delta": event.delta}]
+            case ev.AudioDone():
+                rid, iid = event.response_id, event.item_id
+                text = self._transcripts.get(rid, "")
+                return [{"type": "response.output_audio.done", "response_id": rid, "item_id": iid, **_PART},
+                        {"type": "response.output_audio_transcript.done", "response_id": rid, "item_id": iid,
+                         **_PART, "transcript": text},
+                        {"type": "response.content_part.done", "response_id": rid, "item_id": iid, **_PART,
+                         "part": {"type": "audio", "transcript": text}}]
+            case ev.ResponseDone():
+                return self._response_done(event)
+            case ev.TurnMetrics():
+                return [{"type": "step.turn_metrics", "response_id": event.response_id,
+                         "speculative": event.speculative, "values": dict(event.values)}]
+            case ev.ErrorEvent():
+                return [error_event("server_error", event.code, event.message)]
+        return []
+
+    def _response_done(self, event: ev.ResponseDone) -> list[dict[str, Any]]:
+        self._transcripts.pop(event.response_id, None)
+        details: dict[str, Any] = {"type": event.status}
+        if event.status == "cancelled":
+            details["reason"] = _CANCEL_REASONS.get(event.reason, "client_cancelled")
+        elif event.status == "failed":
+            details["error"] = {"type": "server_error", "code": "reply_failed", "message": event.reason or None}
+        item = _assistant_item(event.item_id, "completed" if event.status == "completed" else "incomplete",
+                               event.text)
+        return [{"type": "response.output_item.done", "response_id": event.response_id, "output_index": 0,
+                 "item": item},
+                {"type": "response.done", "response": self._response(event.response_id, event.status, [item],
+                                                                     details)}]

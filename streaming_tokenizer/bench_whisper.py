@@ -1,0 +1,102 @@
+"""How long finalize() takes, and what the short encoder window costs in accuracy.
+
+    .venv/bin/python -m streaming_tokenizer.bench_whisper [--cache-dir DIR] [--runs 5]
+
+Speech is synthesized offline (piper joe voice, espeak-ng en-us and en+f3), so the numbers are
+reproducible; results go to docs/models.md by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from realtime.stages import BuildEnv, build_stage
+from tests.speech_util import espeak, frames, piper, silence, wer
+
+UTTERANCES = {  # ~2 s and ~5 s in the joe voice
+    "2s": "Please turn on the kitchen lights now.",
+    "5s": "Could you tell me what the weather will be like in Paris tomorrow, and do I need an umbrella?",
+}
+CORPUS = [
+    "Please turn on the kitchen lights.",
+    "What time does the train to Boston leave tomorrow?",
+    "I would like to order a large pizza with mushrooms and olives.",
+    "Remind me to call my sister at six o'clock this evening.",
+    "How many kilometers is it from here to the nearest hospital?",
+    "Tell me a short story about a dragon who was afraid of the dark.",
+    "Yes.",
+    "No thanks, that's all for now.",
+    "Can you explain why the sky looks blue during the day but red at sunset?",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "My phone number is not something I want to share with strangers.",
+    "Set a timer for twenty minutes, please.",
+]
+VOICES = {"piper-joe": piper, "espeak-en-us": lambda t: espeak(t, "en-us"),
+          "espeak-en+f3": lambda t: espeak(t, "en+f3")}
+
+
+def _filled(factory, audio: np.ndarray):
+    tok = factory.create()
+    for f in frames(np.concatenate([silence(0.3), audio, silence(0.3)])):
+        tok.push(f)
+    return tok
+
+
+async def latency(factory, runs: int) -> None:
+    for label, text in UTTERANCES.items():
+        audio = piper(text)
+        walls, cpus = [], []
+        for _ in range(runs):
+            tok = _filled(factory, audio)
+            t0, c0 = time.perf_counter(), time.process_time()
+            result = await tok.finalize()
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+        t0 = time.perf_counter()
+        await tok.finalize()  # no new audio: served from the cache
+        cached_ms = (time.perf_counter() - t0) * 1000
+        print(f"  {label} ({len(audio) / 16000:.1f} s speech): finalize median {statistics.median(walls):.2f} s "
+              f"(min {min(walls):.2f}), CPU {statistics.median(cpus):.2f} s; again without new audio "
+              f"{cached_ms:.3f} ms; {result.text!r}")
+
+
+async def accuracy(factory) -> tuple[float, float]:
+    errors = words = 0.0
+    t0 = time.perf_counter()
+    for voice in VOICES.values():
+        for text in CORPUS:
+            result = await _filled(factory, voice(text)).finalize()
+            n = len(text.split())
+            errors += wer(text, result.text) * n
+            words += n
+    return errors / words, time.perf_counter() - t0
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", default="~/.cache/step-realtime")
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    env = BuildEnv(Path(args.cache_dir).expanduser())
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    for name, options in [("short window (default)", {}), ("full 30 s window", {"encoder_window_s": None})]:
+        for language in ("en", None):
+            factory = build_stage("tokenizer", "whisper", {**options, "language": language}, env)
+            print(f"{name}, language={language}:")
+            await latency(factory, args.runs)
+            if language == "en":
+                err, secs = await accuracy(factory)
+                eng = factory.engine
+                print(f"  WER {err:.3f} on {len(CORPUS) * len(VOICES)} utterances in {secs:.1f} s "
+                      f"(short-window runs {eng.window_runs}, full-window runs {eng.full_runs})")
+            await factory.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

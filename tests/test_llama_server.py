@@ -1,0 +1,123 @@
+"""The bundled llama.cpp server (llm.llama_server) with SmolLM2-135M, through OpenAIChatClient."""
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from llm.base import Message
+from llm.llama_server import LlamaServer, LlamaServerError, llama_cpp_installed
+from realtime.stages import BuildEnv, build_stage
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not llama_cpp_installed(), reason="pip install 'llama-cpp-python[server]'"),
+]
+WAIT_S = 120
+DISCONNECT_MARK = "Disconnected from client"  # what llama_cpp.server logs when a stream is dropped
+
+
+def _gguf() -> Path:
+    from realtime import assets
+
+    try:  # the installed package's file directly: no copy into a cache for tests
+        return assets.package_file(assets.ASSETS["smollm2-135m"].files[0].parts[0])
+    except assets.AssetError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def client(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("llama")
+    llm = build_stage("llm", "openai", {"base_url": None, "model_path": str(_gguf()), "max_tokens": 48,
+                                        "temperature": 0.0, "log_path": str(tmp / "server.log")}, BuildEnv(tmp))
+    await llm.start()
+    yield llm
+    await llm.close()
+
+
+def _log(client) -> str:
+    return client.server.log_path.read_text(errors="replace")
+
+
+def _accepts(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_server_answers_a_chat(client):
+    assert client.server.running and client.base_url.startswith("http://127.0.0.1:")
+    messages = [Message("system", "You are a helpful voice assistant. Answer in one short sentence."),
+                Message("user", "What is the capital of France?")]
+    text = "".join([p async for p in client.stream(messages)])
+    assert len(text.strip()) > 0
+    assert "paris" in text.lower()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_closing_the_stream_stops_generation(client):
+    client.options.max_tokens = 400
+    before = _log(client).count(DISCONNECT_MARK)
+    stream = client.stream([Message("user", "Tell me a very long story about a dragon and a knight.")])
+    pieces = [await stream.__anext__() for _ in range(3)]
+    assert all(isinstance(p, str) for p in pieces)
+    await stream.aclose()
+
+    async def disconnected():
+        while _log(client).count(DISCONNECT_MARK) <= before:
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(disconnected(), WAIT_S)  # the server noticed and stopped this request
+    client.options.max_tokens = 8
+    # The server is free again: a new request is answered (it would queue behind a runaway one).
+    assert "".join([p async for p in client.stream([Message("user", "Say hi.")])]).strip()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_task_cancel_stops_generation(client):
+    client.options.max_tokens = 400
+    before = _log(client).count(DISCONNECT_MARK)
+    got_one = asyncio.Event()
+
+    async def consume():
+        async for _ in client.stream([Message("user", "Count from one to two hundred in words.")]):
+            got_one.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(got_one.wait(), WAIT_S)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def disconnected():
+        while _log(client).count(DISCONNECT_MARK) <= before:
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(disconnected(), WAIT_S)
+
+
+async def test_close_stops_the_server(tmp_path: Path):
+    llm = build_stage("llm", "openai", {"base_url": None, "model_path": str(_gguf()),
+                                        "log_path": str(tmp_path / "s.log")}, BuildEnv(tmp_path))
+    await llm.start()
+    server = llm.server
+    host, port = server.host, server.port
+    proc = server._proc
+    assert _accepts(host, port)
+    await llm.close()
+    assert proc.returncode is not None and not server.running
+    assert not _accepts(host, port)
+
+
+async def test_a_bad_model_file_fails_with_the_log(tmp_path: Path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    server = LlamaServer(bad, "broken", log_path=tmp_path / "bad.log", startup_timeout_s=WAIT_S)
+    with pytest.raises(LlamaServerError, match="exited"):
+        await server.start()
+    assert not server.running

@@ -1,0 +1,158 @@
+"""OpenAIChatClient against a small OpenAI-compatible SSE server on loopback (aiohttp), which
+records what it was asked and whether the client hung up before the end of the stream."""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from llm.base import Message
+from llm.llama_server import free_port
+from llm.openai_chat import LLMError, LLMUnavailableError, OpenAIChatClient, Options
+from realtime.stages import BuildEnv, build_stage
+
+WAIT_S = 30  # bound on waits that end at once when the code works
+
+
+@dataclass
+class SSEServer:
+    words: list[str]
+    delay_s: float = 0.02
+    status: int = 200
+    bodies: list[dict] = field(default_factory=list)
+    sent: int = 0
+    finished: bool = False
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    base_url: str = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.bodies.append(await request.json())
+        if self.status != 200:
+            return web.json_response({"error": {"message": "model exploded", "type": "server_error"}},
+                                     status=self.status)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            await resp.write(_event({"role": "assistant", "content": ""}))  # role-only delta first
+            for word in self.words:
+                await asyncio.sleep(self.delay_s)
+                if request.transport is None or request.transport.is_closing():
+                    raise ConnectionResetError
+                await resp.write(_event({"content": word}))
+                self.sent += 1
+            await resp.write(_event({}, finish="stop"))
+            await resp.write(b"data: [DONE]\n\n")
+            self.finished = True
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnected.set()
+            raise
+        return resp
+
+
+def _event(delta: dict, finish: str | None = None) -> bytes:
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+@pytest.fixture
+async def sse():
+    server = SSEServer(words=[f" w{i}" for i in range(500)])
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    server.base_url = f"http://127.0.0.1:{port}/v1"
+    yield server
+    await runner.cleanup()
+
+
+MESSAGES = [Message("system", "Be brief."), Message("user", "Hi!")]
+
+
+async def test_streams_content_deltas_and_sends_options(sse: SSEServer):
+    sse.words = ["Hello", " there", "!"]
+    client = OpenAIChatClient(Options(base_url=sse.base_url, model="tiny", max_tokens=7, temperature=0.1))
+    pieces = [p async for p in client.stream(MESSAGES)]
+    await client.close()
+    assert pieces == ["Hello", " there", "!"]
+    body = sse.bodies[0]
+    assert body["stream"] is True and body["model"] == "tiny" and body["max_tokens"] == 7
+    assert body["temperature"] == 0.1
+    assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+
+
+async def test_aclose_closes_the_http_stream(sse: SSEServer):
+    client = OpenAIChatClient(Options(base_url=sse.base_url))
+    stream = client.stream(MESSAGES)
+    got = [await stream.__anext__() for _ in range(3)]
+    assert got == [" w0", " w1", " w2"]
+    await stream.aclose()
+    await asyncio.wait_for(sse.disconnected.wait(), WAIT_S)  # the server saw the hang-up
+    assert not sse.finished and sse.sent < len(sse.words)
+    await client.close()
+
+
+async def test_task_cancel_closes_the_http_stream(sse: SSEServer):
+    client = OpenAIChatClient(Options(base_url=sse.base_url))
+    got_one = asyncio.Event()
+
+    async def consume():
+        async for _ in client.stream(MESSAGES):
+            got_one.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(got_one.wait(), WAIT_S)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(sse.disconnected.wait(), WAIT_S)
+    assert not sse.finished
+    await client.close()
+
+
+async def test_unreachable_server_is_a_clear_error():
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    client = OpenAIChatClient(Options(base_url=url, timeout=5))
+    with pytest.raises(LLMUnavailableError, match="127.0.0.1") as info:
+        async for _ in client.stream(MESSAGES):
+            pass
+    assert isinstance(info.value, ConnectionError)
+    await client.close()
+
+
+async def test_server_error_status_is_an_llm_error(sse: SSEServer):
+    sse.status = 500
+    client = OpenAIChatClient(Options(base_url=sse.base_url))
+    with pytest.raises(LLMError, match="500"):
+        async for _ in client.stream(MESSAGES):
+            pass
+    await client.close()
+
+
+async def test_with_base_url_no_local_server_is_started(sse: SSEServer, tmp_path: Path):
+    client = build_stage("llm", "openai", {"base_url": sse.base_url}, BuildEnv(tmp_path))
+    assert client.server is None
+    await client.start()
+    sse.words = ["ok"]
+    assert [p async for p in client.stream(MESSAGES)] == ["ok"]
+    await client.close()
+    assert not (tmp_path / "logs").exists()
+
+
+def test_without_base_url_a_bundled_server_is_configured(tmp_path: Path):
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")  # never loaded: build() only configures the server
+    client = build_stage("llm", "openai", {"base_url": None, "model": "tiny", "model_path": str(gguf),
+                                           "n_threads": 2}, BuildEnv(tmp_path))
+    assert client.server is not None and not client.server.running
+    cmd = client.server.command()
+    assert cmd[cmd.index("--model") + 1] == str(gguf) and cmd[cmd.index("--model_alias") + 1] == "tiny"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert client.server.log_path == tmp_path / "logs" / "llama-server.log"

@@ -1,0 +1,173 @@
+"""Piper decoder (decoder.piper_tts) with the real en_US-joe-medium voice and espeak-ng fallback."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from realtime.config import ConfigError
+from realtime.stages import BuildEnv, build_stage
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="apt-get install -y espeak-ng"),
+]
+WAIT_S = 120  # a bound so a broken pipeline fails instead of hanging; never reached when it works
+
+
+def _voice_file() -> Path:
+    from realtime import assets
+
+    try:  # the installed package's file directly: no copy into a cache for tests
+        return assets.package_file(assets.ASSETS["piper-joe"].files[0].parts[0])
+    except assets.AssetError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    dec = build_stage("decoder", "piper", {"voice": str(_voice_file()), "chunk_ms": 200},
+                      BuildEnv(Path("/nonexistent-cache")))
+    yield dec
+    dec.pool.shutdown(wait=True)
+
+
+class Text:
+    """LLM-like text: records what was read and whether it was closed; may wait on a gate."""
+
+    def __init__(self, pieces: list[str], gate_after: int | None = None, forever: bool = False) -> None:
+        self.pieces, self.gate_after, self.forever = pieces, gate_after, forever
+        self.gate = asyncio.Event()
+        self.read = 0
+        self.exhausted = False
+        self.closed = False
+
+    async def gen(self):
+        try:
+            while True:
+                for i, piece in enumerate(self.pieces):
+                    if i == self.gate_after:
+                        await self.gate.wait()
+                    await asyncio.sleep(0)
+                    self.read += 1
+                    yield piece
+                if not self.forever:
+                    break
+            self.exhausted = True
+        finally:
+            self.closed = True
+
+
+def _rms(pcm: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
+
+
+async def test_first_audio_leaves_before_the_text_is_complete(decoder):
+    # The text stops after the first sentence until the first audio has arrived: a decoder that
+    # waited for the whole text would never produce it (and the wait_for below would fail).
+    text = Text(["Hello there,", " my good friend.", " This second sentence", " comes later."], gate_after=2)
+    chunks = []
+
+    async def consume():
+        async for chunk in decoder.synthesize(text.gen()):
+            if not chunks:
+                assert not text.exhausted and text.read == 2
+                text.gate.set()
+            chunks.append(chunk)
+
+    await asyncio.wait_for(consume(), WAIT_S)
+    assert text.exhausted and text.closed
+    assert chunks[0].text == "Hello there,"
+    assert [c.text for c in chunks if c.text] == ["Hello there,", "my good friend.", "This second sentence comes later."]
+    assert {c.sample_rate for c in chunks} == {22050} and decoder.sample_rate == 22050
+    assert all(c.pcm.dtype == np.int16 for c in chunks)
+    assert max(len(c.pcm) for c in chunks) <= int(0.2 * 22050)
+    pcm = np.concatenate([c.pcm for c in chunks])
+    assert len(pcm) > 2.0 * 22050 and _rms(pcm) > 300  # real speech: seconds of it, not silence
+
+
+async def test_mandarin_goes_to_espeak_at_the_piper_rate(decoder):
+    before = decoder.fallback.processes_started
+    text = Text(["你好，今天天气很好。", " And now English again."])
+    chunks = await asyncio.wait_for(_collect(decoder, text), WAIT_S)
+    assert decoder.fallback.processes_started == before + 1  # one CJK run, one espeak-ng process
+    assert {c.sample_rate for c in chunks} == {22050}
+    labels = [i for i, c in enumerate(chunks) if c.text]
+    assert [chunks[i].text for i in labels] == ["你好，今天天气很好。", "And now English again."]
+    mandarin = np.concatenate([c.pcm for c in chunks[labels[0]:labels[1]]])
+    assert len(mandarin) > 0.5 * 22050 and _rms(mandarin) > 300
+
+
+async def test_mixed_clause_is_split_by_script(decoder):
+    before = decoder.fallback.processes_started
+    chunks = await asyncio.wait_for(_collect(decoder, Text(["Sure. ", "I am fine. 我很好。"])), WAIT_S)
+    assert decoder.fallback.processes_started == before + 1
+    assert [c.text for c in chunks if c.text] == ["Sure.", "I am fine. 我很好。"]  # one label per clause
+    assert _rms(np.concatenate([c.pcm for c in chunks])) > 300
+
+
+async def test_aclose_closes_text_and_stops(decoder):
+    text = Text(["This reply goes on and on, ", "and it never seems to end. "], forever=True)
+    synth = decoder.synthesize(text.gen())
+    first = await asyncio.wait_for(synth.__anext__(), WAIT_S)
+    assert first.text
+    await synth.aclose()
+    assert text.closed and not text.exhausted
+    read = text.read
+    await asyncio.sleep(0.05)
+    assert text.read == read  # nothing reads the text any more
+
+
+async def test_task_cancel_closes_text(decoder):
+    text = Text(["Cancel me, please. ", "I keep talking. "], forever=True)
+    got_one = asyncio.Event()
+
+    async def consume():
+        async for _ in decoder.synthesize(text.gen()):
+            got_one.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(got_one.wait(), WAIT_S)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert text.closed and not text.exhausted
+    assert decoder.fallback.live_processes == 0
+
+
+async def test_llm_error_fails_the_reply(decoder):
+    async def failing():
+        yield "A fine first sentence. "
+        raise RuntimeError("llm went away")
+
+    with pytest.raises(RuntimeError, match="llm went away"):
+        await asyncio.wait_for(_collect(decoder, None, failing()), WAIT_S)
+
+
+def test_options_are_validated():
+    env = BuildEnv(Path("/nonexistent-cache"))
+    with pytest.raises(ConfigError, match="length_scale or speed"):
+        build_stage("decoder", "piper", {"voice": str(_voice_file()), "speed": 1.2, "length_scale": 0.8}, env)
+    with pytest.raises(ConfigError, match="speaker"):
+        build_stage("decoder", "piper", {"voice": str(_voice_file()), "speaker": "nobody"}, env)
+    with pytest.raises(ConfigError, match="fallback"):
+        build_stage("decoder", "piper", {"voice": str(_voice_file()), "fallback": "festival"}, env)
+
+
+async def test_speed_option_shortens_audio(decoder):
+    fast = build_stage("decoder", "piper", {"voice": str(_voice_file()), "speed": 2.0, "fallback": None},
+                       BuildEnv(Path("/nonexistent-cache")))
+    try:
+        sentence = "The quick brown fox jumps over the lazy dog."
+        normal = sum(len(c.pcm) for c in await _collect(decoder, Text([sentence])))
+        quick = sum(len(c.pcm) for c in await _collect(fast, Text([sentence])))
+        assert quick < 0.75 * normal
+    finally:
+        await fast.close()
+
+
+async def _collect(decoder, text: Text | None, gen=None):
+    return [c async for c in decoder.synthesize(gen if gen is not None else text.gen())]
