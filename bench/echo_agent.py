@@ -23,6 +23,9 @@ import uuid
 
 import numpy as np
 from aiohttp import WSMsgType, web
+
+AGENTS: web.AppKey[list] = web.AppKey("agents", list)
+PCS: web.AppKey[set] = web.AppKey("pcs", set)
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
@@ -127,12 +130,12 @@ class EchoTrack(MediaStreamTrack):
 
 def make_app(delay_ms: float, **agent_options) -> web.Application:
     app = web.Application()
-    app["agents"], app["pcs"] = [], set()
+    app[AGENTS], app[PCS] = [], set()
 
     async def calls(request: web.Request) -> web.Response:
         offer = RTCSessionDescription(await request.text(), "offer")
         pc = RTCPeerConnection()
-        app["pcs"].add(pc)
+        app[PCS].add(pc)
         channels: list = []
 
         def emit(event: dict) -> None:
@@ -141,7 +144,7 @@ def make_app(delay_ms: float, **agent_options) -> web.Application:
                     ch.send(json.dumps(event))
 
         agent = EchoAgent(emit, delay_ms, **agent_options)
-        app["agents"].append(agent)
+        app[AGENTS].append(agent)
         pc.on("datachannel", channels.append)
 
         @pc.on("track")
@@ -158,7 +161,7 @@ def make_app(delay_ms: float, **agent_options) -> web.Application:
         @pc.on("connectionstatechange")
         async def _state() -> None:
             if pc.connectionState in ("failed", "closed"):
-                app["pcs"].discard(pc)
+                app[PCS].discard(pc)
                 await pc.close()
 
         await pc.setRemoteDescription(offer)
@@ -171,7 +174,7 @@ def make_app(delay_ms: float, **agent_options) -> web.Application:
         await ws.prepare(request)
         out: asyncio.Queue = asyncio.Queue()
         agent = EchoAgent(out.put_nowait, delay_ms, **agent_options)
-        app["agents"].append(agent)
+        app[AGENTS].append(agent)
 
         async def speak() -> None:
             """Sends the tone in 20 ms deltas, each when it is due (never ahead of real time)."""
@@ -207,11 +210,11 @@ def make_app(delay_ms: float, **agent_options) -> web.Application:
         return ws
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.json_response({"sessions": len(app["agents"]),
-                                  "replies": sum(len(a.replies) for a in app["agents"])})
+        return web.json_response({"sessions": len(app[AGENTS]),
+                                  "replies": sum(len(a.replies) for a in app[AGENTS])})
 
     async def shutdown(app: web.Application) -> None:
-        await asyncio.gather(*(pc.close() for pc in list(app["pcs"])), return_exceptions=True)
+        await asyncio.gather(*(pc.close() for pc in list(app[PCS])), return_exceptions=True)
 
     app.router.add_post("/v1/realtime/calls", calls)
     app.router.add_get("/v1/realtime", realtime_ws)

@@ -145,6 +145,8 @@ class TurnRecord:
     barge_stop_ms: float | None = None
     interrupted: bool | None = None
     premature: bool = False
+    caller_stall_gaps: int = 0  # gaps left out: the caller's own loop was stalled then
+    caller_stalled: bool = False  # the caller's loop stalled > 50 ms around this turn's measurement
     response_id: str | None = None
     speculative: bool | None = None
     speculation: list[str] = field(default_factory=list)
@@ -170,19 +172,33 @@ def _runs(chunks: list[Chunk], merge_s: float = 0.25) -> list[tuple[int, int]]:
     return [(a, b) for a, b in runs]
 
 
-def _gaps_and_jitter(chunks: list[Chunk]) -> tuple[list[float], float | None]:
-    """Underruns (ms) after the first chunk, and RFC 3550 interarrival jitter (ms)."""
-    gaps = [c.underrun * 1000 for c in chunks[1:] if c.underrun * 1000 >= GAP_MIN_MS]
+def _overlaps(t0: float, t1: float, stalls: list[tuple[float, float]], share: float = 0.5) -> bool:
+    """Whether the caller's own event loop was stalled for at least `share` of [t0, t1]."""
+    return any(min(t1, b) - max(t0, a) >= share * (t1 - t0) for a, b in stalls if b > t0 and a < t1)
+
+
+def _gaps_and_jitter(chunks: list[Chunk], stalls: list[tuple[float, float]]) -> tuple[list[float], int, float | None]:
+    """Underruns (ms) after the first chunk, how many of them were the caller's own stalls (left
+    out: another client would not have had them), and RFC 3550 interarrival jitter (ms)."""
+    gaps, own = [], 0
+    for c in chunks[1:]:
+        if c.underrun * 1000 < GAP_MIN_MS:
+            continue
+        if _overlaps(c.t_arrival - c.underrun, c.t_arrival, stalls):
+            own += 1
+        else:
+            gaps.append(c.underrun * 1000)
     j = 0.0
     for prev, cur in zip(chunks, chunks[1:]):
         d = (cur.t_arrival - prev.t_arrival) - prev.duration
         j += (abs(d) - j) / 16
-    return gaps, (round(j * 1000, 2) if len(chunks) > 1 else None)
+    return gaps, own, (round(j * 1000, 2) if len(chunks) > 1 else None)
 
 
-def analyze(caller: int, turns: list[TurnTiming], chunks: list[Chunk],
-            events: list[tuple[float, dict]]) -> list[TurnRecord]:
-    """Per-turn figures from what one caller said, heard and was told."""
+def analyze(caller: int, turns: list[TurnTiming], chunks: list[Chunk], events: list[tuple[float, dict]],
+            stalls: list[tuple[float, float]] = ()) -> list[TurnRecord]:
+    """Per-turn figures from what one caller said, heard and was told. `stalls`: intervals when
+    the caller's own event loop was late (its readings then are not the server's doing)."""
     runs = _runs(chunks)
     records = []
     for i, turn in enumerate(turns):
@@ -211,7 +227,8 @@ def analyze(caller: int, turns: list[TurnTiming], chunks: list[Chunk],
             first = chunks[a].t_heard + chunks[a].voice_start
             rec.v2v_ms = round((first - turn.t_speech_end) * 1000, 1)
             rec.reply_ms = round((chunks[b].t_heard + chunks[b].voice_end - first) * 1000, 1)
-            gaps, rec.jitter_ms = _gaps_and_jitter(chunks[a:b + 1])
+            gaps, rec.caller_stall_gaps, rec.jitter_ms = _gaps_and_jitter(chunks[a:b + 1], list(stalls))
+            rec.caller_stalled = any(b_ - a_ > 0.05 for a_, b_ in stalls if a_ < first and b_ > turn.t_speech_end - 0.1)
             rec.max_gap_ms = round(max(gaps, default=0.0), 1)
             rec.gaps_over_100ms = sum(g > 100 for g in gaps)
             rec.response_id = chunks[a].response_id
@@ -261,6 +278,8 @@ def summarize(records: list[TurnRecord]) -> dict:
         "jitter_p95_ms": percentile([r.jitter_ms for r in records if r.jitter_ms is not None], 95),
         "barge_stop_p50_ms": percentile(stops, 50), "barge_stop_p95_ms": percentile(stops, 95),
         "speculative_turns": sum(bool(r.speculative) for r in records),
+        "caller_stalled_turns": sum(r.caller_stalled for r in records),
+        "caller_stall_gaps": sum(r.caller_stall_gaps for r in records),
     }
     for key in ("end_of_turn_delay_ms", "asr_ms", "llm_ttft_ms", "tts_first_audio_ms",
                 "eot_to_first_audio_ms", "saved_ms"):

@@ -84,7 +84,7 @@ class ScriptOptions:
     reply_timeout_s: float = 8.0  # no voiced reply by then: the turn has no reply
     reply_max_s: float = 20.0  # a reply longer than this is talked over
     quiet_s: float = 1.0  # silence that means the reply has finished
-    barge_after_s: float = 0.3  # a barge-in turn starts this long into the reply
+    barge_after_s: float = 0.15  # a barge-in turn starts this long into the reply
     think_s: tuple[float, float] = (0.3, 0.8)  # the caller's pause before its next turn
     lead_in_s: float = 0.6  # silence sent before the first turn (the call settles)
     connect_timeout_s: float = 15.0

@@ -42,8 +42,9 @@ def markdown(result: dict) -> str:
              + ", ".join(f"**{k}**: {_fmt(v)}" for k, v in result["knee"].items()), "",
              "## Voice-to-voice at the caller (ms)", "",
              "| variant | callers | turns | p50 | p95 | p99 | max gap | gaps > 100 ms | barge-in stop p50 "
-             "| errors | server CPU mean / max % | server RSS max MiB | caller loop lag max ms | load avg |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| errors | server CPU mean / max % | server RSS max MiB | caller loop lag max ms "
+             "| turns / gaps during caller stalls | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         s, srv = r["summary"], r["server"]
         lines.append(f"| {r['variant']} | {r['concurrency']} | {s['turns']} | {_fmt(s['v2v_p50_ms'])} | "
@@ -51,6 +52,7 @@ def markdown(result: dict) -> str:
                      f"{s['gaps_over_100ms']} | {_fmt(s['barge_stop_p50_ms'])} | {s['errors']} | "
                      f"{_fmt(srv.get('cpu_mean_percent'))} / {_fmt(srv.get('cpu_max_percent'))} | "
                      f"{_fmt(srv.get('rss_max_mib'))} | {_fmt(s.get('caller_loop_lag_max_ms'))} | "
+                     f"{s.get('caller_stalled_turns', 0)} / {s.get('caller_stall_gaps', 0)} | "
                      f"{_fmt(s.get('load_average_1m'))} |")
     lines += ["", "## Server-side stages, p50 (ms, from step.turn_metrics)", "",
               "| variant | callers | " + " | ".join(label for _, label in STAGES)
@@ -100,7 +102,8 @@ def plot_cdf(result: dict, path: Path) -> None:
         ax.axvline(result["threshold_ms"], color="grey", ls="--", lw=1)
         ax.set(title=name, xlabel="voice-to-voice at the caller (ms)", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right")
     axes[0][0].set_ylabel("fraction of turns")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -39,15 +39,20 @@ class LoopLag:
     """How late the callers' own event loop wakes up. The callers' clock readings are only as
     good as this: a loaded machine shows here, and the report says so next to the latencies."""
 
-    def __init__(self, period_s: float = 0.01) -> None:
-        self.period, self.lags = period_s, []
+    def __init__(self, period_s: float = 0.01, stall_s: float = 0.02) -> None:
+        self.period, self.stall_s, self.lags = period_s, stall_s, []
+        self.stalls: list[tuple[float, float]] = []  # (from, to) when the loop was late > stall_s
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
             t = time.monotonic()
             await asyncio.sleep(self.period)
-            self.lags.append(time.monotonic() - t - self.period)
+            now = time.monotonic()
+            lag = now - t - self.period
+            self.lags.append(lag)
+            if lag > self.stall_s:
+                self.stalls.append((now - lag, now))
 
     def take(self) -> dict:
         lags, self.lags = self.lags, []
@@ -108,6 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deadline-s", type=float, default=540.0, help="whole run's time budget")
     p.add_argument("--full-sweep", action="store_true", help="go on past the first level that fails")
     p.add_argument("--reply-timeout-s", type=float, default=8.0)
+    p.add_argument("--no-warmup", action="store_true", help="skip the unmeasured first turn per server")
     p.add_argument("--startup-timeout-s", type=float, default=300.0)
     p.add_argument("--out", help="output folder (default: bench-results/<date-time>)")
     p.add_argument("--corpus-cache", type=Path, help="corpus cache folder")
@@ -128,7 +134,7 @@ def variants_of(args: argparse.Namespace) -> list[Variant]:
 
 
 async def run_caller(transport: str, url: str, caller: int, convs: list[Conversation], opts: ScriptOptions,
-                     max_turns: int | None, deadline: float, progress: Progress) -> tuple[list, list[str]]:
+                     max_turns: int | None, deadline: float, progress: Progress, lag: LoopLag) -> tuple[list, list[str]]:
     """One synthetic caller: calls once per conversation, one after the other."""
     records, errors = [], []
     for n, conv in enumerate(convs):
@@ -137,7 +143,7 @@ async def run_caller(transport: str, url: str, caller: int, convs: list[Conversa
         try:
             timings, heard, events = await CALLERS[transport].call(url, conv, opts, max_turns,
                                                                    seed=caller * 1000 + n, progress=progress.turn)
-            records += analyze(caller, timings, heard.chunks, events)
+            records += analyze(caller, timings, heard.chunks, events, lag.stalls)
         except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
             errors.append(f"caller {caller}, {conv.name}: {type(exc).__name__}: {exc}")
     return records, errors
@@ -159,7 +165,7 @@ async def run_level(args, variant: Variant, level: int, corpus: list[Conversatio
     async def staggered(caller: int):
         await asyncio.sleep(caller * 0.37)  # callers do not all speak in lockstep
         return await run_caller(args.transport, variant.url, caller, plan[caller], opts, args.max_turns,
-                                deadline, progress)
+                                deadline, progress, lag)
 
     results = await asyncio.gather(*(staggered(c) for c in range(level)))
     if variant.sampler:
@@ -220,6 +226,12 @@ async def bench(args: argparse.Namespace) -> dict:
     lag = LoopLag()
     try:
         await start_servers(args, variants, out, progress)
+        if not args.no_warmup:  # first model calls are slow (lazy loads, caches): not measured
+            warm = Conversation(corpus[0].name, corpus[0].turns[:1])
+            for v in variants:
+                progress.level(f"{v.name} warm-up", 1)
+                await run_caller(args.transport, v.url, 0, [warm], ScriptOptions(reply_timeout_s=30), None,
+                                 deadline, progress, lag)
         last_seconds = 0.0
         for i, level in enumerate(levels):
             order = variants if i % 2 == 0 else variants[::-1]  # interleaved: ABBA, cancels drift

@@ -2,7 +2,7 @@
 
 It runs as a child process (`python -m llama_cpp.server`), not in-process, so generation never
 competes with the event loop for the GIL and a stuck model can be killed. The child is killed on
-close(), at interpreter exit, and by the kernel if this process dies (PR_SET_PDEATHSIG).
+close(), at interpreter exit, and by the kernel if this process dies (llm/llama_child.py).
 
 llama-cpp-python ships no wheels: it compiles from source once (`pip install
 'llama-cpp-python[server]'`, ~10 min on 2 cores); the set-up caches the built wheel.
@@ -19,16 +19,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-
-# Runs in the child before the server: die with the parent, even if it is killed (SIGKILL leaves
-# no chance for atexit). The parent pid check closes the race where the parent died first.
-_LAUNCHER = """
-import ctypes, os, runpy, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-if os.getppid() != int(os.environ["STEP_REALTIME_PARENT_PID"]):
-    sys.exit(1)
-runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
-"""
 
 
 class LlamaServerError(RuntimeError):
@@ -54,7 +44,9 @@ class LlamaServer:
         self.model_path = Path(model_path)
         self.model_alias = model_alias
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or os.cpu_count() or 1
+        # Default: all cores but one. llama.cpp's threads spin at barriers, so when another stage
+        # (piper, whisper) holds a core, a thread per core slows decoding several-fold (docs/llm.md).
+        self.n_threads = n_threads or max(1, (os.cpu_count() or 1) - 1)
         self.host = host
         self.port = port
         self.log_path = Path(log_path) if log_path else Path(f"/tmp/step-realtime-llama-{os.getpid()}.log")
@@ -71,7 +63,7 @@ class LlamaServer:
         return self._proc is not None and self._proc.returncode is None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-c", _LAUNCHER, "--model", str(self.model_path), "--model_alias", self.model_alias,
+        return [sys.executable, "-m", "llm.llama_child", "--model", str(self.model_path), "--model_alias", self.model_alias,
                 "--host", self.host, "--port", str(self.port), "--n_ctx", str(self.n_ctx),
                 "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
                 # Queue concurrent sessions' requests instead of cutting the running reply short.
@@ -93,7 +85,7 @@ class LlamaServer:
         with open(self.log_path, "ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.command(), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                env={**os.environ, "STEP_REALTIME_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"})
+                env=self._child_env())
         _live_pids.add(self._proc.pid)
         try:
             await self._wait_ready()
@@ -102,6 +94,14 @@ class LlamaServer:
             raise
         self.startup_seconds = time.monotonic() - t0
         return self.base_url
+
+    @staticmethod
+    def _child_env() -> dict[str, str]:
+        # The child runs `-m llm.llama_child`: make this checkout importable whatever its cwd.
+        root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        return {**os.environ, "PYTHONPATH": path, "STEP_REALTIME_PARENT_PID": str(os.getpid()),
+                "PYTHONUNBUFFERED": "1"}
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s

@@ -31,7 +31,7 @@ class Options(BaseModel):
     # The bundled server (base_url null) only:
     model_path: str | None = Field(None, description="a .gguf file instead of the asset named by model")
     n_ctx: int = Field(2048, ge=256)
-    n_threads: int | None = Field(None, ge=1, description="null: all cores")
+    n_threads: int | None = Field(None, ge=1, description="null: all cores but one")
     startup_timeout_s: float = Field(180.0, gt=0)
     log_path: str | None = Field(None, description="server log; null: <cache_dir>/logs/llama-server.log")
 

@@ -1,6 +1,6 @@
 """How long finalize() takes, and what the short encoder window costs in accuracy.
 
-    .venv/bin/python -m streaming_tokenizer.bench_whisper [--cache-dir DIR] [--runs 5]
+    .venv/bin/python -m streaming_tokenizer.bench_whisper [--cache-dir DIR] [--runs 5] [--wer]
 
 Speech is synthesized offline (piper joe voice, espeak-ng en-us and en+f3), so the numbers are
 reproducible; results go to docs/models.md by hand.
@@ -21,7 +21,8 @@ from tests.speech_util import espeak, frames, piper, silence, wer
 
 UTTERANCES = {  # ~2 s and ~5 s in the joe voice
     "2s": "Please turn on the kitchen lights now.",
-    "5s": "Could you tell me what the weather will be like in Paris tomorrow, and do I need an umbrella?",
+    "5s": "Could you tell me what the weather will be like in Paris tomorrow morning, "
+          "and whether I should bring an umbrella or a warm coat?",
 }
 CORPUS = [
     "Please turn on the kitchen lights.",
@@ -78,10 +79,23 @@ async def accuracy(factory) -> tuple[float, float]:
     return errors / words, time.perf_counter() - t0
 
 
+def encoder_times(engine, runs: int = 3) -> None:
+    """Whisper's encoder alone, by window length: the part of finalize() a short window saves."""
+    from faster_whisper.transcribe import get_ctranslate2_storage
+
+    for frames_ in (500, 1000, 2000, 3000):
+        features = np.zeros((1, 80, frames_), np.float32)
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            engine.model.model.encode(get_ctranslate2_storage(features))
+        print(f"  encoder alone, {frames_ // 100} s window: {(time.perf_counter() - t0) / runs:.2f} s")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", default="~/.cache/step-realtime")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--wer", action="store_true", help="also compare WER on a 36-utterance corpus")
     args = parser.parse_args()
     env = BuildEnv(Path(args.cache_dir).expanduser())
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -90,7 +104,9 @@ async def main() -> None:
             factory = build_stage("tokenizer", "whisper", {**options, "language": language}, env)
             print(f"{name}, language={language}:")
             await latency(factory, args.runs)
-            if language == "en":
+            if language == "en" and not options:
+                encoder_times(factory.engine)
+            if language == "en" and args.wer:
                 err, secs = await accuracy(factory)
                 eng = factory.engine
                 print(f"  WER {err:.3f} on {len(CORPUS) * len(VOICES)} utterances in {secs:.1f} s "

@@ -99,12 +99,15 @@ class WhisperEngine:
                 best_token, _ = self.model.model.detect_language(encoded)[0][0]
                 language = best_token[2:-2]  # "<|en|>" → "en"
             prompt = [tok.sot, self.language_token(language), tok.transcribe]
-        budget = 12 + int(10 * len(audio) / SAMPLE_RATE)  # far above any real speaking rate
+        budget = token_budget(len(audio) / SAMPLE_RATE)
+        # CTranslate2 stops well short of max_length (it counts more than the new tokens), so
+        # give it room past the budget and call anything longer than the budget a loop.
+        max_length = min(self.model.max_length, 2 * (len(prompt) + budget) + 8)
         result = self.model.model.generate(
-            encoded, [prompt + [tok.no_timestamps]], beam_size=1, max_length=budget,
+            encoded, [prompt + [tok.no_timestamps]], beam_size=1, max_length=max_length,
             suppress_blank=True, suppress_tokens=self._suppress)[0]
         ids = [t for t in result.sequences_ids[0] if t < tok.eot]
-        if len(result.sequences_ids[0]) >= budget - 1 or _repeats(ids):
+        if len(ids) > budget or _repeats(ids):
             log.debug("short-window decode looped (%d tokens); using the full window", len(ids))
             return None, language
         return tok.decode(ids).strip(), language
@@ -117,6 +120,11 @@ class WhisperEngine:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
+
+
+def token_budget(seconds: float) -> int:
+    """More text tokens than anyone says in `seconds`: more means the decoder is looping."""
+    return 12 + int(10 * seconds)
 
 
 def _repeats(ids: list[int], n: int = 3) -> bool:

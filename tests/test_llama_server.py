@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,41 @@ async def test_a_bad_model_file_fails_with_the_log(tmp_path: Path):
     with pytest.raises(LlamaServerError, match="exited"):
         await server.start()
     assert not server.running
+
+
+async def test_server_dies_with_a_killed_parent(tmp_path: Path):
+    # A parent killed with SIGKILL runs no atexit hook: the kernel must take the server down.
+    script = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from llm.llama_server import LlamaServer\n"
+        "async def main():\n"
+        f"    s = LlamaServer(Path({str(_gguf())!r}), 'm', log_path=Path({str(tmp_path / 'p.log')!r}))\n"
+        "    await s.start()\n"
+        "    print(s._proc.pid, flush=True)\n"
+        "    await asyncio.sleep(600)\n"
+        "asyncio.run(main())\n")
+    parent = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE,
+                                                  cwd=str(Path(__file__).resolve().parents[1]))
+    line = await asyncio.wait_for(parent.stdout.readline(), WAIT_S)
+    child = int(line)
+    parent.kill()
+    await parent.wait()
+
+    async def gone():
+        while True:
+            try:
+                state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                return
+            if state == "Z":  # dead, waiting for an init that may never reap it
+                return
+            await asyncio.sleep(0.1)
+
+    try:
+        await asyncio.wait_for(gone(), WAIT_S)
+    finally:  # never leave a server behind, even when the assertion fails
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -171,3 +171,31 @@ async def test_speed_option_shortens_audio(decoder):
 
 async def _collect(decoder, text: Text | None, gen=None):
     return [c async for c in decoder.synthesize(gen if gen is not None else text.gen())]
+
+
+class _ToneFallback:
+    """A fallback at another rate (16 kHz): its audio must come out at the piper rate."""
+
+    sample_rate = 16_000
+    processes_started = 0
+    live_processes = 0
+
+    async def pcm(self, text: str):
+        t = np.arange(8000) / self.sample_rate  # 0.5 s in two pieces
+        tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+        yield tone[:4000]
+        yield tone[4000:]
+
+
+async def test_fallback_audio_is_resampled_to_the_voice_rate(decoder):
+    real = decoder.fallback
+    decoder.fallback = _ToneFallback()
+    try:
+        chunks = await asyncio.wait_for(_collect(decoder, Text(["你好。"])), WAIT_S)
+    finally:
+        decoder.fallback = real
+    assert {c.sample_rate for c in chunks} == {22050}
+    total = sum(len(c.pcm) for c in chunks)
+    assert abs(total - 0.5 * 22050) < 100  # 0.5 s stays 0.5 s at the new rate
+    spectrum = np.abs(np.fft.rfft(np.concatenate([c.pcm for c in chunks]).astype(np.float64)))
+    assert abs(np.argmax(spectrum) * 22050 / (2 * (len(spectrum) - 1)) - 440) < 10  # the pitch survived

@@ -17,6 +17,15 @@ from decoder.step_audio.loader import CheckpointError, build_models, load_models
 FIX = Path(__file__).parent / "fixtures" / "step_audio_tts"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models on a shared, busy 2-core machine: extra intra-op threads only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ref():
     return {k: torch.from_numpy(v) for k, v in np.load(FIX / "reference.npz").items()}

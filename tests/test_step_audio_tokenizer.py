@@ -291,3 +291,26 @@ async def test_step_audio_config_end_to_end_through_the_controller(tmp_path):
     assert all(n < 1024 for g in range(0, len(numbers), 5) for n in numbers[g:g + 2])
     assert all(1024 <= n < 5120 for g in range(0, len(numbers), 5) for n in numbers[g + 2:g + 5])
     assert [(t.role, t.text) for t in ctx.turns] == [("user", "你好 世界。"), ("assistant", "Sure. Here you go.")]
+
+
+async def test_transcript_from_a_composed_tokenizer(factory):
+    """transcript: whisper composes any TokenizerFactory; here the fake one stands in for whisper."""
+    from streaming_tokenizer.fake import FakeTokenizerFactory
+    from streaming_tokenizer.step_audio import StepAudioTokenizerFactory
+    from streaming_tokenizer.step_audio.transcript import WhisperTranscriber
+
+    inner = FakeTokenizerFactory()
+    composed = StepAudioTokenizerFactory(factory.models, WhisperTranscriber(inner))
+    try:
+        tok = composed.create()
+        pcm = int16(speechlike(2.0, seed=12))
+        loud = np.where(np.abs(pcm) < 3000, 3000, pcm).astype(np.int16)
+        await push_frames(tok, loud)
+        user = await tok.finalize()
+        assert inner.created[0].frames == len(loud) // FRAME  # every frame reached the inner tokenizer
+        assert user.text == " ".join(f"w{i}" for i in range(len(loud) // FRAME // 10))
+        assert user.audio_tokens == batch_tokens(factory.models, loud)
+        tok.reset()
+        assert inner.created[0].frames == 0
+    finally:
+        composed.executor.shutdown(wait=True)

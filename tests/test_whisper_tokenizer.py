@@ -191,6 +191,18 @@ async def test_full_window_path(model_cache):
 
 
 @pytest.mark.integration
+async def test_a_looping_short_window_decode_is_redone_on_the_full_window(whisper, monkeypatch):
+    import streaming_tokenizer.whisper as module
+
+    monkeypatch.setattr(module, "token_budget", lambda seconds: 3)  # any sentence "loops"
+    engine = whisper.engine
+    window_runs, full_runs = engine.window_runs, engine.full_runs
+    _, result = await _transcribe(whisper, piper(SENTENCES[1]))
+    assert wer(SENTENCES[1], result.text) <= 0.2, result.text
+    assert (engine.window_runs, engine.full_runs) == (window_runs + 1, full_runs + 1)
+
+
+@pytest.mark.integration
 async def test_real_model_cache_and_push_during_finalize(whisper):
     first_part, second_part = piper("Please open the window."), piper("And play some music.")
     tok = whisper.create()

@@ -158,11 +158,14 @@ function handleEvent(ev) {
     case "response.done": {
       const r = reply(ev.response.id);
       const status = ev.response.status || "completed";
-      if (status !== "completed") r.li.classList.add(status);
       // After a barge-in the server reports what was actually heard: show that.
       const heard = finalTranscript(ev.response);
       if (heard !== null) r.text = heard;
-      setText(r.li, r.text);
+      setText(r.li, r.text || "…");
+      if (status !== "completed") {
+        r.li.classList.add(status);
+        addMetric(r, status === "cancelled" ? "interrupted" : status);
+      }
       log("assistant_transcript", r.text);
       log("response_done", status);
       break;

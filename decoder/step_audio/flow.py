@@ -94,7 +94,9 @@ class MaskedDiffWithXvec(nn.Module):
         noise: (1, 80, F + M) initial ODE state; drawn from `generator` when not given. Passing it
         explicitly is what lets a streamed reply reuse the one-shot reply's noise frame by frame.
         """
-        dtype = self.input_embedding.weight.dtype
+        dtype, device = self.input_embedding.weight.dtype, self.input_embedding.weight.device
+        token, prompt_token = token.to(device), prompt_token.to(device)
+        prompt_feat, embedding = prompt_feat.to(device), embedding.to(device)
         spks = self.spk_embed_affine_layer(F.normalize(embedding.to(dtype), dim=1))
         n_prompt = prompt_token.shape[1]
         tokens = torch.cat([prompt_token, token], dim=1).long()

@@ -146,8 +146,9 @@ class HiFTGenerator(nn.Module):
     @torch.inference_mode()
     def inference(self, mel: torch.Tensor, phase=None, noise=None, generator: torch.Generator | None = None):
         """One-shot vocoding. Returns (waveform (1, T*256), source (1, 1, T*256))."""
-        mel = mel.float()
+        device = self.conv_pre.weight.device
+        mel = mel.to(device, torch.float32)
         if phase is None or noise is None:
             phase, noise = self.m_source.random_inputs(mel.shape[-1] * self.upsample, generator)
-        src, _ = self.source(mel, phase, noise)
+        src, _ = self.source(mel, phase.to(device), noise.to(device))
         return self.decode(mel, src), src

@@ -47,6 +47,9 @@ def _tagged(loader: _Loader, suffix: str, node: yaml.Node, kind: str) -> Tagged:
 for _kind in ("new", "name", "apply"):
     _Loader.add_multi_constructor(f"!{_kind}:", lambda l, s, n, k=_kind: _tagged(l, s, n, k))
 _Loader.add_constructor("!ref", lambda l, n: Ref(str(l.construct_scalar(n))))
+_Loader.add_constructor("!tuple", lambda l, n: tuple(l.construct_sequence(n, deep=True)))
+# Any other HyperPyYAML tag (!copy, !include:, !module:, ...) is kept inert too.
+_Loader.add_multi_constructor("!", lambda l, s, n: _tagged(l, s, n, "other"))
 # HyperPyYAML writes 1e-06 as a float; plain YAML 1.1 would read it as a string.
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",

@@ -104,14 +104,15 @@ class VocoderStream:
     def __init__(self, hift: HiFTGenerator, noise: NoiseBank, cfg: StreamConfig) -> None:
         self.hift, self.noise, self.cfg = hift, noise, cfg
         self.spf = hift.upsample
-        self.mel = torch.zeros(1, hift.hp.in_channels, 0)  # frames from mel_start on
+        self.device = hift.conv_pre.weight.device
+        self.mel = torch.zeros(1, hift.hp.in_channels, 0, device=self.device)  # frames from mel_start on
         self.mel_start = 0
         self.emitted = 0  # frames vocoded and returned
-        self.src_cache = torch.zeros(1, 1, 0)  # exact source for frames [emitted - len, emitted)
-        self.cycles = torch.zeros(1, hift.hp.nb_harmonics + 1, 1)  # harmonic phases (cycles) at `emitted`
+        self.src_cache = torch.zeros(1, 1, 0, device=self.device)  # exact source for [emitted - context, emitted)
+        self.cycles = torch.zeros(1, hift.hp.nb_harmonics + 1, 1, device=self.device)  # phases (cycles) at `emitted`
 
     def push(self, mel: torch.Tensor) -> None:
-        self.mel = torch.cat([self.mel, mel.float()], dim=2)
+        self.mel = torch.cat([self.mel, mel.to(self.device, torch.float32)], dim=2)
 
     @torch.inference_mode()
     def step(self, final: bool = False) -> torch.Tensor:
@@ -125,13 +126,13 @@ class VocoderStream:
         # Source: cached (exact) for the context frames, freshly generated from `emitted` on.
         f0 = self.hift.f0_predictor(mel)[:, None, self.emitted - s:]
         f0 = f0.repeat_interleave(self.spf, dim=-1)
-        hn = self.noise.hift(self.emitted * self.spf, total * self.spf)
-        fresh, _ = self.hift.m_source(f0, self.noise.phase, hn, self.cycles)
+        hn = self.noise.hift(self.emitted * self.spf, total * self.spf).to(self.device)
+        fresh, _ = self.hift.m_source(f0, self.noise.phase.to(self.device), hn, self.cycles)
         ctx = self.src_cache[:, :, self.src_cache.shape[2] - (self.emitted - s) * self.spf:]
         src = torch.cat([ctx, fresh], dim=2)
         wav = self.hift.decode(mel, src)[0, (self.emitted - s) * self.spf:(upto - s) * self.spf]
         # Advance the caches to `upto`.
-        harmonics = torch.arange(1, self.cycles.shape[1] + 1, dtype=f0.dtype).view(1, -1, 1)
+        harmonics = torch.arange(1, self.cycles.shape[1] + 1, dtype=f0.dtype, device=self.device).view(1, -1, 1)
         adv = (f0[:, :, :(upto - self.emitted) * self.spf] * harmonics / self.hift.hp.sampling_rate).sum(-1, keepdim=True)
         self.cycles = (self.cycles + adv) % 1
         keep = self.cfg.vocoder_context * self.spf
@@ -140,7 +141,7 @@ class VocoderStream:
         drop = max(0, self.emitted - self.cfg.vocoder_context - self.mel_start)
         self.mel, self.mel_start = self.mel[:, :, drop:], self.mel_start + drop
         self.noise.forget_before("hift", self.emitted * self.spf)
-        return wav.float()
+        return wav.float().cpu()
 
 
 class ReplySynth:
@@ -176,5 +177,6 @@ def synthesize_offline(flow: MaskedDiffWithXvec, hift: HiFTGenerator, tokens: li
     m = flow.mel_frames(n)
     mel = flow.inference(torch.tensor([tokens]), prompt.token, prompt.mel, prompt.embedding,
                          noise=noise.flow(prompt.mel.shape[1], 0, m), steps=steps).float()
-    wav, _ = hift.inference(mel, noise.phase, noise.hift(0, m * hift.upsample))
-    return wav[0]
+    device = hift.conv_pre.weight.device
+    wav, _ = hift.inference(mel.to(device), noise.phase.to(device), noise.hift(0, m * hift.upsample).to(device))
+    return wav[0].cpu()

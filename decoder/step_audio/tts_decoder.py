@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -126,9 +127,13 @@ class StepAudioDecoder:
 
     async def synthesize(self, text: AsyncIterator[str]) -> AsyncIterator[AudioChunk]:
         try:
-            async for clause in clauses(text):
-                async for chunk in self._speak(clause):
-                    yield chunk
+            # aclosing: an abandoned inner generator would otherwise keep the code stream open
+            # until garbage collection.
+            async with aclosing(clauses(text)) as clause_iter:
+                async for clause in clause_iter:
+                    async with aclosing(self._speak(clause)) as audio:
+                        async for chunk in audio:
+                            yield chunk
         finally:
             aclose = getattr(text, "aclose", None)
             if aclose is not None:

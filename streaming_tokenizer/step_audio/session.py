@@ -111,6 +111,7 @@ class StepAudioTokenizer:
         self._inbox_samples = 0
         self._final: tuple[tuple[int, int], tuple[int, ...]] | None = None
         self._text: tuple[tuple[int, ...], str] | None = None
+        self._error: Exception | None = None
         self._resampler = None
         if self._asr_session is not None:
             self._asr_session.reset()
@@ -140,12 +141,19 @@ class StepAudioTokenizer:
             # Loop: frames pushed while the model thread was busy are picked up next round.
             while self._inbox_samples >= self.models.linguistic.chunk_samples:
                 streams, samples = self._streams, self._take_inbox()
-                await loop.run_in_executor(self._executor, self._feed, self.models, streams, samples)
+                try:
+                    await loop.run_in_executor(self._executor, self._feed, self.models, streams, samples)
+                except Exception as exc:  # reported by the turn's finalize(), not lost in a task
+                    log.exception("step-audio tokenizer failed on streamed audio")
+                    self._error = exc
+                    return
 
     async def _tokens(self) -> tuple[tuple[int, ...], int]:
         """(audio tokens, samples) of everything pushed so far; memoized until more audio comes."""
         loop = asyncio.get_running_loop()
         async with self._lock:
+            if self._error is not None:
+                raise self._error
             streams, samples = self._streams, self._take_inbox()
             if len(samples):
                 await loop.run_in_executor(self._executor, self._feed, self.models, streams, samples)

@@ -1,0 +1,16 @@
+"""Entry point of the bundled server's child process: `python -m llm.llama_child <server args>`.
+
+It asks the kernel to SIGTERM it when the parent dies (PR_SET_PDEATHSIG: a SIGKILLed parent runs
+no atexit hook), then runs `llama_cpp.server` with the same arguments.
+"""
+import ctypes
+import os
+import runpy
+import signal
+import sys
+
+if __name__ == "__main__":
+    pass  # 1 = PR_SET_PDEATHSIG (Linux)
+    if os.getppid() != int(os.environ.get("STEP_REALTIME_PARENT_PID", os.getppid())):
+        sys.exit(1)  # the parent died before prctl took effect
+    runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
