@@ -284,7 +284,12 @@ class Controller:
         if self.state in (State.USER_SPEAKING, State.USER_PAUSED):
             self.state = State.SILENCE
         self._held_frames.clear()
-        return await self._commit_input()
+        user = await self._commit_input()
+        # The next turn starts from an empty buffer under a new item id (with server VAD the
+        # next onset would do this; with client commits nothing else would).
+        self.stages.tokenizer.reset()
+        self._item_id = new_id("item")
+        return user
 
     def create_response(self) -> None:
         """response.create: answer from the history as it stands."""

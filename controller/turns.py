@@ -9,12 +9,14 @@ from controller.config import ControllerConfig
 from controller.states import Signal, State
 
 FRAME_MS = 20
+BRIDGE_MS = 120  # a silence shorter than this does not end a burst of speech
 
 
 class TurnDetector:
     def __init__(self, cfg: ControllerConfig) -> None:
         self.cfg = cfg
         self.speech_run_ms = 0  # consecutive speech
+        self.talk_ms = 0  # speech in the current burst, bridging dips shorter than BRIDGE_MS
         self.silence_run_ms = 0  # consecutive silence
         self.last_speech_ms = 0  # audio time of the end of the last speech frame
         self.turn_ms = 0  # length of the current user turn
@@ -23,11 +25,14 @@ class TurnDetector:
     def update(self, state: State, speech: bool, t_ms: int) -> Signal | None:
         if speech:
             self.speech_run_ms += FRAME_MS
+            self.talk_ms += FRAME_MS
             self.silence_run_ms = 0
             self.last_speech_ms = t_ms
         else:
             self.silence_run_ms += FRAME_MS
             self.speech_run_ms = 0
+            if self.silence_run_ms >= BRIDGE_MS:
+                self.talk_ms = 0
         cfg = self.cfg
         if state in (State.USER_SPEAKING, State.USER_PAUSED):
             self.turn_ms += FRAME_MS
@@ -44,8 +49,10 @@ class TurnDetector:
                 return Signal.SPEECH
             case State.USER_PAUSED if self.silence_run_ms >= self.end_of_turn_ms:
                 return Signal.END_OF_TURN
-            case State.BOT_REPLYING if self.speech_run_ms >= cfg.barge_in_ms:
-                self.turn_ms = self.speech_run_ms
+            case State.BOT_REPLYING if self.talk_ms >= cfg.barge_in_ms:
+                # Speech, not one unbroken VAD run: the VAD dips between words, and a real
+                # interruption should not have to wait for a long vowel.
+                self.turn_ms = self.talk_ms
                 self.end_of_turn_ms = cfg.end_of_turn_ms
                 return Signal.BARGE_IN
         return None

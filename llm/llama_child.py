@@ -10,7 +10,7 @@ import signal
 import sys
 
 if __name__ == "__main__":
-    pass  # 1 = PR_SET_PDEATHSIG (Linux)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG (Linux)
     if os.getppid() != int(os.environ.get("STEP_REALTIME_PARENT_PID", os.getppid())):
         sys.exit(1)  # the parent died before prctl took effect
     runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)

@@ -96,10 +96,13 @@ class RealtimeSession:
         """One client event. Never raises for a client mistake: it answers with an error event."""
         if self.closed:
             return
+        event = None
         try:
             event = p.parse_client_event(raw, self.server.config.server.max_event_bytes)
             await self._dispatch(event)
         except p.ProtocolError as exc:
+            if exc.event_id is None and event is not None:
+                exc.event_id = event.event_id  # errors name the client event they answer
             self.send(exc.event())
         except Exception as exc:  # a bug must not end the session either
             log.exception("session %s: handling a client event failed", self.id)

@@ -150,3 +150,13 @@ def _calls(server) -> dict:
     from realtime.webrtc import CALLS_KEY
 
     return server.app[CALLS_KEY]
+
+
+async def test_errors_echo_the_client_event_id() -> None:
+    async with running_server() as server, ws_client(server) as c:
+        await c.send({"type": "session.update", "event_id": "ev-42",
+                      "session": {"audio": {"input": {"format": {"type": "audio/pcma"}}}}})
+        err = (await c.next("error"))["error"]
+        assert err["event_id"] == "ev-42" and "audio/pcma" in err["message"]
+        await c.send({"type": "response.cancel", "event_id": "ev-43"})
+        assert (await c.next("error"))["error"]["event_id"] == "ev-43"

@@ -207,3 +207,15 @@ async def test_wrong_frame_size_is_rejected(bad):
     import numpy as np
     with pytest.raises(ValueError):
         ctrl.push_audio(np.zeros(bad, dtype=np.int16))
+
+
+async def test_manual_commits_start_each_turn_afresh():
+    ctrl, out, llm, ctx, events = make()
+    ctrl.turn_detection = False
+    await frames(ctrl, LOUD, 400)
+    first = await ctrl.commit_input()
+    await frames(ctrl, LOUD, 200)
+    second = await ctrl.commit_input()
+    assert len(second.text.split()) < len(first.text.split())  # not the first turn again
+    assert ctx.turns[0].item_id != ctx.turns[1].item_id
+    assert await ctrl.commit_input() is None  # nothing new: nothing to commit

@@ -199,3 +199,11 @@ async def test_fallback_audio_is_resampled_to_the_voice_rate(decoder):
     assert abs(total - 0.5 * 22050) < 100  # 0.5 s stays 0.5 s at the new rate
     spectrum = np.abs(np.fft.rfft(np.concatenate([c.pcm for c in chunks]).astype(np.float64)))
     assert abs(np.argmax(spectrum) * 22050 / (2 * (len(spectrum) - 1)) - 440) < 10  # the pitch survived
+
+
+async def test_two_sessions_share_the_voice(decoder):
+    a, b = Text(["First session speaking now."]), Text(["Second session, also speaking."])
+    got_a, got_b = await asyncio.wait_for(asyncio.gather(_collect(decoder, a), _collect(decoder, b)), WAIT_S)
+    assert [c.text for c in got_a if c.text] == ["First session speaking now."]
+    assert [c.text for c in got_b if c.text] == ["Second session,", "also speaking."]
+    assert a.closed and b.closed

@@ -103,3 +103,29 @@ def test_kaldi_fbank_matches_torchaudio(ref):
     fb = kaldi_fbank(ref["fe_wav16"])
     assert fb.shape == ref["fe_fbank"].shape == (48, 80)
     assert torch.max(torch.abs(fb - ref["fe_fbank"])).item() < 1e-3  # log energies, float32 FFTs
+
+
+def test_campplus_runs_an_onnx_model_on_mean_normalised_fbank(tmp_path, ref):
+    """A stand-in campplus.onnx (max over time, then a projection to 192) checks the plumbing:
+    input layout (1, frames, 80), mean normalisation over time, output (1, 192)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from decoder.step_audio.frontend import CampPlus
+
+    w = np.random.default_rng(0).standard_normal((80, 192)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMax", ["feats"], ["m"], axes=[1], keepdims=0),
+         helper.make_node("MatMul", ["m", "w"], ["embs"])],
+        "campplus_stub",
+        [helper.make_tensor_value_info("feats", TensorProto.FLOAT, [1, None, 80])],
+        [helper.make_tensor_value_info("embs", TensorProto.FLOAT, [1, 192])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "campplus.onnx")
+    emb = CampPlus(tmp_path / "campplus.onnx").embed(ref["fe_wav16"])
+    fb = ref["fe_fbank"]
+    expected = ((fb - fb.mean(dim=0, keepdim=True)).max(dim=0).values.numpy() @ w)[None]
+    assert emb.shape == (1, 192)
+    assert np.abs(emb.numpy() - expected).max() < 1e-2

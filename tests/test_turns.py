@@ -28,8 +28,16 @@ def test_onset_pause_and_end_of_turn_timing():
 def test_barge_in_needs_sustained_speech():
     det = TurnDetector(ControllerConfig(barge_in_ms=240))
     assert run(det, State.BOT_REPLYING, True, 220) == []
-    assert run(det, State.BOT_REPLYING, False, 20) == []
-    assert run(det, State.BOT_REPLYING, True, 240)[0][0] is Signal.BARGE_IN
+    assert run(det, State.BOT_REPLYING, False, 140) == []  # a real gap: the burst is over
+    assert run(det, State.BOT_REPLYING, True, 220) == []
+    assert run(det, State.BOT_REPLYING, True, 20)[0][0] is Signal.BARGE_IN
+
+
+def test_barge_in_bridges_short_dips_between_words():
+    det = TurnDetector(ControllerConfig(barge_in_ms=240))
+    assert run(det, State.BOT_REPLYING, True, 140) == []
+    assert run(det, State.BOT_REPLYING, False, 60) == []  # between two words
+    assert run(det, State.BOT_REPLYING, True, 100)[0][0] is Signal.BARGE_IN
 
 
 @pytest.mark.parametrize("text,longer", [("I want to go and", True), ("What time is it?", False)])

@@ -13,7 +13,7 @@ import logging
 from contextlib import aclosing
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -146,6 +146,3 @@ class StepAudioDecoder:
                 await closer()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-
-def with_speed(cfg: StreamConfig, speed: float) -> StreamConfig:
-    return replace(cfg, speed=speed)
