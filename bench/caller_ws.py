@@ -1,5 +1,7 @@
 """A caller over the Realtime WebSocket: 24 kHz pcm16 appended in real time, 20 ms per append;
-reply audio recorded as each response.output_audio.delta arrives (no jitter buffer on this path)."""
+reply audio recorded as each response.output_audio.delta arrives (no jitter buffer on this path).
+Like any Realtime client, it stops playing queued reply audio on input_audio_buffer.speech_started
+(the server may send a reply faster than real time; the client owns the playback)."""
 from __future__ import annotations
 
 import asyncio
@@ -42,6 +44,8 @@ async def call(base_url: str, conv: Conversation, opts: ScriptOptions, max_turns
                     heard.add(pcm, SR, t, event.get("response_id"))
                 elif not kind.endswith(".delta"):
                     events.append((t, event))
+                    if kind == "input_audio_buffer.speech_started":
+                        heard.flush(t)  # as clients are told to: stop playing the reply
 
         tasks = [asyncio.create_task(send_audio()), asyncio.create_task(receive())]
         try:

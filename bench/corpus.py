@@ -24,7 +24,7 @@ from bench.measure import voiced_bounds
 
 SR = 16_000
 PEAK = 0.5  # -6 dBFS: loud enough for any VAD, no clipping after resampling
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 # voice name → (engine, engine voice, rate): piper length_scale (>1 slower) or espeak words/minute
 VOICES: dict[str, tuple[str, str, float]] = {
@@ -33,7 +33,9 @@ VOICES: dict[str, tuple[str, str, float]] = {
     "joe-slow": ("piper", "joe", 1.25),
     "espeak-us-f": ("espeak", "en-us+f3", 165),
     "espeak-rp-fast": ("espeak", "en-gb-x-rp", 200),
-    "espeak-cmn": ("espeak", "cmn", 150),
+    # Debian's espeak-ng cmn dictionary lacks most characters (it reads them as tone numbers in
+    # English), so Mandarin is given as tone-numbered pinyin to the pinyin voice.
+    "espeak-cmn": ("espeak", "cmn-latn-pinyin", 150),
 }
 
 # (name, lang, voice, turns); a turn is a list of phrases; a turn starting with "!" barges in:
@@ -49,10 +51,10 @@ CONVERSATIONS: list[tuple[str, str, str, list[list[str]]]] = [
         ["I have some rice, two eggs and an onion.", "What can I cook tonight?"],
         ["Is that hard to make?", "I am not a great cook."],
     ]),
-    ("weather", "zh", "espeak-cmn", [
-        ["你好，我想问一下天气。", "明天会下雨吗？"],
-        ["!等一下，", "请说得简单一点。"],
-        ["那我应该带伞吗？"],
+    ("weather", "zh", "espeak-cmn", [  # 你好，我想问一下天气。明天会下雨吗？ / 等一下，请说得简单一点。 / 那我应该带伞吗？
+        ["ni3 hao3, wo3 xiang3 wen4 yi2 xia4 tian1 qi4.", "ming2 tian1 hui4 xia4 yu3 ma5?"],
+        ["!deng3 yi2 xia4,", "qing3 shuo1 de5 jian3 dan1 yi4 dian3."],
+        ["na4 wo3 ying1 gai1 dai4 san3 ma5?"],
     ]),
     ("music", "en", "joe-fast", [
         ["Can you recommend some music for studying?", "Nothing with lyrics, please."],

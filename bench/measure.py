@@ -13,6 +13,7 @@ leaving the caller's microphone. A real device adds its own output latency on to
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -65,6 +66,8 @@ class Playout:
     def __init__(self) -> None:
         self.chunks: list[Chunk] = []
         self.cursor = 0.0  # when the audio received so far has finished playing
+        self._ends: list[float] = []  # per chunk: when it finishes playing (never decreasing)
+        self._last_voice: float | None = None
         self._changed = asyncio.Event()
 
     def add(self, pcm: np.ndarray, sr: int, t_arrival: float | None = None,
@@ -76,6 +79,9 @@ class Playout:
         chunk = Chunk(t, heard, dur, start, end, max(0.0, t - self.cursor), response_id)
         if start is not None or heard == t:
             self.cursor = heard + dur
+        if end is not None:
+            self._last_voice = heard + end
+        self._ends.append(heard + dur)
         # else: silence while behind is dropped (as adaptive players do); voice is never dropped
         self.chunks.append(chunk)
         self._changed.set()
@@ -83,16 +89,32 @@ class Playout:
         return chunk
 
     def first_voice_after(self, t: float) -> float | None:
-        for c in self.chunks:
+        # ends of chunks never decrease: start at the first chunk still playing at t
+        for c in self.chunks[bisect.bisect_right(self._ends, t):]:
             if c.voice_start is not None and c.t_heard + c.voice_end > t:
                 return max(t, c.t_heard + c.voice_start)
         return None
 
     def last_voice_end(self) -> float | None:
-        for c in reversed(self.chunks):
-            if c.voice_end is not None:
-                return c.t_heard + c.voice_end
-        return None
+        return self._last_voice
+
+    def flush(self, t: float) -> None:
+        """What a Realtime WebSocket client does on input_audio_buffer.speech_started: drop the
+        reply audio queued but not yet played at t (WebRTC servers stop sending instead)."""
+        for i in range(len(self.chunks) - 1, -1, -1):
+            c = self.chunks[i]
+            if c.t_heard + c.duration <= t:
+                break
+            cut = max(0.0, t - c.t_heard)
+            if c.voice_start is not None and c.voice_start >= cut:
+                c.voice_start = c.voice_end = None
+            elif c.voice_end is not None:
+                c.voice_end = min(c.voice_end, cut)
+            c.duration = cut
+            self._ends[i] = c.t_heard + cut
+        self.cursor = min(self.cursor, max(t, 0.0))
+        voiced = [c for c in self.chunks if c.voice_end is not None]
+        self._last_voice = voiced[-1].t_heard + voiced[-1].voice_end if voiced else None
 
     async def wait_voice_after(self, t: float, timeout: float) -> float | None:
         deadline = time.monotonic() + timeout
@@ -213,7 +235,7 @@ def analyze(caller: int, turns: list[TurnTiming], chunks: list[Chunk], events: l
         if ongoing is not None:
             # the caller spoke into a reply: how long until that reply's audio stopped arriving
             a, b = ongoing
-            rec.barge_stop_ms = round((chunks[b].t_arrival - turn.t_speech_start) * 1000, 1)
+            rec.barge_stop_ms = round((chunks[b].t_heard + chunks[b].voice_end - turn.t_speech_start) * 1000, 1)
             if chunks[b].t_heard + chunks[b].voice_end > turn.t_speech_end:
                 rec.error = "reply kept playing through the whole utterance"
         early = any(turn.t_speech_start < chunks[a].t_heard + chunks[a].voice_start <= turn.t_speech_end

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
+import weakref
 from pathlib import Path
 
 from aiohttp import web
@@ -23,7 +24,7 @@ from realtime import webrtc
 from realtime.config import Config
 from realtime.session import ServerContext
 from realtime.stages import BuildEnv, build_all
-from realtime.ws import SERVER_KEY, realtime_ws
+from realtime.ws import SERVER_KEY, SOCKETS_KEY, close_all, realtime_ws
 
 log = logging.getLogger(__name__)
 WEB_CLIENT = Path(__file__).resolve().parent.parent / "web_client"
@@ -35,6 +36,7 @@ def create_app(config: Config, stages: dict | None = None) -> web.Application:
     app = web.Application(client_max_size=4 * config.server.max_sdp_bytes)
     app[SERVER_KEY] = ServerContext(config, stages or {})
     app[webrtc.CALLS_KEY] = {}
+    app[SOCKETS_KEY] = weakref.WeakSet()
     app[ENV_KEY] = BuildEnv(cache_dir=config.cache_path)
     if webrtc.is_loopback(config.server.host):
         webrtc.use_loopback_candidates()
@@ -62,6 +64,7 @@ async def _start_stages(app: web.Application) -> None:
 
 
 async def _end_sessions(app: web.Application) -> None:
+    await close_all(app)
     await asyncio.gather(*(call.close() for call in list(app[webrtc.CALLS_KEY].values())),
                          return_exceptions=True)
     await asyncio.gather(*(s.close() for s in list(app[SERVER_KEY].sessions)), return_exceptions=True)

@@ -19,7 +19,6 @@ import numpy as np
 from context.history import Context
 from controller import events as ev
 from controller.controller import Controller, Stages
-from controller.controller import new_id as controller_id
 from controller.metrics import SpeculationStats
 from controller.ports import AudioOutput
 from controller.states import State
@@ -146,11 +145,6 @@ class RealtimeSession:
         if await ctl.commit_input() is None:
             raise p.ProtocolError("input_audio_buffer_commit_empty", "the input audio buffer is empty",
                                   None, event.event_id)
-        # WORKAROUND (reported to the controller's owner): commit_input() leaves the tokenizer's
-        # audio and the item id in place; with server VAD the next onset resets both, but with
-        # manual turns nothing would, so the next turn would repeat this one.
-        ctl.stages.tokenizer.reset()
-        ctl._item_id = controller_id("item")
         if ctl.turn_detection:  # server VAD answers every committed turn (create_response: true)
             ctl.create_response()
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from realtime.outputs import WebSocketAudioOutput
 from realtime.protocol import error_event
@@ -16,6 +17,13 @@ from realtime.session import RealtimeSession, ServerContext
 
 log = logging.getLogger(__name__)
 SERVER_KEY = web.AppKey("server", ServerContext)
+SOCKETS_KEY = web.AppKey("websockets", weakref.WeakSet)
+
+
+async def close_all(app: web.Application) -> None:
+    """On shutdown: open sockets would otherwise hold the server up until its shutdown timeout."""
+    for ws in list(app[SOCKETS_KEY]):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 
 def unavailable(message: str) -> web.Response:
@@ -31,6 +39,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
     # beyond it make aiohttp drop the connection, so one bad event can't exhaust memory.
     ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=4 * max_bytes + 65_536, heartbeat=30)
     await ws.prepare(request)
+    request.app[SOCKETS_KEY].add(ws)
     session = RealtimeSession(server, "websocket", lambda s: WebSocketAudioOutput(s.send))
     if request.query.get("model"):
         session.settings.model = request.query["model"]

@@ -87,7 +87,7 @@ def test_analyze_latency_gaps_barge_in_and_server_events():
     assert r0.response_id == "r1" and r0.speculative is True and r0.server["llm_ttft_ms"] == 100.0
     assert r0.speculation == ["started", "committed"]
     assert r0.reply_ms == pytest.approx(580, abs=1)
-    assert r1.barge_stop_ms == pytest.approx(780, abs=0.5) and r1.interrupted is True
+    assert r1.barge_stop_ms == pytest.approx(800, abs=0.5) and r1.interrupted is True  # last voice heard at 5.8
     assert r1.v2v_ms == pytest.approx(700, abs=0.5)  # the next reply, r3 at 7.2
     assert r1.max_gap_ms == pytest.approx(150, abs=0.5) and r1.gaps_over_100ms == 1
     assert r2.v2v_ms is None and r2.error == "no reply"
@@ -201,3 +201,13 @@ def test_gaps_during_the_callers_own_stalls_are_left_out_and_flagged():
     assert stalled.max_gap_ms == 0 and stalled.caller_stall_gaps == 1
     (late,) = analyze(0, turns, p.chunks, [], stalls=[(2.1, 2.2)])  # between speech end and reply
     assert late.caller_stalled and late.max_gap_ms == pytest.approx(150, abs=0.5)
+
+
+def test_a_ws_client_flush_stops_the_queued_reply_and_sets_the_barge_in_stop():
+    p = Playout()
+    p.add(tone(2.0), SR, t_arrival=1.0, response_id="r")  # a whole reply at once, faster than real time
+    p.flush(1.7)  # speech_started arrived at 1.7: the rest is never played
+    assert p.last_voice_end() == pytest.approx(1.7)
+    assert p.first_voice_after(1.8) is None
+    (_, rec) = analyze(0, [_turn(0, 0.0, 0.5), _turn(1, 1.3, 2.5, barge=True)], p.chunks, [])
+    assert rec.barge_stop_ms == pytest.approx(400, abs=0.5)

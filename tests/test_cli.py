@@ -1,6 +1,7 @@
 """step-realtime's command line: check-config, config errors, and `serve` as a real process."""
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -9,6 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from realtime.cli import main
@@ -76,12 +78,21 @@ def _check_serving(proc: subprocess.Popen) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{match.group(1)}/healthz", timeout=30) as r:
             health = json.load(r)
         assert health["ok"] and health["stages"]["llm"] == "FakeLLM"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        asyncio.run(_sigint_with_a_client_connected(proc, int(match.group(1))))
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def _sigint_with_a_client_connected(proc: subprocess.Popen, port: int) -> None:
+    """An open Realtime WebSocket must not hold the shutdown up (aiohttp would wait 60 s)."""
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/v1/realtime") as ws:
+        assert json.loads((await ws.receive()).data)["type"] == "session.created"
+        proc.send_signal(signal.SIGINT)
+        closed = await asyncio.wait_for(ws.receive(), 20)
+        assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
 
 
 def test_port_in_use_is_one_line_and_exit_1() -> None:

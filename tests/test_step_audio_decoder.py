@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import wave
 from pathlib import Path
 
@@ -265,3 +266,16 @@ async def test_build_through_the_stage_registry(tmp_path):
     assert spk.flow_prompt.token.tolist() == [[5, 7]]
     assert spk.flow_prompt.mel.shape == (1, 86, 80)  # 1 s at 22.05 kHz, hop 256
     await dec.close()
+
+
+def test_model_dir_may_be_the_tts_3b_root(tmp_path):
+    from decoder.step_audio import Options
+    from decoder.step_audio.factory import resolve_model_dirs
+
+    shutil.copytree(FIX / "model", tmp_path / "CosyVoice-300M-25Hz")
+    shutil.copytree(FIX / "model", tmp_path / "CosyVoice-300M-25Hz-Music")
+    common, music = resolve_model_dirs(Options(model_dir=str(tmp_path)))
+    assert common.endswith("CosyVoice-300M-25Hz") and music.endswith("CosyVoice-300M-25Hz-Music")
+    assert resolve_model_dirs(Options(model_dir=str(FIX / "model"))) == (str(FIX / "model"), None)
+    with pytest.raises(FileNotFoundError, match="cosyvoice.yaml"):
+        resolve_model_dirs(Options(model_dir=str(tmp_path / "nope")))

@@ -12,9 +12,11 @@ from pydantic import BaseModel, ConfigDict
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_dir: str  # .../Step-Audio-TTS-3B/CosyVoice-300M-25Hz (cosyvoice.yaml, flow.pt, hift.pt, campplus.onnx)
-    music_model_dir: str | None = None  # .../CosyVoice-300M-25Hz-Music, for (RAP) and (哼唱)
-    llm_base_url: str = "http://127.0.0.1:8000/v1"  # vLLM serving Step-Audio-TTS-3B
+    # Step-Audio-TTS-3B dir (its CosyVoice-300M-25Hz[-Music] subdirs are used) or a CosyVoice dir
+    # itself (cosyvoice.yaml, flow.pt, hift.pt, campplus.onnx).
+    model_dir: str
+    music_model_dir: str | None = None  # CosyVoice-300M-25Hz-Music, for (RAP) and (哼唱)
+    llm_base_url: str = "http://127.0.0.1:8001/v1"  # vLLM serving Step-Audio-TTS-3B (not the chat model's)
     llm_model: str = "Step-Audio-TTS-3B"
     api_key: str = "EMPTY"
     temperature: float = 0.7

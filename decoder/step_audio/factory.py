@@ -30,9 +30,23 @@ def _voice(model_dir: str, opts: Options) -> Voice:
     return Voice(models, speakers)
 
 
+def resolve_model_dirs(opts: Options) -> tuple[str, str | None]:
+    """model_dir may be CosyVoice-300M-25Hz itself or the Step-Audio-TTS-3B directory holding it
+    (then the -Music sibling is picked up too, unless music_model_dir says otherwise)."""
+    root = Path(opts.model_dir)
+    if (root / "cosyvoice.yaml").exists():
+        return str(root), opts.music_model_dir
+    common = root / "CosyVoice-300M-25Hz"
+    if not (common / "cosyvoice.yaml").exists():
+        raise FileNotFoundError(f"decoder.options.model_dir: no cosyvoice.yaml in {root} or {common}")
+    music = root / "CosyVoice-300M-25Hz-Music"
+    return str(common), opts.music_model_dir or (str(music) if (music / "cosyvoice.yaml").exists() else None)
+
+
 def build_decoder(opts: Options) -> StepAudioDecoder:
-    common = _voice(opts.model_dir, opts)
-    music = _voice(opts.music_model_dir, opts) if opts.music_model_dir else None
+    common_dir, music_dir = resolve_model_dirs(opts)
+    common = _voice(common_dir, opts)
+    music = _voice(music_dir, opts) if music_dir else None
     source = VLLMAudioSource(opts.llm_base_url, opts.llm_model, opts.api_key, opts.temperature, opts.max_tokens)
     tokenizer = VLLMTokenizer(opts.llm_base_url, opts.llm_model)
     cfg = StreamConfig(first_chunk_tokens=opts.first_chunk_tokens, chunk_tokens=opts.chunk_tokens,
