@@ -72,6 +72,8 @@ class Controller:
         self.stats = stats or SpeculationStats()
         self.state = State.SILENCE
         self.turn_detection = True  # server VAD; False: the client commits (Realtime API)
+        self.auto_respond = True  # reply at the end of a turn (Realtime: create_response)
+        self.interruptible = True  # speech may cut a reply short (Realtime: interrupt_response)
         self.t_ms = 0  # the session's audio clock
         self.detector = TurnDetector(self.cfg)
         self._preroll: deque[np.ndarray] = deque(maxlen=max(1, self.cfg.preroll_ms // FRAME_MS))
@@ -99,6 +101,10 @@ class Controller:
             return
         signal = self.detector.update(self.state, prob >= self.cfg.speech_threshold, self.t_ms)
         self._route_frame(frame)
+        if signal is Signal.END_OF_TURN and not self.auto_respond:
+            signal = Signal.COMMIT
+        if signal is Signal.BARGE_IN and not self.interruptible:
+            signal = None
         if signal is not None:
             self.signal(signal)
 
@@ -134,6 +140,11 @@ class Controller:
                 self._eot_wall = time.monotonic()
                 self._cancel_task(self._end_task)
                 self._end_task = asyncio.create_task(self._end_turn())
+            case (_, Signal.COMMIT):
+                self._discard_speculation()
+                self._held_frames.clear()
+                self._cancel_task(self._end_task)
+                self._end_task = asyncio.create_task(self._commit_only())
             case (State.BOT_REPLYING, Signal.BARGE_IN):
                 self._barge_in()
             case (State.BOT_REPLYING, Signal.REPLY_DONE):
@@ -213,6 +224,13 @@ class Controller:
             log.exception("end of turn failed")
             self.emit(ErrorEvent("turn_failed", f"{type(exc).__name__}: {exc}"))
             self.signal(Signal.REPLY_DONE, "error")
+
+    async def _commit_only(self) -> None:
+        try:
+            await self._commit_input()
+        except Exception as exc:
+            log.exception("commit failed")
+            self.emit(ErrorEvent("turn_failed", f"{type(exc).__name__}: {exc}"))
 
     async def _commit_input(self) -> UserInput:
         user = await self.stages.tokenizer.finalize()

@@ -25,6 +25,7 @@ class Signal(str, Enum):
     END_OF_TURN = "end_of_turn"  # long silence, or the client committed the input
     BARGE_IN = "barge_in"  # long enough speech while the bot talks
     REPLY_DONE = "reply_done"  # the reply finished playing, or was cancelled
+    COMMIT = "commit"  # end of turn when the client answers itself (create_response: false)
 
 
 S, G = State, Signal
@@ -37,6 +38,8 @@ TRANSITIONS: dict[tuple[State, Signal], State] = {
     (S.USER_SPEAKING, G.END_OF_TURN): S.BOT_REPLYING,  # manual commit, or max turn length
     (S.USER_PAUSED, G.SPEECH): S.USER_SPEAKING,
     (S.USER_PAUSED, G.END_OF_TURN): S.BOT_REPLYING,
+    (S.USER_PAUSED, G.COMMIT): S.SILENCE,
+    (S.USER_SPEAKING, G.COMMIT): S.SILENCE,
     (S.BOT_REPLYING, G.BARGE_IN): S.USER_SPEAKING,
     (S.BOT_REPLYING, G.REPLY_DONE): S.SILENCE,
     (S.BOT_REPLYING, G.END_OF_TURN): S.BOT_REPLYING,  # a new reply replaces the current one

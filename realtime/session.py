@@ -158,6 +158,9 @@ class RealtimeSession:
         td = new.turn_detection
         self.controller.turn_detection = td is not None
         if td is not None:
+            self.controller.auto_respond = td.get("create_response") is not False
+            self.controller.interruptible = td.get("interrupt_response") is not False
+        if td is not None:
             new.turn_detection = self._render_turn_detection(td["type"], td)
         self.settings = self.renderer.settings = new
         self.send({"type": "session.updated", "session": new.render()})
@@ -171,7 +174,8 @@ class RealtimeSession:
             cfg.end_of_turn_ms = given["silence_duration_ms"]
             # speculation starts at the pause, which must come before the end of the turn
             cfg.pause_ms = min(cfg.pause_ms, max(20, cfg.end_of_turn_ms // 2))
-        common = {"type": kind, "create_response": True, "interrupt_response": True}
+        common = {"type": kind, "create_response": given.get("create_response") is not False,
+                  "interrupt_response": given.get("interrupt_response") is not False}
         if kind == "semantic_vad":
             return {**common, "eagerness": given.get("eagerness") or "auto"}
         return {**common, "threshold": cfg.speech_threshold, "silence_duration_ms": cfg.end_of_turn_ms,

@@ -219,3 +219,30 @@ async def test_manual_commits_start_each_turn_afresh():
     assert len(second.text.split()) < len(first.text.split())  # not the first turn again
     assert ctx.turns[0].item_id != ctx.turns[1].item_id
     assert await ctrl.commit_input() is None  # nothing new: nothing to commit
+
+
+async def test_without_auto_response_the_turn_is_committed_but_not_answered():
+    ctrl, out, llm, ctx, events = make()
+    ctrl.auto_respond = False
+    await frames(ctrl, LOUD, 400)
+    await frames(ctrl, QUIET, 700)
+    await wait_until(lambda: ctx.turns)
+    assert ctrl.state.value == "silence" and [t.role for t in ctx.turns] == ["user"]
+    await asyncio.sleep(0.05)
+    assert all(not s.finished for s in llm.streams)  # the speculation was dropped, nothing played
+    assert not out.chunks
+    ctrl.create_response()
+    await wait_until(lambda: ctrl.state.value == "silence" and len(ctx.turns) == 2)
+
+
+async def test_not_interruptible_reply_plays_through_speech():
+    ctrl, out, llm, ctx, events = make(auto_play=False)
+    ctrl.interruptible = False
+    await frames(ctrl, LOUD, 400)
+    await frames(ctrl, QUIET, 700)
+    await wait_until(lambda: out.chunks)
+    await frames(ctrl, LOUD, 600)
+    assert ctrl.state.value == "bot_replying"
+    await wait_until(lambda: llm.streams[-1].finished)
+    out.finish_playing()
+    await wait_until(lambda: ctrl.state.value == "silence")
