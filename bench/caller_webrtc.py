@@ -52,11 +52,13 @@ def frame_pcm(frame: AudioFrame) -> np.ndarray:
 
 
 async def connect(base_url: str, track: MediaStreamTrack, http: aiohttp.ClientSession,
-                  on_event, on_audio) -> RTCPeerConnection:
-    """Offer, POST, answer; on_audio(frame, t) for each received frame, on_event(t, dict)."""
+                  on_event, on_audio) -> tuple[RTCPeerConnection, list[asyncio.Task]]:
+    """Offer, POST, answer; on_audio(frame, t) for each received frame, on_event(t, dict).
+    Returns the connection and the task(s) pulling received audio (for close())."""
     pc = RTCPeerConnection()
     pc.addTrack(track)
     channel = pc.createDataChannel("oai-events")
+    pulls: list[asyncio.Task] = []
 
     @channel.on("message")
     def _message(data) -> None:
@@ -75,7 +77,7 @@ async def connect(base_url: str, track: MediaStreamTrack, http: aiohttp.ClientSe
                     on_audio(frame, time.monotonic())
             except MediaStreamError:
                 pass
-        pc._bench_pull = asyncio.ensure_future(pull())  # noqa: SLF001 - kept so it can be cancelled
+        pulls.append(asyncio.ensure_future(pull()))
 
     await pc.setLocalDescription(await pc.createOffer())
     url = base_url.rstrip("/") + "/v1/realtime/calls"
@@ -85,14 +87,14 @@ async def connect(base_url: str, track: MediaStreamTrack, http: aiohttp.ClientSe
             await pc.close()
             raise ConnectionError(f"POST /v1/realtime/calls: HTTP {resp.status}: {answer[:200]}")
     await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-    return pc
+    return pc, pulls
 
 
-async def close(pc: RTCPeerConnection) -> None:
-    pull = getattr(pc, "_bench_pull", None)
-    if pull is not None:
-        pull.cancel()
+async def close(pc: RTCPeerConnection, pulls: list[asyncio.Task]) -> None:
+    for task in pulls:
+        task.cancel()
     await pc.close()
+    await asyncio.gather(*pulls, return_exceptions=True)
 
 
 async def call(base_url: str, conv: Conversation, opts: ScriptOptions, max_turns: int | None = None,
@@ -103,9 +105,9 @@ async def call(base_url: str, conv: Conversation, opts: ScriptOptions, max_turns
         heard.add(frame_pcm(frame), frame.sample_rate, t)
 
     async with aiohttp.ClientSession() as http:
-        pc = await connect(base_url, MicTrack(mic), http, lambda t, e: events.append((t, e)), on_audio)
+        pc, pulls = await connect(base_url, MicTrack(mic), http, lambda t, e: events.append((t, e)), on_audio)
         try:
             timings = await talk(conv, mic, heard, opts, max_turns, seed, progress)
         finally:
-            await close(pc)
+            await close(pc, pulls)
     return timings, heard, events

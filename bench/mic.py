@@ -88,6 +88,7 @@ class ScriptOptions:
     think_s: tuple[float, float] = (0.3, 0.8)  # the caller's pause before its next turn
     lead_in_s: float = 0.6  # silence sent before the first turn (the call settles)
     connect_timeout_s: float = 15.0
+    deadline: float | None = None  # time.monotonic() after which no new turn is started
 
 
 async def talk(conv: Conversation, mic: Mic, heard: Playout, opts: ScriptOptions,
@@ -103,6 +104,8 @@ async def talk(conv: Conversation, mic: Mic, heard: Playout, opts: ScriptOptions
         await asyncio.sleep(0.02)
     await asyncio.sleep(opts.lead_in_s)
     for i, utt in enumerate(turns):
+        if opts.deadline is not None and time.monotonic() > opts.deadline:
+            break
         saying = mic.say(utt)
         start = await saying.started
         end = await saying.ended
@@ -115,6 +118,7 @@ async def talk(conv: Conversation, mic: Mic, heard: Playout, opts: ScriptOptions
             await asyncio.sleep(max(0.0, first + opts.barge_after_s - time.monotonic()))
             continue
         if first is not None:
-            await heard.wait_quiet(opts.quiet_s, opts.reply_max_s)
+            left = opts.reply_max_s if opts.deadline is None else max(1.0, opts.deadline - time.monotonic())
+            await heard.wait_quiet(opts.quiet_s, min(opts.reply_max_s, left))
         await asyncio.sleep(rng.uniform(*opts.think_s))
     return timings

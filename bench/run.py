@@ -13,11 +13,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 
 from bench import caller_webrtc, caller_ws, report
 from bench.corpus import Conversation, load_corpus
-from bench.measure import analyze, knee, summarize
+from bench.measure import analyze
+from bench.stats import knee, summarize
 from bench.mic import ScriptOptions
 from bench.server import ResourceSampler, ServerProcess
 
@@ -144,14 +146,14 @@ async def run_caller(transport: str, url: str, caller: int, convs: list[Conversa
             timings, heard, events = await CALLERS[transport].call(url, conv, opts, max_turns,
                                                                    seed=caller * 1000 + n, progress=progress.turn)
             records += analyze(caller, timings, heard.chunks, events, lag.stalls)
-        except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
+        except (ConnectionError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
             errors.append(f"caller {caller}, {conv.name}: {type(exc).__name__}: {exc}")
     return records, errors
 
 
 async def run_level(args, variant: Variant, level: int, corpus: list[Conversation], progress: Progress,
                     deadline: float, lag: LoopLag) -> dict:
-    opts = ScriptOptions(reply_timeout_s=args.reply_timeout_s)
+    opts = ScriptOptions(reply_timeout_s=args.reply_timeout_s, deadline=deadline)
     avg_turns = sum(len(c.turns[:args.max_turns] if args.max_turns else c.turns) for c in corpus) / len(corpus)
     per_caller = max(1, math.ceil(args.min_turns / (level * avg_turns)))
     plan = [[corpus[(caller + k * level) % len(corpus)] for k in range(per_caller)] for caller in range(level)]
@@ -230,8 +232,8 @@ async def bench(args: argparse.Namespace) -> dict:
             warm = Conversation(corpus[0].name, corpus[0].turns[:1])
             for v in variants:
                 progress.level(f"{v.name} warm-up", 1)
-                await run_caller(args.transport, v.url, 0, [warm], ScriptOptions(reply_timeout_s=30), None,
-                                 deadline, progress, lag)
+                await run_caller(args.transport, v.url, 0, [warm], ScriptOptions(reply_timeout_s=30, deadline=deadline),
+                                 None, deadline, progress, lag)
         last_seconds = 0.0
         for i, level in enumerate(levels):
             order = variants if i % 2 == 0 else variants[::-1]  # interleaved: ABBA, cancels drift
@@ -243,6 +245,8 @@ async def bench(args: argparse.Namespace) -> dict:
                     continue
                 run = await run_level(args, v, level, corpus, progress, deadline, lag)
                 last_seconds = run["seconds"]
+                if time.monotonic() > deadline:
+                    notes.append(f"{v.name} × {level}: cut short by the time budget ({args.deadline_s:.0f} s)")
                 runs.append(run)
                 s = run["summary"]
                 progress.note(f"  {v.name} × {level}: p50 {s['v2v_p50_ms']} ms, p95 {s['v2v_p95_ms']} ms, "

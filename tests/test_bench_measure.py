@@ -10,7 +10,8 @@ import pytest
 
 from bench import report
 from bench.corpus import SR, Utterance, load_corpus, spec_hash, synthetic_conversation
-from bench.measure import Playout, TurnTiming, analyze, knee, summarize, voiced_bounds
+from bench.measure import Playout, TurnTiming, analyze, voiced_bounds
+from bench.stats import knee, summarize
 from bench.mic import Mic
 
 
