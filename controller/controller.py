@@ -76,7 +76,9 @@ class Controller:
         self.interruptible = True  # speech may cut a reply short (Realtime: interrupt_response)
         self.t_ms = 0  # the session's audio clock
         self.detector = TurnDetector(self.cfg)
-        self._preroll: deque[np.ndarray] = deque(maxlen=max(1, self.cfg.preroll_ms // FRAME_MS))
+        # Long enough for a barge-in's speech (detected only after barge_in_ms of it) plus preroll.
+        self._preroll: deque[np.ndarray] = deque(
+            maxlen=max(1, (self.cfg.preroll_ms + 2 * self.cfg.barge_in_ms) // FRAME_MS))
         self._held_frames: list[np.ndarray] = []  # silence during a pause, pushed only on resume
         self._has_input = False  # the tokenizer holds audio of an uncommitted turn
         self._item_id = new_id("item")
@@ -150,10 +152,11 @@ class Controller:
             case (State.BOT_REPLYING, Signal.REPLY_DONE):
                 pass
 
-    def _start_user_turn(self) -> None:
+    def _start_user_turn(self, barge_in: bool = False) -> None:
         self._item_id = new_id("item")
         self.stages.tokenizer.reset()
-        for frame in self._preroll:
+        keep = len(self._preroll) if barge_in else self.cfg.preroll_ms // FRAME_MS + self.cfg.onset_ms // FRAME_MS
+        for frame in list(self._preroll)[-keep:] if keep else []:
             self.stages.tokenizer.push(frame)
         self._speech_start_ms = max(0, self.t_ms - self.cfg.onset_ms)
         self._preroll.clear()
@@ -283,7 +286,7 @@ class Controller:
         self.output.clear()  # drop queued audio first: this is what the caller hears stop
         self._cancel_task(self._end_task)
         reply, self._reply = self._reply, None
-        self._start_user_turn()
+        self._start_user_turn(barge_in=True)
         if reply is None:
             return
         heard_s = self.output.played_seconds()

@@ -59,7 +59,7 @@ class TurnDetector:
 
     def hint(self, transcript: str) -> None:
         """End-of-turn hint: a trailing conjunction or filler means more is coming; a question
-        mark or full stop means the thought is finished. Moves this turn's wait, within bounds."""
+        mark means the thought is finished. Moves this turn's wait, within bounds."""
         if not self.cfg.eot_hints or not transcript:
             return
         words = transcript.lower().rstrip(" .…,").split()
@@ -67,7 +67,7 @@ class TurnDetector:
         base = self.cfg.end_of_turn_ms
         if last in _TRAILING or transcript.rstrip().endswith(("…", "...", ",")):
             self.end_of_turn_ms = int(base * 1.6)
-        elif transcript.rstrip().endswith(("?", "？", "。", "!")):
+        elif transcript.rstrip().endswith(("?", "？")):  # not ".": Whisper ends nearly everything with one
             self.end_of_turn_ms = max(self.cfg.pause_ms + 100, int(base * 0.8))
         else:
             self.end_of_turn_ms = base

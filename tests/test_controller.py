@@ -246,3 +246,18 @@ async def test_not_interruptible_reply_plays_through_speech():
     await wait_until(lambda: llm.streams[-1].finished)
     out.finish_playing()
     await wait_until(lambda: ctrl.state.value == "silence")
+
+
+async def test_barge_in_speech_reaches_the_tokenizer_from_its_start():
+    tok = FakeTokenizer()
+    ctrl, out, llm, ctx, events = make(auto_play=False, tokenizer=tok)
+    await frames(ctrl, LOUD, 400)
+    await frames(ctrl, QUIET, 700)
+    await wait_until(lambda: out.chunks)
+    for ms in (100, 100, 100):  # words with short gaps: detected only after 250 ms of speech
+        await frames(ctrl, LOUD, ms)
+        if ctrl.state.value == "bot_replying":
+            await frames(ctrl, QUIET, 100)
+    assert ctrl.state.value == "user_speaking"
+    assert tok.voiced_frames == 15  # all of the interrupting speech, not just what came after
+    await ctrl.close()

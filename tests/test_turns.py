@@ -58,3 +58,9 @@ def test_hints_can_be_switched_off():
 def test_config_rejects_end_of_turn_shorter_than_pause():
     with pytest.raises(ValueError):
         ControllerConfig(pause_ms=500, end_of_turn_ms=400)
+
+
+def test_a_full_stop_alone_does_not_shorten_the_wait():
+    det = TurnDetector(ControllerConfig(end_of_turn_ms=600))
+    det.hint("I would like a coffee.")
+    assert det.end_of_turn_ms == 600
