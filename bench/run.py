@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reply-timeout-s", type=float, default=8.0)
     p.add_argument("--no-warmup", action="store_true", help="skip the unmeasured first turn per server")
     p.add_argument("--startup-timeout-s", type=float, default=300.0)
-    p.add_argument("--out", help="output folder (default: bench-results/<date-time>)")
+    p.add_argument("--out", help="output folder (default: bench/out/<date-time>)")
     p.add_argument("--corpus-cache", type=Path, help="corpus cache folder")
     return p.parse_args(argv)
 
@@ -218,7 +218,7 @@ async def bench(args: argparse.Namespace) -> dict:
     t_start = time.monotonic()
     deadline = t_start + args.deadline_s
     progress = Progress()
-    out = Path(args.out or f"bench-results/{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out or f"bench/out/{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(args.corpus_cache, log=progress.note)
     corpus = corpus[:args.conversations] if args.conversations else corpus

@@ -148,6 +148,8 @@ def summarize(results: list[dict], stats: SpeculationStats) -> dict:
         "committed_replies": sum(m.speculative for m in metrics),
         "saved_ms_median": med(saved),
         "eot_to_first_audio_ms_median": med(eot),
+        "stage_ms_median": {k: med([m.values[k] for m in metrics if m.values.get(k) is not None])
+                            for k in ("end_of_turn_delay_ms", "asr_ms", "llm_ttft_ms", "tts_first_audio_ms")},
         "barge_ins": len(barge),
         "barge_detect_ms_median": med([b["detect_ms"] for b in barge]),
         "barge_stop_ms_max": round(max(b["stop_ms"] for b in barge), 2) if barge else None,

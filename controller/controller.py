@@ -286,14 +286,14 @@ class Controller:
         self.output.clear()  # drop queued audio first: this is what the caller hears stop
         self._cancel_task(self._end_task)
         reply, self._reply = self._reply, None
+        if reply is not None:
+            heard_s = self.output.played_seconds()
+            heard = reply.heard_text(heard_s)
+            self.context.add_assistant(heard, heard_s, reply.item_id)
+            self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, "barge_in"))
+            self.emit(turn_metrics(reply, self._eot_wall, self.detector, self._speech_start_ms))
+            asyncio.create_task(reply.cancel())
         self._start_user_turn(barge_in=True)
-        if reply is None:
-            return
-        heard_s = self.output.played_seconds()
-        heard = reply.heard_text(heard_s)
-        self.context.add_assistant(heard, heard_s, reply.item_id)
-        self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, "barge_in"))
-        asyncio.create_task(reply.cancel())
 
     # -- client requests (Realtime API) --------------------------------------------------------
 

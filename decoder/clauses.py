@@ -5,8 +5,10 @@ words); later ones wait for a sentence end or a length cap, which sounds more na
 """
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
+_WORD = re.compile(r"\S+(?=\s)")  # a word known to be complete: whitespace follows it
 _SENTENCE_END = ".!?。！？\n"
 _CLAUSE_END = ",;:，；：、"
 # Full-width (CJK) punctuation ends a clause even with no space after it: CJK text has no spaces.
@@ -28,7 +30,7 @@ def _is_cjk(ch: str) -> bool:
         or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\ufaff"
 
 
-def _cut_index(buf: str, first: bool, min_chars: int, max_chars: int) -> int:
+def _cut_index(buf: str, first: bool, min_chars: int, max_chars: int, first_words: int = 0) -> int:
     """Index just past where buf should be cut, or -1 to wait for more text."""
     length = 0  # weighted: a CJK character is a syllable, about three Latin letters
     for i, ch in enumerate(buf):
@@ -44,6 +46,12 @@ def _cut_index(buf: str, first: bool, min_chars: int, max_chars: int) -> int:
         elif ch in _CLAUSE_END and first and ends_here and length >= min_chars:
             return i + 1
         # ASCII punctuation at the very end of buf waits: the next piece may be "5" of "3.5".
+    if first and first_words:
+        # No punctuation yet: the first clause goes to TTS after a few words all the same, so
+        # the caller hears the reply start while the LLM is still writing its first sentence.
+        ends = [m.end() for m in _WORD.finditer(buf)]
+        if len(ends) >= first_words and not any(_is_cjk(ch) for ch in buf):
+            return ends[first_words - 1]
     if len(buf) >= max_chars:
         cut = buf.rfind(" ", 0, max_chars)
         return cut + 1 if cut > 0 else max_chars
@@ -51,15 +59,16 @@ def _cut_index(buf: str, first: bool, min_chars: int, max_chars: int) -> int:
 
 
 async def clauses(
-    pieces: AsyncIterator[str], min_chars: int = 12, max_chars: int = 160
+    pieces: AsyncIterator[str], min_chars: int = 12, max_chars: int = 160, first_words: int = 5
 ) -> AsyncIterator[str]:
-    """Yield stripped clauses from a stream of text pieces; the rest is flushed at the end."""
+    """Yield stripped clauses from a stream of text pieces; the rest is flushed at the end.
+    `first_words`: cut the first clause after this many words if no punctuation came (0: never)."""
     buf = ""
     first = True
     async for piece in pieces:
         buf += piece
         while True:
-            cut = _cut_index(buf, first, min_chars, max_chars)
+            cut = _cut_index(buf, first, min_chars, max_chars, first_words)
             if cut < 0:
                 break
             clause, buf = buf[:cut].strip(), buf[cut:]

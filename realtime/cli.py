@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     models = sub.add_parser("models", help="assemble the embedded models into the cache directory")
     models.add_argument("--config", default=DEFAULT_CONFIG)
+    sub.add_parser("bench", help="measure voice-to-voice latency at the caller (see: step-realtime bench --help)")
     check = sub.add_parser("check-config", help="validate a config file (and, with --build, build its stages)")
     check.add_argument("--config", default=DEFAULT_CONFIG)
     check.add_argument("--build", action="store_true", help="also build every stage (loads the models)")
@@ -48,6 +49,11 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the load tool has its own options (bench/run.py)
+        from bench.run import main as bench_main
+
+        return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         cfg = _load(args)

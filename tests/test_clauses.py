@@ -40,7 +40,15 @@ async def test_decimal_point_and_abbreviations_are_not_ends():
 
 
 async def test_decimal_split_across_pieces_is_not_an_end():
-    assert await _cut(["It is 3.", "5 degrees outside now."]) == ["It is 3.5 degrees outside now."]
+    assert await _cut(["It is 3.", "5 degrees outside now."], first_words=0) == ["It is 3.5 degrees outside now."]
+
+
+async def test_first_clause_goes_after_a_few_words_without_punctuation():
+    text = "The capital of France is Paris and it is lovely. Truly lovely indeed my friend."
+    assert await _cut(text, first_words=5) == ["The capital of France is", "Paris and it is lovely.",
+                                               "Truly lovely indeed my friend."]
+    assert (await _cut(text, first_words=0))[0] == "The capital of France is Paris and it is lovely."
+    assert (await _cut("Yes, of course I can help you with that."))[0] == "Yes, of course I can"
 
 
 async def test_chinese_punctuation_cuts_without_spaces():
