@@ -28,7 +28,7 @@ from controller.controller import Controller, Stages
 from controller.metrics import SpeculationStats
 from realtime.config import load_config
 from realtime.outputs import WebSocketAudioOutput
-from realtime.stages import BuildEnv, build_all
+from realtime.stages import BuildEnv, build_all, close_all, start_all
 
 FRAME = 320
 VOICES = ["joe", "joe-fast", "joe-slow", "espeak-us-f", "espeak-rp-fast", "joe"]
@@ -189,9 +189,7 @@ async def main_async(args) -> dict:
         print(json.dumps(result["sweep"], indent=1))
     env = BuildEnv(cache_dir=cfg.cache_path)
     stages = build_all(cfg, env)
-    for s in stages.values():
-        if hasattr(s, "start"):
-            await s.start()
+    await start_all(stages)
     try:
         stats = SpeculationStats()
         results = []
@@ -200,11 +198,7 @@ async def main_async(args) -> dict:
             print(f"[{i + 1}/{len(corpus)}] {stats.as_dict()}", flush=True)
         result.update(summarize(results, stats))
     finally:
-        for s in stages.values():
-            if hasattr(s, "close"):
-                r = s.close()
-                if asyncio.iscoroutine(r):
-                    await r
+        await close_all(stages)
     return result
 
 

@@ -23,7 +23,7 @@ from aiohttp import web
 from realtime import webrtc
 from realtime.config import Config
 from realtime.session import ServerContext
-from realtime.stages import BuildEnv, build_all
+from realtime.stages import BuildEnv, build_all, close_all as close_all_stages, start_all as start_all_stages
 from realtime.ws import SERVER_KEY, SOCKETS_KEY, close_all, realtime_ws
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,7 @@ async def _start_stages(app: web.Application) -> None:
     server = app[SERVER_KEY]
     if not server.stages:
         server.stages = build_all(server.config, app[ENV_KEY])
-    for stage in server.stages.values():
-        if hasattr(stage, "start"):
-            await stage.start()
+    await start_all_stages(server.stages)
     log.info("stages ready: %s", {k: type(v).__name__ for k, v in server.stages.items()})
 
 
@@ -71,14 +69,7 @@ async def _end_sessions(app: web.Application) -> None:
 
 
 async def _close_stages(app: web.Application) -> None:
-    for stage in app[SERVER_KEY].stages.values():
-        if hasattr(stage, "close"):
-            try:
-                result = stage.close()
-                if asyncio.iscoroutine(result):
-                    await result
-            except Exception:
-                log.exception("closing %s failed", type(stage).__name__)
+    await close_all_stages(app[SERVER_KEY].stages)
     for cleanup in app[ENV_KEY].cleanups:
         try:
             await cleanup()

@@ -61,3 +61,25 @@ def build_all(cfg: Config, env: BuildEnv) -> dict[str, Any]:
         kind: build_stage(kind, getattr(cfg, kind).impl, getattr(cfg, kind).options(), env)
         for kind in ("vad", "tokenizer", "llm", "decoder")
     }
+
+
+async def start_all(stages: dict[str, Any]) -> None:
+    """Start the stages that have a start() (the LLM server, TTS warm-up)."""
+    for stage in stages.values():
+        if hasattr(stage, "start"):
+            await stage.start()
+
+
+async def close_all(stages: dict[str, Any]) -> None:
+    """Close every stage that has a close(), sync or async; one failing does not stop the rest."""
+    import asyncio
+    import logging
+
+    for stage in stages.values():
+        if hasattr(stage, "close"):
+            try:
+                result = stage.close()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                logging.getLogger(__name__).exception("closing %s failed", type(stage).__name__)

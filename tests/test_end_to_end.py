@@ -93,14 +93,12 @@ async def test_controller_discards_then_commits_with_the_real_stack():
     discarded (its LLM stream closed), the second is committed and played."""
     from context.history import Context
     from controller.controller import Controller, Stages
-    from realtime.stages import BuildEnv, build_all
+    from realtime.stages import BuildEnv, build_all, close_all, start_all
     from tests.fakes import FakeOutput
 
     cfg = default_config()
     stages = build_all(cfg, BuildEnv(cache_dir=cfg.cache_path))
-    for s in stages.values():
-        if hasattr(s, "start"):
-            await s.start()
+    await start_all(stages)
     events: list = []
     try:
         out = FakeOutput()
@@ -123,8 +121,4 @@ async def test_controller_discards_then_commits_with_the_real_stack():
         assert wer("I would like to visit Paris. What should I see there?", user) <= 0.25, user
         await ctrl.close()
     finally:
-        for s in stages.values():
-            if hasattr(s, "close"):
-                r = s.close()
-                if asyncio.iscoroutine(r):
-                    await r
+        await close_all(stages)

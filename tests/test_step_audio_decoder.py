@@ -14,27 +14,14 @@ import pytest
 torch = pytest.importorskip("torch")
 from aiohttp import web  # noqa: E402
 
-from decoder.step_audio.loader import load_models  # noqa: E402
 from decoder.step_audio.streaming import Prompt, ReplySynth, StreamConfig, synthesize_offline  # noqa: E402
 from decoder.step_audio.tts_decoder import StepAudioDecoder, Voice  # noqa: E402
 from decoder.step_audio.vllm_source import VLLMAudioSource, VLLMTokenizer  # noqa: E402
 
-FIX = Path(__file__).parent / "fixtures" / "step_audio_tts"
+from tests.step_audio_fixtures import FIX, _one_torch_thread, models  # noqa: E402,F401 (fixtures)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared, busy 2-core machine: extra intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 SPF = 256  # samples per mel frame
-
-
-@pytest.fixture(scope="module")
-def models():
-    return load_models(FIX / "model")
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -14,26 +12,7 @@ torch = pytest.importorskip("torch")
 from decoder.step_audio import hparams  # noqa: E402
 from decoder.step_audio.loader import CheckpointError, build_models, load_models, load_state  # noqa: E402
 
-FIX = Path(__file__).parent / "fixtures" / "step_audio_tts"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared, busy 2-core machine: extra intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return {k: torch.from_numpy(v) for k, v in np.load(FIX / "reference.npz").items()}
-
-
-@pytest.fixture(scope="module")
-def models():
-    return load_models(FIX / "model")
+from tests.step_audio_fixtures import FIX, _one_torch_thread, ref, models  # noqa: E402,F401 (fixtures)
 
 
 def test_flow_matches_reference_within_1e_4(models, ref):

@@ -2,7 +2,6 @@
 tests/fixtures/step_audio_tts, and streamed vocoding against one-shot vocoding."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,30 +9,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from decoder.step_audio.frontend import kaldi_fbank, prompt_mel  # noqa: E402
-from decoder.step_audio.loader import build_models, fold_weight_norm, load_models, load_state  # noqa: E402
+from decoder.step_audio.loader import build_models, fold_weight_norm, load_state  # noqa: E402
 from decoder.step_audio.noise import NoiseBank  # noqa: E402
 from decoder.step_audio.streaming import StreamConfig, VocoderStream  # noqa: E402
 
-FIX = Path(__file__).parent / "fixtures" / "step_audio_tts"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared, busy 2-core machine: extra intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return {k: torch.from_numpy(v) for k, v in np.load(FIX / "reference.npz").items()}
-
-
-@pytest.fixture(scope="module")
-def models():
-    return load_models(FIX / "model")
+from tests.step_audio_fixtures import FIX, _one_torch_thread, ref, models  # noqa: E402,F401 (fixtures)
 
 
 def test_hift_matches_reference_within_1e_4(models, ref):
