@@ -87,26 +87,33 @@ class OpenAIChatClient:
         if self._client is None:
             await self.start()
         assert self._client is not None
-        where = self.base_url or "the LLM server"
-        try:
-            response = await self._client.chat.completions.create(
-                model=self.options.model, messages=[{"role": m.role, "content": m.content} for m in messages],
-                stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature)
-        except openai.APIConnectionError as exc:  # includes timeouts
-            raise LLMUnavailableError(f"{where} is unreachable: {exc}") from exc
-        except openai.APIStatusError as exc:
-            raise LLMError(f"{where} answered {exc.status_code}: {exc.message}") from exc
-        try:
-            async for chunk in response:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
-        except openai.APIError as exc:
-            raise LLMError(f"{where} failed mid-stream: {exc}") from exc
-        finally:
-            # Runs on aclose() and on cancellation too: dropping the connection is what tells the
-            # server to stop generating.
-            await response.close()
+        request = self._client.chat.completions.create(
+            model=self.options.model, messages=[{"role": m.role, "content": m.content} for m in messages],
+            stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature)
+        async for text in stream_text(request, self.base_url or "the LLM server",
+                                      lambda choice: choice.delta.content):
+            yield text
 
+
+async def stream_text(request, where: str, text_of) -> AsyncIterator[str]:
+    """Stream an OpenAI-compatible request (`request`: the awaitable create(..., stream=True)),
+    yielding `text_of(choice)` when non-empty, with the server's failures as LLMError."""
+    try:
+        response = await request
+    except openai.APIConnectionError as exc:  # includes timeouts
+        raise LLMUnavailableError(f"{where} is unreachable: {exc}") from exc
+    except openai.APIStatusError as exc:
+        raise LLMError(f"{where} answered {exc.status_code}: {exc.message}") from exc
+    try:
+        async for chunk in response:
+            if chunk.choices and (text := text_of(chunk.choices[0])):
+                yield text
+    except openai.APIError as exc:
+        raise LLMError(f"{where} failed mid-stream: {exc}") from exc
+    finally:
+        # Runs on aclose() and on cancellation too: dropping the connection is what tells the
+        # server to stop generating (vLLM aborts the request).
+        await response.close()
 
 def _resolve_model(name_or_path: str, cache_dir: Path) -> Path:
     path = Path(name_or_path).expanduser()

@@ -19,7 +19,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm.base import Message
-from llm.openai_chat import LLMError, LLMUnavailableError
+from llm.openai_chat import stream_text
 
 BOT, EOT = "<|BOT|>", "<|EOT|>"
 ROLE_NAMES = {"system": "system", "user": "human", "assistant": "assistant"}
@@ -64,24 +64,11 @@ class StepAudioChatClient:
                 yield piece
 
     async def stream_prompt(self, prompt: str) -> AsyncIterator[str]:
-        where = self.options.base_url
-        try:
-            response = await self._client.completions.create(
-                model=self.options.model, prompt=prompt, stream=True, stop=[EOT],
-                max_tokens=self.options.max_tokens, temperature=self.options.temperature, top_p=self.options.top_p)
-        except openai.APIConnectionError as exc:  # includes timeouts
-            raise LLMUnavailableError(f"{where} is unreachable: {exc}") from exc
-        except openai.APIStatusError as exc:
-            raise LLMError(f"{where} answered {exc.status_code}: {exc.message}") from exc
-        try:
-            async for chunk in response:
-                if chunk.choices and chunk.choices[0].text:
-                    yield chunk.choices[0].text
-        except openai.APIError as exc:
-            raise LLMError(f"{where} failed mid-stream: {exc}") from exc
-        finally:
-            # Also on aclose() and cancellation: dropping the connection makes vLLM abort the request.
-            await response.close()
+        request = self._client.completions.create(
+            model=self.options.model, prompt=prompt, stream=True, stop=[EOT],
+            max_tokens=self.options.max_tokens, temperature=self.options.temperature, top_p=self.options.top_p)
+        async for text in stream_text(request, self.options.base_url, lambda choice: choice.text):
+            yield text
 
     async def complete_text(self, system: str, audio_tokens: Sequence[int]) -> str:
         """One whole reply to a system prompt and a spoken turn (used for Step-Audio-Chat ASR)."""

@@ -14,6 +14,7 @@ import pytest_asyncio
 from llm.base import Message
 from llm.llama_server import LlamaServer, LlamaServerError, llama_cpp_installed
 from realtime.stages import BuildEnv, build_stage
+from tests.aio_util import cancel_after_first
 
 pytestmark = [
     pytest.mark.integration,
@@ -85,17 +86,7 @@ async def test_closing_the_stream_stops_generation(client):
 async def test_task_cancel_stops_generation(client):
     client.options.max_tokens = 400
     before = _log(client).count(DISCONNECT_MARK)
-    got_one = asyncio.Event()
-
-    async def consume():
-        async for _ in client.stream([Message("user", "Count from one to two hundred in words.")]):
-            got_one.set()
-
-    task = asyncio.create_task(consume())
-    await asyncio.wait_for(got_one.wait(), WAIT_S)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_after_first(client.stream([Message("user", "Count from one to two hundred in words.")]), WAIT_S)
 
     async def disconnected():
         while _log(client).count(DISCONNECT_MARK) <= before:

@@ -14,6 +14,7 @@ from llm.base import Message
 from llm.llama_server import free_port
 from llm.openai_chat import LLMError, LLMUnavailableError, OpenAIChatClient, Options
 from realtime.stages import BuildEnv, build_stage
+from tests.aio_util import cancel_after_first
 
 WAIT_S = 30  # bound on waits that end at once when the code works
 
@@ -101,17 +102,7 @@ async def test_aclose_closes_the_http_stream(sse: SSEServer):
 
 async def test_task_cancel_closes_the_http_stream(sse: SSEServer):
     client = OpenAIChatClient(Options(base_url=sse.base_url))
-    got_one = asyncio.Event()
-
-    async def consume():
-        async for _ in client.stream(MESSAGES):
-            got_one.set()
-
-    task = asyncio.create_task(consume())
-    await asyncio.wait_for(got_one.wait(), WAIT_S)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_after_first(client.stream(MESSAGES), WAIT_S)
     await asyncio.wait_for(sse.disconnected.wait(), WAIT_S)
     assert not sse.finished
     await client.close()

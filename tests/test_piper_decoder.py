@@ -10,6 +10,7 @@ import pytest
 
 from realtime.config import ConfigError
 from realtime.stages import BuildEnv, build_stage
+from tests.aio_util import cancel_after_first
 
 pytestmark = [
     pytest.mark.integration,
@@ -123,17 +124,7 @@ async def test_aclose_closes_text_and_stops(decoder):
 
 async def test_task_cancel_closes_text(decoder):
     text = Text(["Cancel me, please. ", "I keep talking. "], forever=True)
-    got_one = asyncio.Event()
-
-    async def consume():
-        async for _ in decoder.synthesize(text.gen()):
-            got_one.set()
-
-    task = asyncio.create_task(consume())
-    await asyncio.wait_for(got_one.wait(), WAIT_S)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_after_first(decoder.synthesize(text.gen()), WAIT_S)
     assert text.closed and not text.exhausted
     assert decoder.fallback.live_processes == 0
 
