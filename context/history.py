@@ -24,9 +24,12 @@ def count_text_tokens(text: str) -> int:
     return cjk + (max(1, round(other / 4)) if other else 0)
 
 
+ROOT = "root"  # previous_item_id that puts an item first (the Realtime API's word)
+
+
 @dataclass
 class Turn:
-    role: str  # "user" | "assistant"
+    role: str  # "user" | "assistant" | "system" (a system item added by the client)
     text: str
     speech_seconds: float = 0.0
     item_id: str = ""
@@ -48,6 +51,46 @@ class Context:
         self.turns.append(turn)
         return turn
 
+    def add_message(self, role: str, text: str, item_id: str, previous_item_id: str | None = None) -> Turn:
+        """A typed item (no speech). After `previous_item_id` (ROOT: first), else at the end.
+
+        Raises KeyError if previous_item_id names no turn, ValueError for an unknown role."""
+        if role not in ("user", "assistant", "system"):
+            raise ValueError(f"unknown role {role!r}")
+        turn = Turn(role, text, 0.0, item_id)
+        if previous_item_id is None:
+            self.turns.append(turn)
+        elif previous_item_id == ROOT:
+            self.turns.insert(0, turn)
+        else:
+            self.turns.insert(self._index(previous_item_id) + 1, turn)
+        return turn
+
+    def delete(self, item_id: str) -> bool:
+        """Remove the turn with this item id. False if there is none."""
+        try:
+            del self.turns[self._index(item_id)]
+        except KeyError:
+            return False
+        return True
+
+    def find(self, item_id: str) -> Turn | None:
+        try:
+            return self.turns[self._index(item_id)]
+        except KeyError:
+            return None
+
+    def previous_id(self, item_id: str) -> str | None:
+        """The item id of the turn before this one (None if it is first)."""
+        i = self._index(item_id)
+        return self.turns[i - 1].item_id if i > 0 else None
+
+    def _index(self, item_id: str) -> int:
+        for i, turn in enumerate(self.turns):
+            if item_id and turn.item_id == item_id:
+                return i
+        raise KeyError(item_id)
+
     def truncate(self, item_id: str, heard_text: str, heard_seconds: float) -> bool:
         """Cut an assistant turn down to what the caller heard. False if no such turn."""
         for turn in reversed(self.turns):
@@ -60,14 +103,18 @@ class Context:
     def messages(self, current: Message | None = None) -> list[Message]:
         """The prompt: system prompt, as many recent turns as fit the budget, then `current`.
 
-        Oldest turns go first; the system prompt and the current input always stay.
+        Oldest turns go first; the system prompt and the current input always stay. System items
+        join the system prompt (in order) rather than sitting mid-conversation, because many chat
+        templates accept a system message only first.
         """
-        budget = self.max_prompt_tokens - count_text_tokens(self.system_prompt)
+        system_items = [turn.text for turn in self.turns if turn.role == "system"]
+        system = "\n\n".join(text for text in [self.system_prompt, *system_items] if text)
+        budget = self.max_prompt_tokens - count_text_tokens(system)
         if current is not None:
             budget -= count_text_tokens(current.content)
         kept: list[Message] = []
         for turn in reversed(self.turns):
-            if not turn.text:
+            if not turn.text or turn.role == "system":
                 continue
             cost = count_text_tokens(turn.text) + 4  # role header
             if cost > budget:
@@ -75,7 +122,7 @@ class Context:
             budget -= cost
             kept.append(Message("user" if turn.role == "user" else "assistant", turn.text))
         kept.reverse()
-        head = [Message("system", self.system_prompt)] if self.system_prompt else []
+        head = [Message("system", system)] if system else []
         return head + kept + ([current] if current is not None else [])
 
     def compression_ratio(self) -> float | None:

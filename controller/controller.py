@@ -86,6 +86,7 @@ class Controller:
         self._speculation: Reply | None = None
         self._reply: Reply | None = None
         self._end_task: asyncio.Task | None = None
+        self._warm_task: asyncio.Task | None = None
         self._eot_wall: float | None = None
         self._closed = False
 
@@ -162,6 +163,14 @@ class Controller:
         self._preroll.clear()
         self._has_input = True
         self.emit(SpeechStarted(self._item_id, self._speech_start_ms))
+        # While the user talks, have the LLM server cache the conversation so far: at the pause
+        # only the new words are evaluated (docs/llm.md, "Prompt cache and prefix warm-up").
+        self._warm_task = asyncio.create_task(self._warm_llm(self.context.messages()))
+
+    async def _warm_llm(self, history: list[Message]) -> None:
+        warm = getattr(self.stages.llm, "warm", None)  # optional for LLM stages outside this repo
+        if warm is not None:
+            await warm(history)
 
     # -- speculation ---------------------------------------------------------------------------
 
@@ -357,6 +366,7 @@ class Controller:
     async def close(self) -> None:
         self._closed = True
         self._cancel_task(self._end_task)
+        self._cancel_task(self._warm_task)
         for reply in (self._speculation, self._reply):
             if reply is not None:
                 await reply.cancel()
@@ -366,6 +376,19 @@ class Controller:
     def _cancel_task(task: asyncio.Task | None) -> None:
         if task is not None and not task.done():
             task.cancel()
+
+    def add_message(self, role: str, text: str, item_id: str | None = None,
+                    previous_item_id: str | None = None) -> str:
+        """conversation.item.create: a typed message joins the history; the next reply sees it.
+
+        Raises KeyError if previous_item_id names no item."""
+        item_id = item_id or new_id("item")
+        self.context.add_message(role, text, item_id, previous_item_id)
+        return item_id
+
+    def delete_item(self, item_id: str) -> bool:
+        """conversation.item.delete: the item leaves the history. False if there is no such item."""
+        return self.context.delete(item_id)
 
 
 async def _ready(value):

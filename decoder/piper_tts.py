@@ -24,7 +24,7 @@ import soxr
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from decoder import espeak
-from decoder.audio_chunks import aclose_quietly, chunked, script_language, script_runs
+from decoder.audio_chunks import aclose_quietly, chunked, script_language, script_runs, trim_leading_silence
 from decoder.base import AudioChunk
 from decoder.clauses import clauses
 
@@ -149,6 +149,7 @@ class PiperDecoder:
             clause_q.put_nowait(exc)
 
     async def _speak(self, clause_q: asyncio.Queue, audio_q: asyncio.Queue) -> None:
+        first = True
         try:
             while (clause := await clause_q.get()) is not _END:
                 if isinstance(clause, BaseException):
@@ -157,6 +158,8 @@ class PiperDecoder:
                 label = clause  # the clause's text rides on its first chunk only
                 async with aclosing(self.span_audio(clause)) as spans:  # closed now if cancelled
                     async for pcm in spans:
+                        if first:  # the voice's lead-in silence before the reply is only latency
+                            pcm, first = trim_leading_silence(pcm, self.sample_rate), False
                         await audio_q.put((label, pcm))
                         label = ""
             await audio_q.put(_END)

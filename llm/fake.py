@@ -23,6 +23,10 @@ class FakeLLM:
     token_delay_s: float = 0.01
     echo: bool = False  # reply "You said: <last user message>." instead
     streams: list[StreamRecord] = field(default_factory=list)
+    warmed: list[list[Message]] = field(default_factory=list)  # every warm() call's history
+
+    async def warm(self, history: Sequence[Message]) -> None:
+        self.warmed.append(list(history))
 
     async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
         rec = StreamRecord(list(messages))

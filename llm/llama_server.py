@@ -39,7 +39,7 @@ def llama_cpp_installed() -> bool:
 
 class LlamaServer:
     def __init__(self, model_path: Path, model_alias: str, *, n_ctx: int = 2048, n_threads: int | None = None,
-                 host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
+                 n_threads_batch: int | None = None, prompt_cache_mb: int = 0, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
                  startup_timeout_s: float = 180.0) -> None:
         self.model_path = Path(model_path)
         self.model_alias = model_alias
@@ -47,6 +47,13 @@ class LlamaServer:
         # Default: all cores but one. llama.cpp's threads spin at barriers, so when another stage
         # (piper, whisper) holds a core, a thread per core slows decoding several-fold (docs/llm.md).
         self.n_threads = n_threads or max(1, (os.cpu_count() or 1) - 1)
+        # Prompt threads: the same by default. More help on an idle machine, but a prompt is
+        # evaluated at the pause, while other sessions' ASR and TTS may hold the other core, and
+        # then spinning threads make it many times slower (docs/llm.md).
+        self.n_threads_batch = n_threads_batch or self.n_threads
+        # llama-cpp-python's RAM cache of evaluated prompt states: without it the server keeps
+        # only the last request's prefix, so sessions taking turns re-evaluate whole histories.
+        self.prompt_cache_mb = prompt_cache_mb
         self.host = host
         self.port = port
         self.log_path = Path(log_path) if log_path else Path(f"/tmp/step-realtime-llama-{os.getpid()}.log")
@@ -65,9 +72,11 @@ class LlamaServer:
     def command(self) -> list[str]:
         return [sys.executable, "-m", "llm.llama_child", "--model", str(self.model_path), "--model_alias", self.model_alias,
                 "--host", self.host, "--port", str(self.port), "--n_ctx", str(self.n_ctx),
-                "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
+                "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads_batch),
                 # Queue concurrent sessions' requests instead of cutting the running reply short.
-                "--interrupt_requests", "False"]
+                "--interrupt_requests", "False"] + (
+            ["--cache", "True", "--cache_type", "ram", "--cache_size", str(self.prompt_cache_mb << 20)]
+            if self.prompt_cache_mb else [])
 
     async def start(self) -> str:
         """Start the server and wait until /v1/models answers; returns the base URL."""

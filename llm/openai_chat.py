@@ -8,6 +8,7 @@ the disconnect at its next token: a discarded speculation costs almost nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm.base import Message
 from llm.llama_server import LlamaServer
+
+log = logging.getLogger(__name__)
 
 
 class Options(BaseModel):
@@ -28,10 +31,15 @@ class Options(BaseModel):
     temperature: float = Field(0.6, ge=0, le=2)
     timeout: float = Field(30.0, gt=0, description="seconds, per request (connect and each read)")
     max_retries: int = Field(0, ge=0, description="retries cost a turn's latency: none by default")
+    warm_prefix: bool = Field(True, description="at the start of each user turn, send the conversation so far "
+                                                "(1 token) so the server's prompt cache holds it")
     # The bundled server (base_url null) only:
     model_path: str | None = Field(None, description="a .gguf file instead of the asset named by model")
     n_ctx: int = Field(2048, ge=256)
-    n_threads: int | None = Field(None, ge=1, description="null: all cores but one")
+    n_threads: int | None = Field(None, ge=1, description="generation threads; null: all cores but one")
+    n_threads_batch: int | None = Field(None, ge=1, description="prompt threads; null: as n_threads")
+    prompt_cache_mb: int = Field(256, ge=0, description="llama.cpp prompt-state cache shared by all "
+                                                        "sessions (each keeps its prefix); 0: off")
     startup_timeout_s: float = Field(180.0, gt=0)
     log_path: str | None = Field(None, description="server log; null: <cache_dir>/logs/llama-server.log")
 
@@ -94,6 +102,19 @@ class OpenAIChatClient:
                                       lambda choice: choice.delta.content):
             yield text
 
+    async def warm(self, history: Sequence[Message]) -> None:
+        """Evaluate `history` + an empty user message, generating one token, so that the server
+        caches the prefix every prompt of the coming turn starts with (the prompt diverges only at
+        the user's words). The rest of that request is thrown away."""
+        if not self.options.warm_prefix or self._client is None:
+            return
+        messages = [{"role": m.role, "content": m.content} for m in history] + [{"role": "user", "content": ""}]
+        try:
+            await self._client.chat.completions.create(model=self.options.model, messages=messages,
+                                                       max_tokens=1, temperature=0.0)
+        except openai.APIError as exc:  # the turn's own request reports real failures
+            log.debug("prefix warm-up failed: %s", exc)
+
 
 async def stream_text(request, where: str, text_of) -> AsyncIterator[str]:
     """Stream an OpenAI-compatible request (`request`: the awaitable create(..., stream=True)),
@@ -133,6 +154,7 @@ def build(options: dict, env) -> OpenAIChatClient:
         cache_dir = Path(env.cache_dir).expanduser()
         log_path = Path(opts.log_path).expanduser() if opts.log_path else cache_dir / "logs" / "llama-server.log"
         server = LlamaServer(_resolve_model(opts.model_path or opts.model, cache_dir), opts.model,
-                             n_ctx=opts.n_ctx, n_threads=opts.n_threads, log_path=log_path,
+                             n_ctx=opts.n_ctx, n_threads=opts.n_threads, n_threads_batch=opts.n_threads_batch,
+                             prompt_cache_mb=opts.prompt_cache_mb, log_path=log_path,
                              startup_timeout_s=opts.startup_timeout_s)
     return OpenAIChatClient(opts, server)

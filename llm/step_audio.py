@@ -12,6 +12,7 @@ request: a discarded speculation stops costing GPU time at once.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm.base import Message
 from llm.openai_chat import stream_text
+
+log = logging.getLogger(__name__)
 
 BOT, EOT = "<|BOT|>", "<|EOT|>"
 ROLE_NAMES = {"system": "system", "user": "human", "assistant": "assistant"}
@@ -62,6 +65,16 @@ class StepAudioChatClient:
         async with aclosing(self.stream_prompt(render_prompt(messages))) as pieces:
             async for piece in pieces:
                 yield piece
+
+    async def warm(self, history: Sequence[Message]) -> None:
+        """Evaluate the conversation so far up to the next user header, one token, so vLLM's
+        prefix cache (--enable-prefix-caching) holds it when the turn's prompt arrives."""
+        prefix = "".join(f"{BOT}{ROLE_NAMES[m.role]}\n{m.content}{EOT}" for m in history) + f"{BOT}human\n"
+        try:
+            await self._client.completions.create(model=self.options.model, prompt=prefix, max_tokens=1,
+                                                  temperature=0.0)
+        except openai.APIError as exc:  # the turn's own request reports real failures
+            log.debug("prefix warm-up failed: %s", exc)
 
     async def stream_prompt(self, prompt: str) -> AsyncIterator[str]:
         request = self._client.completions.create(

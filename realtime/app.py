@@ -6,6 +6,7 @@
   GET  /v1/realtime                    OpenAI Realtime over WebSocket
   POST /v1/realtime/calls              OpenAI Realtime over WebRTC (SDP offer → answer)
   POST /v1/realtime/calls/{id}/hangup
+  GET  /v1/telephony/twilio            phone calls over Twilio Media Streams (WebSocket, μ-law)
 
 Stages are built once per server from the config (realtime.stages.build_all) and shared by all
 sessions; each session gets its own VAD and tokenizer from their factories.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from realtime import webrtc
+from realtime import telephony, webrtc
 from realtime.config import Config
 from realtime.session import ServerContext
 from realtime.stages import BuildEnv, build_all, close_all as close_all_stages, start_all as start_all_stages
@@ -45,6 +46,7 @@ def create_app(config: Config, stages: dict | None = None) -> web.Application:
     app.router.add_get("/v1/realtime", realtime_ws)
     app.router.add_post("/v1/realtime/calls", webrtc.create_call)
     app.router.add_post("/v1/realtime/calls/{call_id}/hangup", webrtc.hangup)
+    app.router.add_get("/v1/telephony/twilio", telephony.twilio_ws)
     app.router.add_get("/", web_client)
     app.router.add_get("/{name:[A-Za-z0-9_./-]+}", web_client)
     app.on_startup.append(_start_stages)

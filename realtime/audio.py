@@ -1,7 +1,7 @@
 """Input audio: whatever the client sends → 16 kHz mono int16 in 20 ms frames for the controller.
 
-Two sources: base64 PCM16 from Realtime `input_audio_buffer.append` (24 kHz by default), and
-av.AudioFrame from a WebRTC track (Opus decoded by aiortc: 48 kHz, often stereo). Both are
+Three sources: base64 PCM16 from Realtime `input_audio_buffer.append` (24 kHz by default), base64
+G.711 μ-law/A-law at 8 kHz (Realtime `audio/pcmu`/`audio/pcma`, telephony), and av.AudioFrame from a WebRTC track (Opus decoded by aiortc: 48 kHz, often stereo). Both are
 resampled with a streaming resampler (state kept across chunks, so no clicks at chunk edges) and
 cut into exact 320-sample frames; a partial frame waits for the next chunk.
 """
@@ -14,6 +14,7 @@ import av
 import numpy as np
 import soxr
 
+from realtime import g711
 from vad.base import FRAME_SAMPLES, SAMPLE_RATE
 
 # PCM input rates we resample from. OpenAI's GA API only names 24000; the rest are for
@@ -45,19 +46,16 @@ class Framer:
 class PcmInput:
     """Base64 PCM16 little-endian mono at `rate` → 16 kHz frames."""
 
-    def __init__(self, rate: int = 24_000) -> None:
+    def __init__(self, rate: int = 24_000, quality: str = "HQ") -> None:
         if rate not in SUPPORTED_PCM_RATES:
             raise AudioFormatError(f"unsupported input rate {rate} (supported: {', '.join(map(str, SUPPORTED_PCM_RATES))})")
         self.rate = rate
         self._framer = Framer()
-        self._resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="int16") if rate != SAMPLE_RATE else None
+        self._resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="int16", quality=quality) if rate != SAMPLE_RATE else None
 
     def decode(self, audio_b64: str) -> np.ndarray:
         """Validate and decode one append's payload (raises AudioFormatError)."""
-        try:
-            raw = base64.b64decode(audio_b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise AudioFormatError("audio is not valid base64") from None
+        raw = _b64decode(audio_b64)
         if len(raw) % 2:
             raise AudioFormatError("audio has an odd number of bytes; expected 16-bit PCM samples")
         return np.frombuffer(raw, dtype="<i2").astype(np.int16)
@@ -74,6 +72,33 @@ class PcmInput:
         self._framer.clear()
         if self._resampler is not None:
             self._resampler.clear()
+
+
+class G711Input(PcmInput):
+    """Base64 G.711 (`law`: g711.MULAW or g711.ALAW), 8 kHz mono → 16 kHz frames."""
+
+    def __init__(self, law: str) -> None:
+        # Medium quality: telephone audio has nothing above 3.4 kHz, and soxr's HQ filter would
+        # hold back ~65 ms of 8 kHz input (MQ: ~25 ms) before the VAD hears it.
+        super().__init__(g711.RATE, quality="MQ")
+        self.law = law
+
+    def decode(self, audio_b64: str) -> np.ndarray:
+        return g711.decode(_b64decode(audio_b64), self.law)
+
+
+def input_for(format_type: str, rate: int) -> PcmInput:
+    """The input decoder for a Realtime audio format type (audio/pcm at `rate`, audio/pcmu, audio/pcma)."""
+    if format_type in (g711.MULAW, g711.ALAW):
+        return G711Input(format_type)
+    return PcmInput(rate)
+
+
+def _b64decode(audio_b64: str) -> bytes:
+    try:
+        return base64.b64decode(audio_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise AudioFormatError("audio is not valid base64") from None
 
 
 class WebRtcInput:

@@ -31,12 +31,21 @@ class EventRenderer:
         self._last_item: str | None = None
         self._transcripts: dict[str, str] = {}  # response_id -> transcript deltas so far
 
+    def note_item(self, item_id: str) -> None:
+        """An item was added at the end of the conversation (conversation.item.create)."""
+        self._last_item = item_id
+
+    def forget_item(self, item_id: str, now_last: str | None) -> None:
+        """An item was deleted; if it was the last one, the conversation now ends with `now_last`."""
+        if self._last_item == item_id:
+            self._last_item = now_last
+
     def _response(self, response_id: str, status: str, output: list | None = None,
                   details: dict | None = None) -> dict[str, Any]:
         return {
             "object": "realtime.response", "id": response_id, "status": status, "status_details": details,
             "output": output or [], "output_modalities": ["audio"], "conversation_id": None,
-            "audio": {"output": {"format": {"type": "audio/pcm", "rate": self.settings.output_rate},
+            "audio": {"output": {"format": self.settings.render_output_format(),
                                  "voice": self.settings.voice}},
             "usage": None,
         }

@@ -26,7 +26,7 @@ from decoder.base import AudioChunk
 from realtime.audio import encode_pcm16
 
 
-class _Resampler:
+class Resampler:
     """Decoder rate → transport rate, streaming; the source rate is learned from the first chunk."""
 
     def __init__(self, out_rate: int) -> None:
@@ -57,7 +57,7 @@ class WebSocketAudioOutput:
         self.rate = rate
         self._clock = clock
         self._ids: tuple[str, str] | None = None  # (response_id, item_id) while a reply plays
-        self._resample = _Resampler(rate)
+        self._resample = Resampler(rate)
         self._sent_s = 0.0
         self._t_first: float | None = None
         self._frozen: float | None = None  # played_seconds at clear()
@@ -65,7 +65,7 @@ class WebSocketAudioOutput:
 
     def begin_reply(self, response_id: str, item_id: str) -> None:
         self._ids = (response_id, item_id)
-        self._resample = _Resampler(self.rate)
+        self._resample = Resampler(self.rate)
         self._sent_s, self._t_first, self._frozen = 0.0, None, None
         self._cleared = asyncio.Event()
 
@@ -121,7 +121,7 @@ class WebRTCAudioOutput(MediaStreamTrack):
         super().__init__()
         self._frames: deque[np.ndarray] = deque()
         self._pending = np.zeros(0, dtype=np.int16)
-        self._resample = _Resampler(self.RATE)
+        self._resample = Resampler(self.RATE)
         self._active = False
         self._played = 0  # samples of the current reply handed to the encoder
         self._idle = asyncio.Event()
@@ -133,7 +133,7 @@ class WebRTCAudioOutput(MediaStreamTrack):
     def begin_reply(self, response_id: str, item_id: str) -> None:
         self._active = True
         self._played = 0
-        self._resample = _Resampler(self.RATE)
+        self._resample = Resampler(self.RATE)
 
     def write(self, chunk: AudioChunk) -> None:
         if self._active:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from realtime import g711
 from realtime.audio import SUPPORTED_PCM_RATES
 
 DEFAULT_RATE = 24_000
@@ -120,6 +121,57 @@ class ConversationItemTruncate(ClientEvent):
     audio_end_ms: int = Field(ge=0)
 
 
+# Content part types whose `text` becomes the item's text (input_text for user/system items,
+# output_text for assistant ones; "text" is what older clients send). An audio part counts only
+# by its transcript: this server does not transcribe audio attached to an item.
+TEXT_PARTS = ("input_text", "text", "output_text")
+AUDIO_PARTS = ("input_audio", "output_audio", "audio")
+
+
+class ContentPart(_Lenient):
+    type: str
+    text: str | None = None
+    transcript: str | None = None
+    audio: str | None = None
+
+
+class ConversationItemIn(_Lenient):
+    type: str
+    role: Literal["user", "assistant", "system"] | None = None
+    id: str | None = Field(None, min_length=1, max_length=64)
+    content: list[ContentPart] = Field(default_factory=list)
+
+    def message_text(self) -> str:
+        """The item's text, or ProtocolError for what this server cannot hold (no tools, no audio)."""
+        if self.type != "message":
+            raise ProtocolError("unsupported_item_type", f"item type {self.type!r} is not supported; "
+                                "only message items are", "item.type")
+        if self.role is None:
+            raise ProtocolError("missing_field", "a message item needs a role", "item.role")
+        texts = []
+        for i, part in enumerate(self.content):
+            if part.type in TEXT_PARTS and part.text is not None:
+                texts.append(part.text)
+            elif part.type in AUDIO_PARTS and part.transcript is not None and part.audio is None:
+                texts.append(part.transcript)
+            else:
+                raise ProtocolError("unsupported_content_type", f"content part {part.type!r} is not supported "
+                                    "here; send text (input_text / output_text)", f"item.content.{i}.type")
+        text = " ".join(t.strip() for t in texts if t.strip())
+        if not text:
+            raise ProtocolError("invalid_value", "the message item has no text", "item.content")
+        return text
+
+
+class ConversationItemCreate(ClientEvent):
+    item: ConversationItemIn
+    previous_item_id: str | None = None
+
+
+class ConversationItemDelete(ClientEvent):
+    item_id: str
+
+
 CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
     "session.update": SessionUpdate,
     "input_audio_buffer.append": InputAudioBufferAppend,
@@ -128,6 +180,9 @@ CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
     "response.create": ResponseCreate,
     "response.cancel": ResponseCancel,
     "conversation.item.truncate": ConversationItemTruncate,
+    "conversation.item.create": ConversationItemCreate,
+    "conversation.item.delete": ConversationItemDelete,
+    "output_audio_buffer.clear": ClientEvent,
 }
 
 
@@ -160,8 +215,12 @@ def parse_client_event(raw: str | bytes, max_bytes: int) -> ClientEvent:
 # -- session settings --------------------------------------------------------------------------
 
 def _format_rate(fmt: AudioFormat, param: str) -> int:
+    """The sample rate of a format (8000 for G.711); ProtocolError for what we cannot take."""
+    if fmt.type in (g711.MULAW, g711.ALAW):
+        return g711.RATE
     if fmt.type != "audio/pcm":
-        raise ProtocolError("unsupported_audio_format", f"audio format {fmt.type!r} is not supported; use audio/pcm", param)
+        raise ProtocolError("unsupported_audio_format", f"audio format {fmt.type!r} is not supported; "
+                            "use audio/pcm, audio/pcmu or audio/pcma", param)
     rate = fmt.rate or DEFAULT_RATE
     if rate not in SUPPORTED_PCM_RATES:
         raise ProtocolError("unsupported_audio_format", f"audio/pcm rate {rate} is not supported "
@@ -176,6 +235,8 @@ class SessionSettings:
     id: str = field(default_factory=lambda: new_id("sess"))
     input_rate: int = DEFAULT_RATE
     output_rate: int = DEFAULT_RATE
+    input_format: str = "audio/pcm"  # or g711.MULAW / g711.ALAW (then the rate is 8000)
+    output_format: str = "audio/pcm"
     voice: str | dict = "default"
     turn_detection: dict | None = field(default_factory=lambda: {"type": "server_vad"})
 
@@ -194,12 +255,14 @@ class SessionSettings:
         if audio_in is not None:
             if audio_in.format is not None:
                 new.input_rate = _format_rate(audio_in.format, "session.audio.input.format")
+                new.input_format = audio_in.format.type
             if "turn_detection" in audio_in.model_fields_set:
                 td = audio_in.turn_detection
                 new.turn_detection = None if td is None else td.model_dump(exclude_none=True)
         if audio_out is not None:
             if audio_out.format is not None:
                 new.output_rate = _format_rate(audio_out.format, "session.audio.output.format")
+                new.output_format = audio_out.format.type
             if audio_out.voice is not None:
                 new.voice = audio_out.voice
         return new
@@ -214,11 +277,19 @@ class SessionSettings:
             "instructions": self.instructions,
             "audio": {
                 "input": {
-                    "format": {"type": "audio/pcm", "rate": self.input_rate},
+                    "format": render_format(self.input_format, self.input_rate),
                     "turn_detection": self.turn_detection,
                     "transcription": None,
                     "noise_reduction": None,
                 },
-                "output": {"format": {"type": "audio/pcm", "rate": self.output_rate}, "voice": self.voice},
+                "output": {"format": self.render_output_format(), "voice": self.voice},
             },
         }
+
+    def render_output_format(self) -> dict[str, Any]:
+        return render_format(self.output_format, self.output_rate)
+
+
+def render_format(format_type: str, rate: int) -> dict[str, Any]:
+    """G.711 formats have no rate field (always 8 kHz); audio/pcm names its rate."""
+    return {"type": format_type} if format_type != "audio/pcm" else {"type": "audio/pcm", "rate": rate}

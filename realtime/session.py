@@ -1,12 +1,14 @@
 """One Realtime session: a Controller with its own VAD, tokenizer and context, fed by a transport.
 
-The transport (realtime/ws.py, realtime/webrtc.py) hands in client JSON (handle_text) and, for
-WebRTC, audio frames (push_frames); it takes server JSON out of `outbox` and sends it.
-Client mistakes become `error` events; the session carries on.
+The transport (realtime/ws.py, realtime/webrtc.py, realtime/telephony.py) hands in client JSON
+(handle_text) and/or audio frames (push_frames); it takes server JSON out of `outbox` and sends it.
+Client mistakes become `error` events; the session carries on. On WebRTC the output is wrapped to
+report output_audio_buffer.* events (realtime/output_buffer.py).
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections import deque
@@ -22,10 +24,12 @@ from controller.controller import Controller, Stages
 from controller.metrics import SpeculationStats
 from controller.ports import AudioOutput
 from controller.states import State
+from realtime import g711
 from realtime import protocol as p
-from realtime.audio import AudioFormatError, PcmInput
+from realtime.audio import AudioFormatError, input_for
 from realtime.config import Config
 from realtime.events_out import EventRenderer
+from realtime.output_buffer import OutputBufferEvents
 from realtime.outputs import WebSocketAudioOutput
 
 log = logging.getLogger(__name__)
@@ -58,9 +62,13 @@ class RealtimeSession:
         self.settings = p.SessionSettings(instructions=cfg.context.system_prompt)
         self.settings.turn_detection = self._render_turn_detection("server_vad", {})
         self.renderer = EventRenderer(self.settings)
-        self.input = PcmInput(self.settings.input_rate)
+        self.input = input_for(self.settings.input_format, self.settings.input_rate)
         self.context = Context(cfg.context.system_prompt, cfg.context.max_prompt_tokens)
+        self._delta_format = self.settings.output_format  # of the reply whose deltas go out now
         self.output = make_output(self)
+        self.output_events: OutputBufferEvents | None = None
+        if transport == "webrtc":  # OpenAI sends output_audio_buffer.* on WebRTC only
+            self.output = self.output_events = OutputBufferEvents(self.output, self.send)
         stages = Stages(vad=server.stages["vad"].create(), tokenizer=server.stages["tokenizer"].create(),
                         llm=server.stages["llm"], decoder=server.stages["decoder"])
         self.controller = Controller(stages, self.context, self.output, self._on_controller_event,
@@ -78,11 +86,22 @@ class RealtimeSession:
         if not self.closed:
             self.outbox.put_nowait(json.dumps({"event_id": p.new_id("event"), **event}))
 
+    def send_audio(self, event: dict[str, Any]) -> None:
+        """For WebSocketAudioOutput: its PCM16 deltas re-encoded when the output format is G.711."""
+        if self._delta_format in (g711.MULAW, g711.ALAW) and event.get("type") == "response.output_audio.delta":
+            pcm = np.frombuffer(base64.b64decode(event["delta"]), dtype="<i2")
+            event = {**event, "delta": base64.b64encode(g711.encode(pcm, self._delta_format)).decode("ascii")}
+        self.send(event)
+
     def _on_controller_event(self, event: object) -> None:
         if isinstance(event, ev.TurnMetrics):
             self.server.recent_turns.append(event)
+        if isinstance(event, ev.ResponseCreated):  # the output takes its rate at this reply's start too
+            self._delta_format = self.settings.output_format
         for out in self.renderer.render(event):
             self.send(out)
+        if isinstance(event, ev.ResponseDone) and self.output_events is not None:
+            self.output_events.response_done(event.response_id)
 
     # -- in ------------------------------------------------------------------------------------
 
@@ -133,6 +152,12 @@ class RealtimeSession:
                                           f"no assistant item {event.item_id!r}", "item_id", event.event_id)
                 self.send({"type": "conversation.item.truncated", "item_id": event.item_id,
                            "content_index": event.content_index, "audio_end_ms": event.audio_end_ms})
+            case p.ConversationItemCreate():
+                self._create_item(event)
+            case p.ConversationItemDelete():
+                self._delete_item(event.item_id)
+            case p.ClientEvent(type="output_audio_buffer.clear"):
+                await self._clear_output(event)
             case p.ClientEvent(type="input_audio_buffer.commit"):
                 await self._commit(event)
             case p.ClientEvent(type="input_audio_buffer.clear"):
@@ -148,10 +173,51 @@ class RealtimeSession:
         if ctl.turn_detection:  # server VAD answers every committed turn (create_response: true)
             ctl.create_response()
 
+    def _create_item(self, event: p.ConversationItemCreate) -> None:
+        item = event.item
+        text = item.message_text()
+        if item.id and self.context.find(item.id) is not None:
+            raise p.ProtocolError("item_already_exists", f"an item {item.id!r} already exists", "item.id")
+        try:
+            item_id = self.controller.add_message(item.role, text, item.id, event.previous_item_id)
+        except KeyError:
+            raise p.ProtocolError("previous_item_not_found", f"no item {event.previous_item_id!r}",
+                                  "previous_item_id") from None
+        if event.previous_item_id is None:
+            self.renderer.note_item(item_id)
+        part = {"type": "output_text" if item.role == "assistant" else "input_text", "text": text}
+        rendered = {"id": item_id, "object": "realtime.item", "type": "message", "role": item.role,
+                    "status": "completed", "content": [part]}
+        previous = self.context.previous_id(item_id)
+        for kind in ("conversation.item.added", "conversation.item.done"):
+            self.send({"type": kind, "previous_item_id": previous, "item": rendered})
+
+    def _delete_item(self, item_id: str) -> None:
+        if not self.controller.delete_item(item_id):
+            raise p.ProtocolError("item_delete_invalid_item_id", f"no item {item_id!r}", "item_id")
+        turns = self.context.turns
+        self.renderer.forget_item(item_id, turns[-1].item_id if turns else None)
+        self.send({"type": "conversation.item.deleted", "item_id": item_id})
+
+    async def _clear_output(self, event: p.ClientEvent) -> None:
+        """output_audio_buffer.clear (WebRTC): cut the audio; a response still running is cancelled
+        too (OpenAI asks clients to cancel first), so the history keeps only what was heard."""
+        out = self.output_events
+        if out is None:
+            raise p.ProtocolError("unsupported_event", "output_audio_buffer.clear is for WebRTC sessions; on a "
+                                  "WebSocket use response.cancel and conversation.item.truncate", "type")
+        if out.response_id is None:
+            raise p.ProtocolError("output_audio_buffer_empty", "no response audio has been played yet")
+        was_active = out.active
+        if not await self.controller.cancel_response():
+            out.clear()
+        if not was_active:  # nothing was playing: acknowledge anyway, the buffer is empty
+            self.send({"type": "output_audio_buffer.cleared", "response_id": out.response_id})
+
     def _update_session(self, event: p.SessionUpdate) -> None:
         new = self.settings.apply(event.session)
-        if new.input_rate != self.settings.input_rate:
-            self.input = PcmInput(new.input_rate)
+        if (new.input_format, new.input_rate) != (self.settings.input_format, self.settings.input_rate):
+            self.input = input_for(new.input_format, new.input_rate)
         if isinstance(self.output, WebSocketAudioOutput):
             self.output.rate = new.output_rate  # from the next reply on
         self.context.system_prompt = new.instructions

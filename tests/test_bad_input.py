@@ -67,7 +67,7 @@ BIG = "A" * 2_100_000  # over the default max_event_bytes (2 MB)
     ('{"type": "input_audio_buffer.append", "audio": "%%% not base64 %%%"}', "invalid_audio", "audio"),
     ('{"type": "input_audio_buffer.append", "audio": "' + base64.b64encode(b"odd").decode() + '"}',
      "invalid_audio", "audio"),
-    ('{"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}',
+    ('{"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/g729"}}}}}',
      "unsupported_audio_format", "session.audio.input.format"),
     ('{"type": "session.update", "session": {"audio": {"output": {"format": {"type": "audio/pcm", "rate": 22050}}}}}',
      "unsupported_audio_format", "session.audio.output.format.rate"),
@@ -155,8 +155,8 @@ def _calls(server) -> dict:
 async def test_errors_echo_the_client_event_id() -> None:
     async with running_server() as server, ws_client(server) as c:
         await c.send({"type": "session.update", "event_id": "ev-42",
-                      "session": {"audio": {"input": {"format": {"type": "audio/pcma"}}}}})
+                      "session": {"audio": {"input": {"format": {"type": "audio/g729"}}}}})
         err = (await c.next("error"))["error"]
-        assert err["event_id"] == "ev-42" and "audio/pcma" in err["message"]
+        assert err["event_id"] == "ev-42" and "audio/g729" in err["message"]
         await c.send({"type": "response.cancel", "event_id": "ev-43"})
         assert (await c.next("error"))["error"]["event_id"] == "ev-43"

@@ -10,6 +10,7 @@ from controller.config import ControllerConfig
 from controller.controller import Controller, Stages
 from controller.events import ResponseDone, Speculation, StateChanged, TurnMetrics
 from decoder.fake import FakeDecoder
+from llm.base import Message
 from llm.fake import FakeLLM
 from streaming_tokenizer.base import UserInput
 from streaming_tokenizer.fake import FakeTokenizer
@@ -55,6 +56,24 @@ async def test_turn_goes_through_every_state_and_commits_the_speculation():
     metrics = [e for e in events if isinstance(e, TurnMetrics)]
     assert metrics and metrics[0].speculative and metrics[0].values["saved_ms"] is not None
     assert ctrl.stats.as_dict()["commit_rate"] == 1.0
+
+
+async def test_each_user_turn_warms_the_llm_with_the_conversation_so_far():
+    ctrl, out, llm, ctx, events = make()
+    await frames(ctrl, LOUD, 600)
+    await wait_until(lambda: llm.warmed)
+    assert llm.warmed == [[Message("system", "sys")]]  # at onset, before any transcript exists
+    assert not llm.streams
+    await frames(ctrl, QUIET, 900)
+    await wait_until(lambda: ctrl.state.value == "silence")
+    await frames(ctrl, LOUD, 600)  # the second turn's prefix holds the whole first exchange
+    await wait_until(lambda: len(llm.warmed) == 2)
+    assert llm.warmed[1] == ctx.messages()[:3] and [m.role for m in llm.warmed[1]] == ["system", "user", "assistant"]
+    await frames(ctrl, QUIET, 900)
+    await wait_until(lambda: ctrl.state.value == "silence")
+    # Every prompt of the turn starts with what was warmed.
+    assert llm.streams[-1].messages[:3] == llm.warmed[1]
+    await ctrl.close()
 
 
 async def test_resumed_speech_discards_the_speculation_and_closes_the_llm_stream():

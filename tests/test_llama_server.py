@@ -153,3 +153,34 @@ async def test_server_dies_with_a_killed_parent(tmp_path: Path):
             os.kill(child, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _last_prompt_eval(log: str) -> tuple[int, int]:
+    """(tokens reused from a cached prefix, tokens evaluated) of the server's last request."""
+    import re
+
+    hits = re.findall(r"Llama.generate: (\d+) prefix-match hit, remaining (\d+) prompt tokens", log)
+    assert hits, "the server logged no prefix match"
+    return int(hits[-1][0]), int(hits[-1][1])
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_warm_keeps_each_sessions_prefix_cached(client):
+    """Two sessions take turns on one server: each warm-up leaves its history in the prompt cache,
+    so the turn's prompt evaluates only the new user message even after the other session ran."""
+    client.options.max_tokens = 4
+
+    def history(who: str) -> list[Message]:
+        return [Message("system", f"You are {who}, a patient voice assistant who answers in one short "
+                                  "spoken sentence, never with lists or markdown, always kindly."),
+                Message("user", f"Hello {who}, can you hear me well today?"),
+                Message("assistant", f"Yes, I can hear you clearly. I am {who}. How can I help you?")]
+
+    alice, bob = history("Alice"), history("Bob")
+    await client.warm(alice)
+    await client.warm(bob)  # the server's live state is now Bob's
+    question = Message("user", "What is the capital of Italy?")
+    _ = "".join([p async for p in client.stream(alice + [question])])
+    reused, evaluated = _last_prompt_eval(_log(client))
+    assert reused > 60, (reused, evaluated)  # Alice's whole history came from the cache
+    assert evaluated < 25, (reused, evaluated)  # only the question and the assistant header

@@ -198,3 +198,24 @@ async def test_two_sessions_share_the_voice(decoder):
     assert [c.text for c in got_a if c.text] == ["First session speaking now."]
     assert [c.text for c in got_b if c.text] == ["Second session,", "also speaking."]
     assert a.closed and b.closed
+
+
+def _leading_silence_ms(pcm: np.ndarray, rate: int) -> float:
+    win = rate // 200  # 5 ms windows, the bench's voiced rule (RMS > -50 dBFS)
+    rms = [_rms(pcm[i:i + win]) / 32768 for i in range(0, len(pcm) - win, win)]
+    return 5.0 * next(i for i, r in enumerate(rms) if r > 10 ** (-50 / 20))
+
+
+async def test_the_reply_starts_with_the_first_word_not_the_voices_lead_in(decoder):
+    async def one(text: str) -> np.ndarray:
+        async def gen():
+            yield text
+        return np.concatenate([c.pcm async for c in decoder.synthesize(gen())])
+
+    sentence = "The moon is about four hundred thousand kilometers away. It is far."
+    raw = np.concatenate([s async for s in decoder.span_audio("The moon is about four hundred thousand kilometers away.")])
+    reply = await one(sentence)
+    assert _leading_silence_ms(raw, 22050) >= 20  # piper's own lead-in (35 ms for this voice)
+    assert _leading_silence_ms(reply, 22050) <= 5
+    # Only the reply's start is cut: the second sentence keeps its own lead-in and pause.
+    assert len(reply) > len(raw)

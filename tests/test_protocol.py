@@ -48,7 +48,7 @@ def test_valid_client_events_parse() -> None:
     ("{not json", "invalid_json", None),
     ("[1, 2]", "invalid_event", None),
     ({"audio": "AAA="}, "missing_field", "type"),
-    ({"type": "conversation.item.create"}, "unknown_event", "type"),
+    ({"type": "conversation.item.retrieve"}, "unknown_event", "type"),
     ({"type": "input_audio_buffer.append"}, "missing_field", "audio"),
     ({"type": "conversation.item.truncate", "item_id": "i", "content_index": 0}, "missing_field", "audio_end_ms"),
     ({"type": "conversation.item.truncate", "item_id": "i", "content_index": 0, "audio_end_ms": -1},
@@ -79,7 +79,7 @@ def test_session_update_formats() -> None:
     assert settings.turn_detection == {"type": "server_vad"}  # the original is untouched
     keep = settings.apply(parse({"type": "session.update", "session": {"instructions": "x"}}).session)
     assert keep.turn_detection == {"type": "server_vad"}  # absent is not null
-    for fmt, param in (({"type": "audio/pcmu"}, "session.audio.input.format"),
+    for fmt, param in (({"type": "audio/g729"}, "session.audio.input.format"),
                        ({"type": "audio/pcm", "rate": 11025}, "session.audio.input.format.rate")):
         with pytest.raises(p.ProtocolError) as exc:
             settings.apply(parse({"type": "session.update", "session": {"audio": {"input": {"format": fmt}}}}).session)

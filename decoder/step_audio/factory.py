@@ -8,7 +8,7 @@ import torch
 from decoder.step_audio import Options
 from decoder.step_audio.frontend import CampPlus
 from decoder.step_audio.loader import load_models
-from decoder.step_audio.speakers import load_speaker
+from decoder.step_audio.speakers import WavToCodes, load_speakers
 from decoder.step_audio.streaming import StreamConfig
 from decoder.step_audio.tts_decoder import StepAudioDecoder, Voice
 from decoder.step_audio.vllm_source import VLLMAudioSource, VLLMTokenizer
@@ -16,18 +16,54 @@ from decoder.step_audio.vllm_source import VLLMAudioSource, VLLMTokenizer
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _voice(model_dir: str, opts: Options) -> Voice:
+def _voice(model_dir: str, opts: Options, wav_to_codes: WavToCodes | None) -> Voice:
     models = load_models(model_dir, device=opts.device, flow_dtype=_DTYPES[opts.flow_dtype])
     speakers = {}
     if opts.speaker_dir:
         campplus_path = Path(model_dir) / "campplus.onnx"
         campplus = CampPlus(campplus_path) if campplus_path.exists() else None
         directory = Path(opts.speaker_dir)
-        for name in sorted({p.stem for p in directory.glob("*.json")}):
-            speakers[name] = load_speaker(directory, name, campplus, models.hp.mel)
+        speakers = load_speakers(directory, campplus, models.hp.mel, wav_to_codes)
         if opts.speaker and opts.speaker not in speakers:
             raise FileNotFoundError(f"decoder.options.speaker: {opts.speaker!r} not in {directory}")
     return Voice(models, speakers)
+
+
+class _CodesOnce:
+    """The speech tokenizer, loaded on first use only (a directory of NAME.json needs none) and
+    shared by the common and music voices; dropped after start-up."""
+
+    def __init__(self, model_dir: str | None, device: str) -> None:
+        self.model_dir, self.device, self._codes = model_dir, device, None
+        self._done: dict[tuple, list[int]] = {}  # both voices read the same prompt wavs
+
+    def get(self) -> WavToCodes | None:
+        if self.model_dir is None:
+            return None
+
+        def wav_to_codes(audio, rate):
+            key = (rate, audio.shape, hash(audio.tobytes()))
+            if key not in self._done:
+                if self._codes is None:
+                    from decoder.step_audio.prompt_codes import SpeechTokenizerCodes
+
+                    self._codes = SpeechTokenizerCodes(self.model_dir, self.device)
+                self._done[key] = self._codes(audio, rate)
+            return self._done[key]
+        return wav_to_codes
+
+
+def _source(opts: Options):
+    """(code source, async text encoder) for the configured token_source."""
+    if opts.token_source == "transformers":
+        from decoder.step_audio.hf_source import HFAudioSource
+
+        source = HFAudioSource(opts.llm_model_dir, temperature=opts.temperature, max_new_tokens=opts.max_tokens,
+                               ras=opts.ras, device=opts.device, dtype=_DTYPES[opts.llm_dtype], seed=opts.seed)
+        return source, source.encode
+    source = VLLMAudioSource(opts.llm_base_url, opts.llm_model, opts.api_key, opts.temperature, opts.max_tokens,
+                             ras=opts.ras)
+    return source, VLLMTokenizer(opts.llm_base_url, opts.llm_model).encode
 
 
 def resolve_model_dirs(opts: Options) -> tuple[str, str | None]:
@@ -45,13 +81,13 @@ def resolve_model_dirs(opts: Options) -> tuple[str, str | None]:
 
 def build_decoder(opts: Options) -> StepAudioDecoder:
     common_dir, music_dir = resolve_model_dirs(opts)
-    common = _voice(common_dir, opts)
-    music = _voice(music_dir, opts) if music_dir else None
-    source = VLLMAudioSource(opts.llm_base_url, opts.llm_model, opts.api_key, opts.temperature, opts.max_tokens)
-    tokenizer = VLLMTokenizer(opts.llm_base_url, opts.llm_model)
+    codes = _CodesOnce(opts.tokenizer_model_dir, opts.device)
+    common = _voice(common_dir, opts, codes.get())
+    music = _voice(music_dir, opts, codes.get()) if music_dir else None
+    source, encode = _source(opts)
     cfg = StreamConfig(first_chunk_tokens=opts.first_chunk_tokens, chunk_tokens=opts.chunk_tokens,
                        max_chunk_tokens=opts.max_chunk_tokens, lookahead_tokens=opts.lookahead_tokens,
                        max_context_tokens=opts.max_context_tokens, fade_frames=opts.fade_frames,
                        steps=opts.steps, speed=opts.speed)
-    return StepAudioDecoder(common, source, tokenizer.encode, music=music, speaker=opts.speaker, stream=cfg,
+    return StepAudioDecoder(common, source, encode, music=music, speaker=opts.speaker, stream=cfg,
                             volume=opts.volume, seed=opts.seed, workers=opts.workers)

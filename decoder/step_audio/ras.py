@@ -1,13 +1,13 @@
 """Repetition-aware sampling rule of Step-Audio-TTS-3B's reference generator.
 
-Before sampling each token: look at the last `window` (10) generated ids; if the most recent one
-occurs there more than `threshold` (10%) of the time — i.e. at least twice — ban it (logit -inf).
-Nothing is banned until the history holds a full window.
+Before sampling each token: look at the last `window` (10) ids of the sequence so far — prompt ids
+included, as the reference's processor sees `input_ids` — and if the most recent one occurs there
+more than `threshold` (10%) of the time, i.e. at least twice, ban it (logit -inf). Nothing is
+banned while the whole sequence is shorter than the window.
 
-Where it applies: the in-process transformers path (`RepetitionAwareLogitsProcessor` below, to pass
-in `logits_processor=`). vLLM's OpenAI-compatible server cannot take a Python processor per request:
-the server must be started with a logits-processor plugin implementing `ban_repeated_last` (vLLM
->= 0.10 `--logits-processors`); docs/step-audio-decoder.md has the details.
+Where it applies: in-process with transformers (`RepetitionAwareLogitsProcessor` below, passed in
+`logits_processor=`; hf_source.py), and over an OpenAI-compatible completions server by rejection
+(vllm_source.py: a server cannot take a Python processor per request).
 """
 from __future__ import annotations
 
@@ -24,6 +24,15 @@ def banned_token(history: Sequence[int], window: int = WINDOW, threshold: float 
     recent = history[-window:]
     last = recent[-1]
     return last if sum(1 for t in recent if t == last) / window > threshold else None
+
+
+def violations(prompt: Sequence[int], generated: Sequence[int]) -> int:
+    """How many generated ids the rule would have banned when they were drawn (0 under the rule)."""
+    history, bad = list(prompt), 0
+    for token in generated:
+        bad += token == banned_token(history)
+        history.append(token)
+    return bad
 
 
 class RepetitionAwareLogitsProcessor:

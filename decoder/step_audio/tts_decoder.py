@@ -2,7 +2,7 @@
 
 One instance per server holds the models (shared by every session); synthesize() is per reply.
 Per clause: parse instruction tags, build the TTS-3B prompt, stream audio codes from the code
-source (vLLM), and run flow + HiFT steps off the event loop as soon as a token chunk is complete,
+source (vLLM or in-process transformers), and run flow + HiFT steps off the event loop as soon as a token chunk is complete,
 so the first audio leaves after the first token chunk. Cancelling the iterator (barge-in) stops
 the code stream (vLLM aborts the request) and drops the reply's caches.
 """

@@ -1,0 +1,283 @@
+"""Phone calls: a Twilio Media Streams WebSocket at GET /v1/telephony/twilio.
+
+Media Streams is the de-facto telephony bridge (Twilio's `<Connect><Stream>`, and the same JSON
+is spoken by many SIP gateways). One connection is one call is one session through the same
+controller as the other transports. The caller's side sends `connected`, `start` (streamSid,
+mediaFormat audio/x-mulaw 8000 Hz mono), `media` (base64 μ-law, 20 ms), `mark` (echoing ours once
+the audio before it has played), `dtmf`, `stop`. We send `media` (base64 μ-law, 20 ms each), a
+`mark` after each decoder chunk, and `clear` on barge-in, which makes Twilio drop what it holds.
+
+Twilio plays what we send in real time and tells us, by echoing marks, how far it got; so what the
+caller heard is known to the chunk (interpolated in between), and a reply is over when its last
+mark comes back. Malformed input closes the call with a reason (code 1003/1008); other calls are
+untouched.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Literal
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from decoder.base import AudioChunk
+from realtime import g711
+from realtime.audio import AudioFormatError, G711Input
+from realtime.outputs import Resampler
+from realtime.session import RealtimeSession, ServerContext
+from realtime.ws import SERVER_KEY, SOCKETS_KEY, unavailable
+
+log = logging.getLogger(__name__)
+FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
+MARK_GRACE_S = 1.0  # a bridge that never echoes marks: treat the audio as played this long after its end
+
+
+class TwilioAudioOutput:
+    """AudioOutput → Twilio `media` + `mark` messages (μ-law 8 kHz), `clear` on clear()."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self._send = send
+        self._clock = clock
+        self.stream_sid: str | None = None  # known from the `start` message
+        self._rid: str | None = None  # the reply being sent; None after clear()
+        self._resample = Resampler(g711.RATE)
+        self._seq = 0
+        self._sent_s = 0.0  # seconds of this reply sent
+        self._acked_s = 0.0  # seconds of this reply whose mark came back (played)
+        self._pending: deque[tuple[str, float, float]] = deque()  # (mark name, end second, sent at)
+        self._t_ack: float | None = None  # when the last mark came back (or the first media went)
+        self._play_end = 0.0  # wall-clock estimate of when the caller's buffer runs dry
+        self._frozen: float | None = None
+        self._settled = asyncio.Event()  # all marks back, or cleared
+
+    def begin_reply(self, response_id: str, item_id: str) -> None:
+        self._rid = response_id
+        self._resample = Resampler(g711.RATE)
+        self._seq, self._sent_s, self._acked_s, self._t_ack, self._frozen = 0, 0.0, 0.0, None, None
+        self._pending.clear()
+        self._settled = asyncio.Event()
+
+    def write(self, chunk: AudioChunk) -> None:
+        if self._rid is not None:
+            self._send_pcm(self._resample(chunk))
+
+    def _send_pcm(self, pcm) -> None:
+        if not len(pcm) or self._rid is None or self.stream_sid is None:
+            return
+        now = self._clock()
+        seconds = len(pcm) / g711.RATE
+        data = g711.encode(pcm, g711.MULAW)
+        for i in range(0, len(data), FRAME_BYTES):  # 20 ms messages, as Twilio itself sends them
+            self._send({"event": "media", "streamSid": self.stream_sid,
+                        "media": {"payload": base64.b64encode(data[i:i + FRAME_BYTES]).decode("ascii")}})
+        self._seq += 1
+        name = f"{self._rid}.{self._seq}"
+        self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+        self._sent_s += seconds
+        self._pending.append((name, self._sent_s, now))
+        if self._t_ack is None:
+            self._t_ack = now
+        self._play_end = max(self._play_end, now) + seconds
+
+    def on_mark(self, name: str) -> None:
+        """Twilio played everything up to this mark. Marks of older or cleared replies are ignored."""
+        if not any(n == name for n, _, _ in self._pending):
+            return
+        while self._pending:
+            n, end_s, _ = self._pending.popleft()
+            self._acked_s = end_s
+            if n == name:
+                break
+        self._t_ack = self._clock()
+        if not self._pending:
+            self._settled.set()
+
+    def clear(self) -> None:
+        if self._rid is not None or self._pending:
+            self._frozen = self.played_seconds()
+            if self._pending and self.stream_sid is not None:
+                self._send({"event": "clear", "streamSid": self.stream_sid})
+        self._rid = None
+        self._pending.clear()
+        self._play_end = 0.0
+        self._settled.set()
+
+    def played_seconds(self) -> float:
+        if self._frozen is not None:
+            return self._frozen
+        if not self._pending or self._t_ack is None:
+            return self._acked_s
+        # Between marks: the next chunk has been playing since the last mark (or since it was sent).
+        since = max(self._t_ack, self._pending[0][2])
+        return min(self._sent_s, self._acked_s + max(0.0, self._clock() - since))
+
+    async def drain(self) -> None:
+        self._send_pcm(self._resample.flush())
+        settled = self._settled
+        while not settled.is_set():
+            timeout = self._play_end + MARK_GRACE_S - self._clock()
+            if timeout <= 0:
+                log.debug("stream %s: marks not echoed; assuming the reply played", self.stream_sid)
+                return
+            try:
+                await asyncio.wait_for(settled.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class MediaFormat(_Lenient):
+    encoding: Literal["audio/x-mulaw"]
+    sample_rate: Literal[8000] = Field(alias="sampleRate")
+    channels: Literal[1]
+
+
+class StartInfo(_Lenient):
+    stream_sid: str | None = Field(None, alias="streamSid", min_length=1)
+    call_sid: str | None = Field(None, alias="callSid")
+    media_format: MediaFormat = Field(alias="mediaFormat")
+
+
+class Media(_Lenient):
+    payload: str
+    track: str = "inbound"
+
+
+class CallError(Exception):
+    """Input that ends the call: closed with this code and reason."""
+
+    def __init__(self, reason: str, code: int = WSCloseCode.UNSUPPORTED_DATA) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def _field(data: dict, key: str, model: type[BaseModel]) -> Any:
+    try:
+        return model.model_validate(data.get(key))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in (key, *err["loc"]))
+        raise CallError(f"{data.get('event')}: {where}: {err['msg']}") from None
+
+
+class TwilioCall:
+    """One Media Streams connection: messages in → the session; the output's messages → out."""
+
+    def __init__(self, server: ServerContext, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.output = TwilioAudioOutput(self.outbox.put_nowait)
+        self.session = RealtimeSession(server, "telephony", lambda s: self.output)
+        self.input = G711Input(g711.MULAW)
+        self.call_sid: str | None = None
+        self.max_bytes = server.config.server.max_event_bytes
+
+    def handle(self, msg) -> bool:
+        """One WebSocket message; False when the call is over. Raises CallError for bad input."""
+        if msg.type == WSMsgType.BINARY:
+            raise CallError("binary frames are not part of Media Streams; send JSON text")
+        if msg.type != WSMsgType.TEXT:
+            return msg.type not in (WSMsgType.ERROR, WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+        if len(msg.data) > self.max_bytes:
+            raise CallError(f"message is over {self.max_bytes} bytes", WSCloseCode.MESSAGE_TOO_BIG)
+        try:
+            data = json.loads(msg.data)
+        except (ValueError, RecursionError):
+            raise CallError("message is not valid JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("event"), str):
+            raise CallError("message must be a JSON object with an 'event'")
+        match data["event"]:
+            case "connected":
+                pass
+            case "start":
+                self._start(data)
+            case "media":
+                self._media(data)
+            case "mark":
+                mark = data.get("mark")
+                if isinstance(mark, dict) and isinstance(mark.get("name"), str):
+                    self.output.on_mark(mark["name"])
+            case "stop":
+                log.info("session %s: call %s stopped", self.session.id, self.call_sid)
+                return False
+            case other:  # dtmf, and whatever Twilio adds later: not ours to refuse
+                log.debug("session %s: ignoring %r", self.session.id, other)
+        return True
+
+    def _start(self, data: dict) -> None:
+        if self.output.stream_sid is not None:
+            raise CallError("a second 'start' on one stream", WSCloseCode.POLICY_VIOLATION)
+        start: StartInfo = _field(data, "start", StartInfo)
+        sid = start.stream_sid or data.get("streamSid")  # Twilio sends both; some bridges only one
+        if not isinstance(sid, str) or not sid:
+            raise CallError("start: no streamSid")
+        self.output.stream_sid, self.call_sid = sid, start.call_sid
+        log.info("session %s: call %s, stream %s", self.session.id, start.call_sid, sid)
+
+    def _media(self, data: dict) -> None:
+        if self.output.stream_sid is None:
+            raise CallError("'media' before 'start'", WSCloseCode.POLICY_VIOLATION)
+        media: Media = _field(data, "media", Media)
+        if media.track != "inbound":  # both_tracks streams also carry what we send: not the caller
+            return
+        try:
+            self.session.push_frames(self.input.append(media.payload))
+        except AudioFormatError as exc:
+            raise CallError(f"media.payload: {exc}") from None
+
+    async def send_loop(self) -> None:
+        try:
+            while True:
+                await self.ws.send_str(json.dumps(await self.outbox.get()))
+        except (ConnectionError, RuntimeError):
+            log.debug("session %s: send failed, caller gone", self.session.id)
+
+    async def discard_events(self) -> None:
+        """The Realtime JSON events have no reader on a phone line; errors are worth a log line."""
+        while True:
+            event = json.loads(await self.session.outbox.get())
+            if event["type"] == "error":
+                log.warning("session %s: %s", self.session.id, event["error"].get("message"))
+
+
+async def twilio_ws(request: web.Request) -> web.StreamResponse:
+    server = request.app[SERVER_KEY]
+    if server.full:
+        return unavailable(f"all {server.config.server.max_sessions} sessions are in use; try again later")
+    ws = web.WebSocketResponse(max_msg_size=4 * server.config.server.max_event_bytes + 65_536, heartbeat=30)
+    await ws.prepare(request)
+    request.app[SOCKETS_KEY].add(ws)
+    call = TwilioCall(server, ws)
+    log.info("session %s: telephony stream from %s", call.session.id, request.remote)
+    tasks = [asyncio.create_task(call.send_loop(), name=f"step-tel-send-{call.session.id}"),
+             asyncio.create_task(call.discard_events(), name=f"step-tel-events-{call.session.id}")]
+    close_code, reason = WSCloseCode.OK, "call ended"
+    try:
+        async for msg in ws:
+            if not call.handle(msg):
+                break
+    except CallError as exc:
+        close_code, reason = exc.code, str(exc)
+        log.warning("session %s: closing the call: %s", call.session.id, reason)
+    except Exception:  # a bug ends this call only
+        log.exception("session %s: handling a Media Streams message failed", call.session.id)
+        close_code, reason = WSCloseCode.INTERNAL_ERROR, "server error"
+    finally:
+        await call.session.close()
+        for task in tasks:  # after `stop` or a bad message nothing more is worth sending
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if not ws.closed:
+            # A close reason is at most 123 bytes: cut it on a character boundary.
+            await ws.close(code=close_code, message=reason.encode()[:120].decode("utf-8", "ignore").encode())
+        log.info("session %s: closed", call.session.id)
+    return ws

@@ -1,0 +1,227 @@
+"""Telephony: the Twilio Media Streams endpoint end to end (fake stages, a real aiohttp WebSocket
+client playing Twilio's part) and TwilioAudioOutput's mark accounting on a fake clock."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import aiohttp
+import numpy as np
+import pytest
+
+from decoder.base import AudioChunk
+from realtime.telephony import MARK_GRACE_S, TwilioAudioOutput
+from tests.realtime_util import WAIT, fake_config, running_server, server_context, silence, tone, wait_until
+from tests.telephony_util import (
+    ROUTE, SID, START, assistant_turns, reply_audio, twilio_call, utterance_8k,
+)
+
+LONG_REPLY = "This is a long answer. " * 12  # ≈ 5 s of fake audio: still playing when interrupted
+
+async def test_a_call_hears_the_reply_in_mulaw() -> None:
+    async with running_server() as server, twilio_call(server) as call:
+        await call.speak(utterance_8k())
+        await wait_until(lambda: assistant_turns(server), what="the reply to finish")
+        session = next(iter(server_context(server).sessions))
+        assert session.transport == "telephony"
+        user, reply = session.context.turns
+        assert user.role == "user" and user.text.startswith("w0 w1")  # the μ-law tone was heard
+        assert reply.text == f"You said: {user.text}."
+        media = call.of("media")
+        assert media and all(m["streamSid"] == SID for m in call.received)
+        assert all(len(base64.b64decode(m["media"]["payload"])) <= 160 for m in media)  # 20 ms each
+        # 20 ms media messages, a mark after each chunk's, all marks named after the one reply
+        events = "".join("m" if m["event"] == "media" else "k" for m in call.received)
+        assert events.endswith("mk") and "kk" not in events and set(events) == {"m", "k"}
+        response_id = call.of("mark")[0]["mark"]["name"].split(".")[0]
+        assert all(m["mark"]["name"].startswith(response_id + ".") for m in call.of("mark"))
+        audio = reply_audio(call, response_id)
+        assert len(audio) / 8000 == pytest.approx(len(reply.text) * 0.02, rel=0.3)
+        assert abs(np.argmax(np.abs(np.fft.rfft(audio))) * 8000 / len(audio) - 220) < 10  # 8 kHz, not sped up
+        assert not call.of("clear")
+        # a second turn in the same call
+        await call.speak(utterance_8k(1.4))
+        await wait_until(lambda: len(assistant_turns(server)) == 2, what="the second reply")
+    await wait_until(lambda: not server_context(server).sessions, what="session cleanup")
+
+
+async def test_barge_in_sends_clear_and_keeps_what_was_heard() -> None:
+    cfg = fake_config(**{"llm.echo": False, "llm.reply": LONG_REPLY})
+    async with running_server(cfg) as server, twilio_call(server) as call:
+        await call.speak(utterance_8k())
+        first = await call.wait_for(lambda m: m["event"] == "media", "reply audio")
+        await call.speak(tone(0.6, 8000))  # talk over the reply
+        clear = await call.wait_for(lambda m: m["event"] == "clear", "clear")
+        assert clear["streamSid"] == SID
+        await wait_until(lambda: assistant_turns(server), what="the cut reply in the history")
+        heard = assistant_turns(server)[0].text
+        assert heard != LONG_REPLY.strip() and LONG_REPLY.startswith(heard)  # a prefix: what was played
+        # the interruption is the next user turn, and it gets its own reply after the clear
+        await call.speak(silence(1.2, 8000))
+        i_clear = call.received.index(clear)
+        first_rid = call.of("mark")[0]["mark"]["name"].split(".")[0]
+        later = await call.wait_for(lambda m: m["event"] == "mark" and call.received.index(m) > i_clear
+                                    and not m["mark"]["name"].startswith(first_rid), "the next reply")
+        assert later["mark"]["name"].split(".")[0] != first_rid
+        assert call.received.index(first) < i_clear
+
+
+async def test_stop_ends_the_call() -> None:
+    async with running_server() as server, twilio_call(server) as call:
+        await wait_until(lambda: server_context(server).sessions, what="the session")
+        await call.send({"event": "dtmf", "streamSid": SID, "dtmf": {"track": "inbound_track", "digit": "1"}})
+        await call.send({"event": "media", "streamSid": SID, "media": {"track": "outbound", "payload": "!!"}})
+        await call.send({"event": "stop", "streamSid": SID, "stop": {"accountSid": "AC1", "callSid": "CA1"}})
+        await wait_until(lambda: call.ws.closed, what="the close")
+        # dtmf and the outbound track were ignored; stop ended the call normally
+        assert call.ws.close_code == aiohttp.WSCloseCode.OK, call.close_reason
+        assert call.close_reason == "call ended"
+        await wait_until(lambda: not server_context(server).sessions, what="session cleanup")
+
+
+BAD_START = {**START, "start": {**START["start"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 16000,
+                                                                  "channels": 1}}}
+
+
+@pytest.mark.parametrize("messages, code, words", [
+    (["{not json"], 1003, "not valid JSON"),
+    (["[1, 2]"], 1003, "JSON object"),
+    ([b"\x00\x01"], 1003, "binary"),
+    ([{"event": "media", "media": {"payload": "AAAA"}}], 1008, "before 'start'"),
+    ([BAD_START], 1003, "sampleRate"),
+    ([{"event": "start", "start": {"streamSid": SID}}], 1003, "mediaFormat"),
+    ([{"event": "start", "start": {"mediaFormat": START["start"]["mediaFormat"]}}], 1003, "streamSid"),
+    ([START, START], 1008, "second 'start'"),
+    ([START, {"event": "media", "streamSid": SID, "media": {"payload": "%%% not base64"}}], 1003, "base64"),
+    ([START, {"event": "media", "streamSid": SID, "media": {}}], 1003, "payload"),
+])
+async def test_bad_input_closes_only_that_call(messages, code: int, words: str) -> None:
+    async with running_server() as server, twilio_call(server) as good, twilio_call(server, start=False) as bad:
+        for m in messages:
+            if isinstance(m, bytes):
+                await bad.ws.send_bytes(m)
+            else:
+                await bad.ws.send_str(m if isinstance(m, str) else json.dumps(m))
+        await wait_until(lambda: bad.ws.closed, what="the bad call to be closed")
+        assert bad.ws.close_code == code
+        assert words in bad.close_reason
+        # the other call goes on
+        await good.speak(utterance_8k())
+        await good.wait_for(lambda m: m["event"] == "mark", "the good call's reply")
+        await wait_until(lambda: len(server_context(server).sessions) == 1, what="the bad session's cleanup")
+
+
+async def test_busy_server_refuses_the_call() -> None:
+    async with running_server(fake_config(**{"server.max_sessions": 1})) as server, twilio_call(server):
+        await wait_until(lambda: server_context(server).sessions, what="the first session")
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+                await http.ws_connect(server.make_url(ROUTE))
+            assert exc.value.status == 503
+
+
+# -- TwilioAudioOutput, on a fake clock ---------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def chunk(seconds: float, text: str = "words", rate: int = 16_000) -> AudioChunk:
+    return AudioChunk(np.full(int(seconds * rate), 1000, dtype=np.int16), rate, text)
+
+
+async def test_output_counts_played_audio_by_marks() -> None:
+    sent, clock = [], Clock()
+    out = TwilioAudioOutput(sent.append, clock)
+    out.stream_sid = SID
+    out.begin_reply("resp_1", "item_1")
+    out.write(chunk(0.5, rate=8000))  # at 8 kHz already: no resampler delay, exact durations
+    out.write(chunk(0.5, rate=8000))
+    assert [m["event"] for m in sent] == (["media"] * 25 + ["mark"]) * 2
+    marks = [m["mark"]["name"] for m in sent if m["event"] == "mark"]
+    assert out.played_seconds() == 0.0  # nothing has played the instant it was sent
+    clock.t += 0.2
+    assert out.played_seconds() == pytest.approx(0.2, abs=0.02)  # interpolated
+    clock.t += 0.5
+    out.on_mark(marks[0])
+    assert out.played_seconds() == pytest.approx(0.5, abs=0.02)  # the mark says: first chunk done
+    out.on_mark("resp_0.1")  # a stale mark changes nothing
+    assert out.played_seconds() == pytest.approx(0.5, abs=0.02)
+    drain = asyncio.create_task(out.drain())
+    await asyncio.sleep(0)
+    assert not drain.done()  # waits for the last mark
+    out.on_mark(marks[1])
+    await asyncio.wait_for(drain, WAIT)
+    assert out.played_seconds() == pytest.approx(1.0, abs=0.02)
+    assert not [m for m in sent if m["event"] == "clear"]
+    out.clear()  # nothing pending: no clear to Twilio
+    assert not [m for m in sent if m["event"] == "clear"]
+
+
+async def test_output_clear_drops_the_rest() -> None:
+    sent, clock = [], Clock()
+    out = TwilioAudioOutput(sent.append, clock)
+    out.stream_sid = SID
+    out.begin_reply("resp_1", "item_1")
+    out.write(chunk(1.0, rate=8000))
+    clock.t += 0.3
+    out.clear()
+    assert sent[-1] == {"event": "clear", "streamSid": SID}
+    assert out.played_seconds() == pytest.approx(0.3, abs=0.02)  # frozen at the clear
+    clock.t += 5
+    assert out.played_seconds() == pytest.approx(0.3, abs=0.02)
+    n = len(sent)
+    out.write(chunk(0.2, rate=8000))  # a cancelled reply's late chunk
+    assert len(sent) == n
+    await asyncio.wait_for(out.drain(), WAIT)  # nothing to wait for after a clear
+
+
+async def test_output_without_mark_echoes_ends_after_a_grace() -> None:
+    sent, clock = [], Clock()
+    out = TwilioAudioOutput(sent.append, clock)
+    out.stream_sid = SID
+    out.begin_reply("resp_1", "item_1")
+    out.write(chunk(0.4, rate=8000))
+    clock.t += 0.4 + MARK_GRACE_S + 0.01  # past the audio's end plus the grace, no mark came back
+    await asyncio.wait_for(out.drain(), WAIT)
+    assert out.played_seconds() == pytest.approx(0.4, abs=0.02)
+
+
+# -- the real embedded stack ----------------------------------------------------------------------------
+
+@pytest.mark.integration
+async def test_a_phone_call_with_the_embedded_models() -> None:
+    """Speech through the telephone band (8 kHz μ-law) is still understood, and the spoken answer
+    comes back as μ-law. Prints the caller-side latency (end of speech → first reply audio)."""
+    import soxr
+
+    from realtime.config import load_config
+    from tests.realtime_util import REPO
+    from tests.speech_util import piper, wer
+
+    sentence = "What is the capital of France?"
+    speech = soxr.resample(piper(sentence), 16_000, 8000)
+    async with running_server(load_config(REPO / "configs" / "default.yaml", {"server.port": 0})) as server:
+        async with twilio_call(server) as call:
+            loop = asyncio.get_running_loop()
+            await call.speak(np.concatenate([silence(0.5, 8000), speech]), realtime=True)
+            t_end = loop.time()
+            talking = asyncio.create_task(call.speak(silence(2.0, 8000), realtime=True))
+            first = await call.wait_for(lambda m: m["event"] == "media", "reply audio", timeout=120)
+            t_first = loop.time()
+            await talking
+            await wait_until(lambda: assistant_turns(server), timeout=120, what="the reply to finish")
+            session = next(iter(server_context(server).sessions))
+            user, reply = session.context.turns[:2]
+            assert wer(sentence, user.text) <= 0.25, user.text
+            audio = reply_audio(call, call.of("mark")[0]["mark"]["name"].split(".")[0])
+            frames = audio[: len(audio) // 160 * 160].reshape(-1, 160)
+            assert np.sum(np.sqrt(np.mean(frames ** 2, axis=1)) > 300) * 0.02 >= 1.0  # ≥ 1 s audible
+            assert call.received.index(first) == 0
+            print(f"\ntelephony: heard {user.text!r}; end of speech → first reply media "
+                  f"{(t_first - t_end) * 1000:.0f} ms; reply {reply.text!r}")
