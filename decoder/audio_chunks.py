@@ -53,21 +53,34 @@ def chunked(pcm: np.ndarray, sample_rate: int, chunk_s: float, text: str) -> Ite
         yield AudioChunk(pcm[i:i + step], sample_rate, text if i == 0 else "")
 
 
+def _loud_windows(pcm: np.ndarray, sample_rate: int, threshold_dbfs: float) -> tuple[np.ndarray, int]:
+    """Indices of the 5 ms windows louder than threshold_dbfs, and the window length."""
+    win = max(1, sample_rate // 200)
+    n = len(pcm) // win
+    frames = pcm[: n * win].astype(np.float32).reshape(n, win) / 32768.0
+    return np.nonzero(np.sqrt((frames ** 2).mean(axis=1)) > 10 ** (threshold_dbfs / 20))[0], win
+
+
 def trim_leading_silence(pcm: np.ndarray, sample_rate: int, threshold_dbfs: float = -50.0,
                          keep_ms: float = 5.0) -> np.ndarray:
     """int16 audio without the silence a TTS voice puts before the first word (piper: 35-45 ms),
     keeping keep_ms before the first 5 ms window louder than threshold_dbfs. The first clause of a
     reply is cut this way: that silence is pure latency. All-silent audio is returned as is."""
-    win = max(1, sample_rate // 200)
-    n = len(pcm) // win
-    if n == 0:
-        return pcm
-    frames = pcm[: n * win].astype(np.float32).reshape(n, win) / 32768.0
-    loud = np.nonzero(np.sqrt((frames ** 2).mean(axis=1)) > 10 ** (threshold_dbfs / 20))[0]
+    loud, win = _loud_windows(pcm, sample_rate, threshold_dbfs)
     if len(loud) == 0:
         return pcm
-    start = max(0, int(loud[0]) * win - int(keep_ms * sample_rate / 1000))
-    return pcm[start:]
+    return pcm[max(0, int(loud[0]) * win - int(keep_ms * sample_rate / 1000)):]
+
+
+def trim_trailing_silence(pcm: np.ndarray, sample_rate: int, threshold_dbfs: float = -50.0,
+                          keep_ms: float = 40.0) -> np.ndarray:
+    """int16 audio without the pause a TTS voice leaves after a sentence (piper: 135-245 ms),
+    keeping keep_ms after the last loud 5 ms window. For a clause cut mid-sentence (the first
+    words of a reply), where that pause would break the sentence in two."""
+    loud, win = _loud_windows(pcm, sample_rate, threshold_dbfs)
+    if len(loud) == 0:
+        return pcm
+    return pcm[: (int(loud[-1]) + 1) * win + int(keep_ms * sample_rate / 1000)]
 
 
 async def aclose_quietly(it: Any) -> None:

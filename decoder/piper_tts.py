@@ -24,12 +24,14 @@ import soxr
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from decoder import espeak
-from decoder.audio_chunks import aclose_quietly, chunked, script_language, script_runs, trim_leading_silence
+from decoder.audio_chunks import (aclose_quietly, chunked, script_language, script_runs, trim_leading_silence,
+                                  trim_trailing_silence)
 from decoder.base import AudioChunk
 from decoder.clauses import clauses
 
 log = logging.getLogger(__name__)
 _END = object()  # queue sentinel: the stream is complete
+_PUNCTUATION = tuple(".!?,;:…。！？，；：、")
 
 
 class Options(BaseModel):
@@ -40,6 +42,8 @@ class Options(BaseModel):
     speed: float | None = Field(None, gt=0.25, le=10, description="1 / length_scale; give one of the two")
     speaker: int | str | None = Field(None, description="multi-speaker voices: id or name")
     chunk_ms: int = Field(200, ge=20, le=2000)
+    first_clause_words: int = Field(5, ge=0, le=50, description="the reply's first clause goes to TTS after this "
+                                                                "many words if no punctuation came first (0: wait)")
     threads: int = Field(2, ge=1, le=16, description="synthesis threads shared by all sessions")
     lookahead: int = Field(4, ge=1, le=64, description="synthesized spans buffered ahead of the sender")
     espeak: dict = Field(default_factory=dict, description="options of the espeak-ng fallback")
@@ -122,7 +126,7 @@ class PiperDecoder:
     async def synthesize(self, text: AsyncIterator[str]) -> AsyncIterator[AudioChunk]:
         clause_q: asyncio.Queue = asyncio.Queue()
         audio_q: asyncio.Queue = asyncio.Queue(maxsize=self.options.lookahead)
-        reader = asyncio.create_task(self._read(text, clause_q), name="tts-read")
+        reader = asyncio.create_task(self._read(text, clause_q, self.options.first_clause_words), name="tts-read")
         speaker = asyncio.create_task(self._speak(clause_q, audio_q), name="tts-speak")
         try:
             while (item := await audio_q.get()) is not _END:
@@ -139,9 +143,9 @@ class PiperDecoder:
             await aclose_quietly(text)
 
     @staticmethod
-    async def _read(text: AsyncIterator[str], clause_q: asyncio.Queue) -> None:
+    async def _read(text: AsyncIterator[str], clause_q: asyncio.Queue, first_words: int) -> None:
         try:
-            async with aclosing(clauses(text)) as cut:
+            async with aclosing(clauses(text, first_words=first_words)) as cut:
                 async for clause in cut:
                     clause_q.put_nowait(clause)
             clause_q.put_nowait(_END)
@@ -156,12 +160,22 @@ class PiperDecoder:
                     await audio_q.put(clause)
                     return
                 label = clause  # the clause's text rides on its first chunk only
+                # A clause cut after its first words (no punctuation) goes on in the next one: no
+                # sentence pause after it. Its last piece is held until we know it is the last.
+                mid_sentence = not clause.endswith(_PUNCTUATION)
+                held = None
                 async with aclosing(self.span_audio(clause)) as spans:  # closed now if cancelled
                     async for pcm in spans:
                         if first:  # the voice's lead-in silence before the reply is only latency
                             pcm, first = trim_leading_silence(pcm, self.sample_rate), False
+                        if mid_sentence:  # hold the last piece back: its sentence pause goes
+                            pcm, held = held, pcm
+                            if pcm is None:
+                                continue
                         await audio_q.put((label, pcm))
                         label = ""
+                if held is not None:
+                    await audio_q.put((label, trim_trailing_silence(held, self.sample_rate)))
             await audio_q.put(_END)
         except Exception as exc:
             log.exception("synthesis failed")

@@ -219,3 +219,33 @@ async def test_the_reply_starts_with_the_first_word_not_the_voices_lead_in(decod
     assert _leading_silence_ms(reply, 22050) <= 5
     # Only the reply's start is cut: the second sentence keeps its own lead-in and pause.
     assert len(reply) > len(raw)
+
+
+def _longest_inner_silence_ms(pcm: np.ndarray, rate: int) -> float:
+    win = rate // 200
+    loud = [_rms(pcm[i:i + win]) / 32768 > 10 ** (-50 / 20) for i in range(0, len(pcm) - win, win)]
+    first, last = loud.index(True), len(loud) - 1 - loud[::-1].index(True)
+    longest = run = 0
+    for is_loud in loud[first:last]:
+        run = 0 if is_loud else run + 1
+        longest = max(longest, run)
+    return 5.0 * longest
+
+
+async def test_a_first_clause_cut_mid_sentence_runs_on_without_a_sentence_pause():
+    dec = build_stage("decoder", "piper", {"voice": str(_voice_file()), "first_clause_words": 3},
+                      BuildEnv(Path("/nonexistent-cache")))
+    try:
+        async def gen():
+            for word in "Sure thing I can help you with that today. ".split(" "):
+                yield word + " "
+
+        chunks = [c async for c in dec.synthesize(gen())]
+        assert [c.text for c in chunks if c.text] == ["Sure thing I", "can help you with that today."]
+        raw = np.concatenate([s async for s in dec.span_audio("Sure thing I")])
+        rms_tail = [_rms(raw[i:i + 110]) / 32768 for i in range(len(raw) - 110 * 20, len(raw) - 110, 110)]
+        assert all(r < 10 ** (-50 / 20) for r in rms_tail)  # piper ends it with >= 100 ms of pause...
+        pcm = np.concatenate([c.pcm for c in chunks])
+        assert _longest_inner_silence_ms(pcm, 22050) < 100  # ...which the reply does not keep
+    finally:
+        dec.pool.shutdown(wait=True)
