@@ -213,23 +213,21 @@ async def test_the_reply_starts_with_the_first_word_not_the_voices_lead_in(decod
         return np.concatenate([c.pcm async for c in decoder.synthesize(gen())])
 
     sentence = "The moon is about four hundred thousand kilometers away. It is far."
-    raw = np.concatenate([s async for s in decoder.span_audio("The moon is about four hundred thousand kilometers away.")])
+    first = "The moon is about four hundred thousand kilometers away."
+    raws = [np.concatenate([s async for s in decoder.span_audio(first)]) for _ in range(3)]
+    raw = raws[0]
     reply = await one(sentence)
-    assert _leading_silence_ms(raw, 22050) >= 20  # piper's own lead-in (35 ms for this voice)
+    # piper's own lead-in (20-55 ms for this sentence: VITS samples its durations)
+    assert max(_leading_silence_ms(r, 22050) for r in raws) >= 20
     assert _leading_silence_ms(reply, 22050) <= 5
     # Only the reply's start is cut: the second sentence keeps its own lead-in and pause.
     assert len(reply) > len(raw)
 
 
-def _longest_inner_silence_ms(pcm: np.ndarray, rate: int) -> float:
+def _trailing_silence_ms(pcm: np.ndarray, rate: int) -> float:
     win = rate // 200
-    loud = [_rms(pcm[i:i + win]) / 32768 > 10 ** (-50 / 20) for i in range(0, len(pcm) - win, win)]
-    first, last = loud.index(True), len(loud) - 1 - loud[::-1].index(True)
-    longest = run = 0
-    for is_loud in loud[first:last]:
-        run = 0 if is_loud else run + 1
-        longest = max(longest, run)
-    return 5.0 * longest
+    loud = [_rms(pcm[i:i + win]) / 32768 > 10 ** (-50 / 20) for i in range(0, len(pcm) - win + 1, win)]
+    return 5.0 * loud[::-1].index(True)
 
 
 async def test_a_first_clause_cut_mid_sentence_runs_on_without_a_sentence_pause():
@@ -242,10 +240,10 @@ async def test_a_first_clause_cut_mid_sentence_runs_on_without_a_sentence_pause(
 
         chunks = [c async for c in dec.synthesize(gen())]
         assert [c.text for c in chunks if c.text] == ["Sure thing I", "can help you with that today."]
+        second = next(i for i, c in enumerate(chunks) if c.text.startswith("can"))
+        first_clause = np.concatenate([c.pcm for c in chunks[:second]])
         raw = np.concatenate([s async for s in dec.span_audio("Sure thing I")])
-        rms_tail = [_rms(raw[i:i + 110]) / 32768 for i in range(len(raw) - 110 * 20, len(raw) - 110, 110)]
-        assert all(r < 10 ** (-50 / 20) for r in rms_tail)  # piper ends it with >= 100 ms of pause...
-        pcm = np.concatenate([c.pcm for c in chunks])
-        assert _longest_inner_silence_ms(pcm, 22050) < 100  # ...which the reply does not keep
+        assert _trailing_silence_ms(raw, 22050) >= 60  # piper ends it with a pause (75-125 ms seen)...
+        assert _trailing_silence_ms(first_clause, 22050) <= 45  # ...which the reply cuts to 40 ms
     finally:
         dec.pool.shutdown(wait=True)
