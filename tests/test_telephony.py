@@ -135,13 +135,20 @@ def chunk(seconds: float, text: str = "words", rate: int = 16_000) -> AudioChunk
     return AudioChunk(np.full(int(seconds * rate), 1000, dtype=np.int16), rate, text)
 
 
-async def test_output_counts_played_audio_by_marks() -> None:
+def _replying(*seconds: float) -> tuple[TwilioAudioOutput, list, Clock]:
+    """A Twilio output on a test clock, playing one reply of 8 kHz chunks of these lengths (at the
+    output's own rate: no resampler delay, exact durations)."""
     sent, clock = [], Clock()
     out = TwilioAudioOutput(sent.append, clock)
     out.stream_sid = SID
     out.begin_reply("resp_1", "item_1")
-    out.write(chunk(0.5, rate=8000))  # at 8 kHz already: no resampler delay, exact durations
-    out.write(chunk(0.5, rate=8000))
+    for s in seconds:
+        out.write(chunk(s, rate=8000))
+    return out, sent, clock
+
+
+async def test_output_counts_played_audio_by_marks() -> None:
+    out, sent, clock = _replying(0.5, 0.5)
     assert [m["event"] for m in sent] == (["media"] * 25 + ["mark"]) * 2
     marks = [m["mark"]["name"] for m in sent if m["event"] == "mark"]
     assert out.played_seconds() == 0.0  # nothing has played the instant it was sent
@@ -164,11 +171,7 @@ async def test_output_counts_played_audio_by_marks() -> None:
 
 
 async def test_output_clear_drops_the_rest() -> None:
-    sent, clock = [], Clock()
-    out = TwilioAudioOutput(sent.append, clock)
-    out.stream_sid = SID
-    out.begin_reply("resp_1", "item_1")
-    out.write(chunk(1.0, rate=8000))
+    out, sent, clock = _replying(1.0)
     clock.t += 0.3
     out.clear()
     assert sent[-1] == {"event": "clear", "streamSid": SID}
@@ -182,11 +185,7 @@ async def test_output_clear_drops_the_rest() -> None:
 
 
 async def test_output_without_mark_echoes_ends_after_a_grace() -> None:
-    sent, clock = [], Clock()
-    out = TwilioAudioOutput(sent.append, clock)
-    out.stream_sid = SID
-    out.begin_reply("resp_1", "item_1")
-    out.write(chunk(0.4, rate=8000))
+    out, sent, clock = _replying(0.4)
     clock.t += 0.4 + MARK_GRACE_S + 0.01  # past the audio's end plus the grace, no mark came back
     await asyncio.wait_for(out.drain(), WAIT)
     assert out.played_seconds() == pytest.approx(0.4, abs=0.02)
