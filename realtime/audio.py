@@ -118,3 +118,10 @@ class WebRtcInput:
 def encode_pcm16(samples: np.ndarray) -> str:
     """int16 mono → base64 little-endian PCM16 (Realtime `delta` payloads)."""
     return base64.b64encode(samples.astype("<i2").tobytes()).decode("ascii")
+
+
+def encode_delta(samples: np.ndarray, fmt: str) -> str:
+    """int16 mono at the format's rate → a base64 `delta` payload in `fmt` (audio/pcm, pcmu, pcma)."""
+    if fmt in (g711.MULAW, g711.ALAW):
+        return base64.b64encode(g711.encode(samples, fmt)).decode("ascii")
+    return encode_pcm16(samples)

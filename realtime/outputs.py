@@ -23,7 +23,7 @@ import soxr
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from decoder.base import AudioChunk
-from realtime.audio import encode_pcm16
+from realtime.audio import encode_delta
 
 
 class Resampler:
@@ -52,9 +52,11 @@ class Resampler:
 
 class WebSocketAudioOutput:
     def __init__(self, send: Callable[[dict[str, Any]], None], rate: int = 24_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, fmt: str = "audio/pcm") -> None:
         self._send = send
         self.rate = rate
+        self.format = fmt  # session.audio.output.format type; like rate, taken at each reply's start
+        self._format = fmt
         self._clock = clock
         self._ids: tuple[str, str] | None = None  # (response_id, item_id) while a reply plays
         self._resample = Resampler(rate)
@@ -65,6 +67,7 @@ class WebSocketAudioOutput:
 
     def begin_reply(self, response_id: str, item_id: str) -> None:
         self._ids = (response_id, item_id)
+        self._format = self.format
         self._resample = Resampler(self.rate)
         self._sent_s, self._t_first, self._frozen = 0.0, None, None
         self._cleared = asyncio.Event()
@@ -81,7 +84,7 @@ class WebSocketAudioOutput:
         self._sent_s += len(pcm) / self.rate
         response_id, item_id = self._ids
         self._send({"type": "response.output_audio.delta", "response_id": response_id, "item_id": item_id,
-                    "output_index": 0, "content_index": 0, "delta": encode_pcm16(pcm)})
+                    "output_index": 0, "content_index": 0, "delta": encode_delta(pcm, self._format)})
 
     def clear(self) -> None:
         self._frozen = self.played_seconds()

@@ -8,7 +8,6 @@ report output_audio_buffer.* events (realtime/output_buffer.py).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 from collections import deque
@@ -24,7 +23,6 @@ from controller.controller import Controller, Stages
 from controller.metrics import SpeculationStats
 from controller.ports import AudioOutput
 from controller.states import State
-from realtime import g711
 from realtime import protocol as p
 from realtime.audio import AudioFormatError, input_for
 from realtime.config import Config
@@ -64,7 +62,6 @@ class RealtimeSession:
         self.renderer = EventRenderer(self.settings)
         self.input = input_for(self.settings.input_format, self.settings.input_rate)
         self.context = Context(cfg.context.system_prompt, cfg.context.max_prompt_tokens)
-        self._delta_format = self.settings.output_format  # of the reply whose deltas go out now
         self.output = make_output(self)
         self.output_events: OutputBufferEvents | None = None
         if transport == "webrtc":  # OpenAI sends output_audio_buffer.* on WebRTC only
@@ -86,18 +83,9 @@ class RealtimeSession:
         if not self.closed:
             self.outbox.put_nowait(json.dumps({"event_id": p.new_id("event"), **event}))
 
-    def send_audio(self, event: dict[str, Any]) -> None:
-        """For WebSocketAudioOutput: its PCM16 deltas re-encoded when the output format is G.711."""
-        if self._delta_format in (g711.MULAW, g711.ALAW) and event.get("type") == "response.output_audio.delta":
-            pcm = np.frombuffer(base64.b64decode(event["delta"]), dtype="<i2")
-            event = {**event, "delta": base64.b64encode(g711.encode(pcm, self._delta_format)).decode("ascii")}
-        self.send(event)
-
     def _on_controller_event(self, event: object) -> None:
         if isinstance(event, ev.TurnMetrics):
             self.server.recent_turns.append(event)
-        if isinstance(event, ev.ResponseCreated):  # the output takes its rate at this reply's start too
-            self._delta_format = self.settings.output_format
         for out in self.renderer.render(event):
             self.send(out)
         if isinstance(event, ev.ResponseDone) and self.output_events is not None:
@@ -219,7 +207,7 @@ class RealtimeSession:
         if (new.input_format, new.input_rate) != (self.settings.input_format, self.settings.input_rate):
             self.input = input_for(new.input_format, new.input_rate)
         if isinstance(self.output, WebSocketAudioOutput):
-            self.output.rate = new.output_rate  # from the next reply on
+            self.output.rate, self.output.format = new.output_rate, new.output_format  # from the next reply on
         self.context.system_prompt = new.instructions
         td = new.turn_detection
         self.controller.turn_detection = td is not None

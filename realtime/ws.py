@@ -40,7 +40,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=4 * max_bytes + 65_536, heartbeat=30)
     await ws.prepare(request)
     request.app[SOCKETS_KEY].add(ws)
-    session = RealtimeSession(server, "websocket", lambda s: WebSocketAudioOutput(s.send_audio))
+    session = RealtimeSession(server, "websocket", lambda s: WebSocketAudioOutput(s.send))
     if request.query.get("model"):
         session.settings.model = request.query["model"]
     log.info("session %s: websocket from %s", session.id, request.remote)
