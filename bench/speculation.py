@@ -157,7 +157,7 @@ def summarize(results: list[dict], stats: SpeculationStats) -> dict:
     }
 
 
-async def sweep(corpus, cfg) -> list[dict]:
+async def sweep(corpus, cfg, pauses: list[int]) -> list[dict]:
     """Commit rate per pause threshold: real VAD, fake tokenizer/LLM/decoder, not paced."""
     from decoder.fake import FakeDecoder
     from llm.fake import FakeLLM
@@ -166,7 +166,7 @@ async def sweep(corpus, cfg) -> list[dict]:
     from realtime.stages import build_stage
     vad = build_stage("vad", cfg.vad.impl, cfg.vad.options(), env)
     rows = []
-    for pause_ms in (120, 200, 300, 400):
+    for pause_ms in pauses:
         c = cfg.model_copy(deep=True)
         c.controller = ControllerConfig(**{**cfg.controller.model_dump(), "pause_ms": pause_ms})
         stages = {"vad": vad, "tokenizer": FakeTokenizerFactory(),
@@ -185,8 +185,10 @@ async def main_async(args) -> dict:
     print(f"corpus: {len(corpus)} conversations, {n_utts} utterances")
     result: dict = {"utterances": n_utts}
     if args.sweep:
-        result["sweep"] = await sweep(corpus, cfg)
+        result["sweep"] = await sweep(corpus, cfg, [int(p) for p in args.pauses.split(",")])
         print(json.dumps(result["sweep"], indent=1))
+        if args.sweep_only:
+            return result
     env = BuildEnv(cache_dir=cfg.cache_path)
     stages = build_all(cfg, env)
     await start_all(stages)
@@ -206,6 +208,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="bench.speculation", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/default.yaml")
     ap.add_argument("--sweep", action="store_true", help="also sweep the pause threshold (fast)")
+    ap.add_argument("--pauses", default="60,80,100,120,200,300,400", help="pause thresholds of the sweep (ms)")
+    ap.add_argument("--sweep-only", action="store_true", help="skip the paced run with the real stages")
     ap.add_argument("--limit", type=int, default=0, help="only the first N conversations")
     ap.add_argument("--out", default="bench/out/speculation.json")
     args = ap.parse_args(argv)
