@@ -26,6 +26,14 @@ class StageConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class IceServer(BaseModel):
+    """A STUN/TURN server with credentials (TURN needs them), as in RTCIceServer."""
+    model_config = ConfigDict(extra="forbid")
+    urls: str | list[str] = Field(description="e.g. turn:turn.example.org:3478?transport=udp")
+    username: str | None = None
+    credential: str | None = None
+
+
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
@@ -34,7 +42,9 @@ class ServerConfig(BaseModel):
     max_event_bytes: int = Field(2_000_000, ge=1024, description="largest client JSON event")
     max_sdp_bytes: int = Field(65_536, ge=1024)
     cache_dir: str = Field("~/.cache/step-realtime", description="assembled embedded models")
-    ice_servers: list[str] = Field(default_factory=list, description="STUN/TURN URLs for WebRTC (none: host candidates only)")
+    ice_servers: list[str | IceServer] = Field(
+        default_factory=list, description="STUN/TURN servers for WebRTC: URLs, or {urls, username, credential} "
+                                          "for TURN (none: host candidates only)")
 
 
 class ContextConfig(BaseModel):

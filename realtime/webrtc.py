@@ -71,6 +71,13 @@ def receive_prefetch(receiver) -> int | None:
     return None if buffer is None else buffer._prefetch
 
 
+def ice_configuration(servers: list) -> RTCConfiguration:
+    """server.ice_servers (URL strings or IceServer entries with TURN credentials) for aiortc."""
+    ice = [RTCIceServer(urls=s) if isinstance(s, str) else
+           RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in servers]
+    return RTCConfiguration(iceServers=ice)
+
+
 def _bad(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"type": "invalid_request_error", "message": message}}, status=status)
 
@@ -225,8 +232,7 @@ async def create_call(request: web.Request) -> web.Response:
         return _bad(exc.status, str(exc))
     if server.full:
         return unavailable(f"all {server.config.server.max_sessions} sessions are in use; try again later")
-    ice = [RTCIceServer(urls=url) for url in server.config.server.ice_servers]
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+    pc = RTCPeerConnection(ice_configuration(server.config.server.ice_servers))
     call = WebRtcCall(server, pc, request.app[CALLS_KEY])  # first: aiortc fires "track" in setRemoteDescription
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
