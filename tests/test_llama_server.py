@@ -184,3 +184,34 @@ async def test_warm_keeps_each_sessions_prefix_cached(client):
     reused, evaluated = _last_prompt_eval(_log(client))
     assert reused > 60, (reused, evaluated)  # Alice's whole history came from the cache
     assert evaluated < 25, (reused, evaluated)  # only the question and the assistant header
+
+
+def test_the_prompt_cache_stays_within_its_size_and_restores_exactly():
+    """llm/llama_cache_fix.py, in-process: cached states keep one row of logits and the cache
+    counts all they hold, so it never holds more than its capacity; a restored state continues
+    exactly as an uncached run (greedy)."""
+    from llama_cpp import Llama, LlamaRAMCache
+
+    from llm import llama_cache_fix
+
+    llama_cache_fix.apply()
+    cached = Llama(model_path=str(_gguf()), n_ctx=1024, n_threads=1, verbose=False)
+    capacity = 8 << 20
+    cached.set_cache(LlamaRAMCache(capacity_bytes=capacity))
+    restores = []
+    load_state = cached.load_state
+    cached.load_state = lambda state: (restores.append(state.n_tokens), load_state(state))[1]
+    plain = Llama(model_path=str(_gguf()), n_ctx=1024, n_threads=1, verbose=False)
+    base = "You are a helpful assistant. Please answer in one short sentence. " * 4
+    questions = [f"Question {i}: what is {i} plus {i}? Answer:" for i in range(8)]
+    for q in questions + questions[:2]:  # the last two are served from the cache
+        got = cached.create_completion(base + q, max_tokens=8, temperature=0.0)["choices"][0]["text"]
+        want = plain.create_completion(base + q, max_tokens=8, temperature=0.0)["choices"][0]["text"]
+        assert got == want, (q, got, want)
+    assert restores  # the cached path really ran (a state was loaded, then generation went on)
+    states = list(cached.cache.cache_state.values())
+    assert states and all(s.scores.shape[0] == 1 for s in states)
+    held = sum(s.llama_state_size + s.scores.nbytes + s.input_ids.nbytes for s in states)
+    assert cached.cache.cache_size == held <= capacity
+    # Unpatched, each state would hold a logits row per token (~196 KB each) on top:
+    assert sum(len(s.input_ids) for s in states) * plain.n_vocab() * 4 > capacity
