@@ -109,8 +109,11 @@ class LlamaServer:
         # The child runs `-m llm.llama_child`: make this checkout importable whatever its cwd.
         root = str(Path(__file__).resolve().parents[1])
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-        return {**os.environ, "PYTHONPATH": path, "STEP_REALTIME_PARENT_PID": str(os.getpid()),
-                "PYTHONUNBUFFERED": "1"}
+        # Cached prompt states are MB-sized buffers allocated and freed all the time: glibc's
+        # default (a threshold that grows with the sizes freed) moves them onto the heap, where
+        # the freed ones fragment it and the process keeps growing. Map them, and unmap on free.
+        return {"MALLOC_MMAP_THRESHOLD_": "262144", **os.environ, "PYTHONPATH": path,
+                "STEP_REALTIME_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
