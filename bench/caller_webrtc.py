@@ -20,7 +20,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from bench.corpus import Conversation
-from bench.measure import Playout, TurnTiming
+from bench.measure import REFUSED_STATUS, Playout, Refused, TurnTiming, http_refusal, refusal_reason
 from bench.mic import Mic, ScriptOptions, talk
 
 SR = 48_000
@@ -83,6 +83,9 @@ async def connect(base_url: str, track: MediaStreamTrack, http: aiohttp.ClientSe
     url = base_url.rstrip("/") + "/v1/realtime/calls"
     async with http.post(url, data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}) as resp:
         answer = await resp.text()
+        if resp.status in REFUSED_STATUS:
+            await pc.close()
+            raise http_refusal(resp.status, "POST /v1/realtime/calls", resp.headers, answer)
         if resp.status not in (200, 201):
             await pc.close()
             raise ConnectionError(f"POST /v1/realtime/calls: HTTP {resp.status}: {answer[:200]}")
@@ -99,15 +102,31 @@ async def close(pc: RTCPeerConnection, pulls: list[asyncio.Task]) -> None:
 
 async def call(base_url: str, conv: Conversation, opts: ScriptOptions, max_turns: int | None = None,
                seed: int = 0, progress=None) -> tuple[list[TurnTiming], Playout, list[tuple[float, dict]]]:
-    heard, events, mic = Playout(), [], Mic(SR)
+    """One conversation. Raises Refused if the server refuses the call (HTTP 503/429 on the
+    offer, or a refusal `error` event on the data channel, which ends the call at once)."""
+    heard, events, mic, timings = Playout(), [], Mic(SR), []
+    loop = asyncio.get_running_loop()
+    refused: asyncio.Future = loop.create_future()
+
+    def on_event(t: float, event: dict) -> None:
+        events.append((t, event))
+        if (reason := refusal_reason(event)) is not None and not refused.done():
+            refused.set_result(Refused(reason, timings, heard, events, t))
 
     def on_audio(frame: AudioFrame, t: float) -> None:
         heard.add(frame_pcm(frame), frame.sample_rate, t)
 
     async with aiohttp.ClientSession() as http:
-        pc, pulls = await connect(base_url, MicTrack(mic), http, lambda t, e: events.append((t, e)), on_audio)
+        pc, pulls = await connect(base_url, MicTrack(mic), http, on_event, on_audio)
+        script = asyncio.create_task(talk(conv, mic, heard, opts, max_turns, seed, progress, timings))
         try:
-            timings = await talk(conv, mic, heard, opts, max_turns, seed, progress)
+            await asyncio.wait([script, refused], return_when=asyncio.FIRST_COMPLETED)
+            if not script.done():
+                raise refused.result()
+            script.result()
         finally:
+            script.cancel()
+            await asyncio.gather(script, return_exceptions=True)
+            refused.cancel()
             await close(pc, pulls)
     return timings, heard, events

@@ -214,3 +214,22 @@ def synthetic_conversation(name: str = "tones", phrases: tuple = ((0.6, 0.3, 0.5
         start, end = voiced_bounds(pcm, SR)
         utts.append(Utterance(name, i, "xx", "tone", i in barge, pcm, start, end))
     return Conversation(name, utts)
+
+
+def save_conversations(convs: list[Conversation], path: Path) -> Path:
+    """The conversations in one .npz (audio + a JSON manifest), for the caller processes: they get
+    exactly the bench's corpus, whatever it was built from."""
+    meta = [{"name": c.name, "turns": [{k: getattr(u, k) for k in
+             ("conversation", "index", "lang", "voice", "barge_in", "speech_start_s", "speech_end_s")}
+            for u in c.turns]} for c in convs]
+    arrays = {f"a{i}_{j}": u.pcm for i, c in enumerate(convs) for j, u in enumerate(c.turns)}
+    with open(path, "wb") as f:
+        np.savez(f, manifest=np.array(json.dumps(meta, ensure_ascii=False)), **arrays)
+    return path
+
+
+def load_conversations(path: Path) -> list[Conversation]:
+    with np.load(path) as data:
+        meta = json.loads(str(data["manifest"]))
+        return [Conversation(c["name"], [Utterance(pcm=data[f"a{i}_{j}"], **t) for j, t in enumerate(c["turns"])])
+                for i, c in enumerate(meta)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -174,9 +175,55 @@ class TurnRecord:
     speculation: list[str] = field(default_factory=list)
     server: dict = field(default_factory=dict)
     error: str | None = None
+    refused: bool = False  # the server refused the call (admission), not a turn it failed to answer
+    t_speech_end: float | None = None  # caller clock (monotonic): when the user's speech ended
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+REFUSED_STATUS = (429, 503)  # HTTP statuses of a refused call
+REFUSAL_CODES = ("busy", "capacity", "overload", "unavailable", "session_limit", "rate_limit", "too_many")
+
+
+def refusal_reason(event: dict) -> str | None:
+    """A Realtime `error` event that means "not now, too many calls" (admission), or None. Other
+    error events are not refusals (they stay in the call's events)."""
+    if not isinstance(event, dict) or event.get("type") != "error":
+        return None
+    err = event.get("error") if isinstance(event.get("error"), dict) else {}
+    code = str(err.get("code") or "").lower()
+    if any(word in code for word in REFUSAL_CODES):
+        return f"error event {code}: {err.get('message') or ''}".strip()
+    return None
+
+
+class Refused(ConnectionError):
+    """The server refused the call: HTTP 503/429 when connecting, or a refusal `error` event
+    (refusal_reason) during it. Carries what had been said and heard until then."""
+
+    def __init__(self, reason: str, timings: list | None = None, heard: "Playout | None" = None,
+                 events: list | None = None, t: float | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.timings, self.heard, self.events = reason, timings or [], heard, events or []
+        self.t = time.monotonic() if t is None else t
+        self.retry_after_s = retry_after_s  # the server's Retry-After, if it said
+
+
+def http_refusal(status: int, where: str, headers=None, body: str = "") -> Refused:
+    """Refused from an HTTP 503/429: the reason in the body's `error` event if there is one."""
+    retry = None
+    try:
+        retry = float((headers or {}).get("Retry-After"))
+    except (TypeError, ValueError):
+        pass
+    message = ""
+    try:
+        err = json.loads(body).get("error") or {}
+        message = str(err.get("message") or err.get("code") or "")
+    except (ValueError, AttributeError):
+        message = body[:200]
+    return Refused(f"HTTP {status} on {where}" + (f": {message}" if message else ""), retry_after_s=retry)
 
 
 def _runs(chunks: list[Chunk], merge_s: float = 0.25) -> list[tuple[int, int]]:
@@ -225,7 +272,8 @@ def analyze(caller: int, turns: list[TurnTiming], chunks: list[Chunk], events: l
     records = []
     for i, turn in enumerate(turns):
         nxt = turns[i + 1].t_speech_start if i + 1 < len(turns) else float("inf")
-        rec = TurnRecord(caller, turn.conversation, turn.index, turn.lang, turn.voice, turn.barge_in)
+        rec = TurnRecord(caller, turn.conversation, turn.index, turn.lang, turn.voice, turn.barge_in,
+                         t_speech_end=turn.t_speech_end)
         # the reply: the first voiced run that begins after the end of the user's speech
         run = next(((a, b) for a, b in runs
                     if chunks[a].t_heard + chunks[a].voice_start > turn.t_speech_end
@@ -279,3 +327,18 @@ def _attach_events(rec: TurnRecord, turn: TurnTiming, nxt: float, events: list[t
         rec.interrupted = ("cancelled" in status) if status else None
         if rec.interrupted is False:  # the reply had finished on its own: nothing was stopped
             rec.barge_stop_ms = None
+
+
+def refused_records(caller: int, turns: list, refusal: Refused, said: list[TurnRecord] = ()) -> list[TurnRecord]:
+    """The turns of a refused call: those said before the refusal keep their figures, except that
+    last one, if it was left without a reply (the refusal cut it off), is refused too; the turns never said are
+    refused. `turns`: the conversation's utterances (corpus.Utterance)."""
+    out = list(said)
+    if out and out[-1].v2v_ms is None and out[-1].error == "no reply":  # cut off by the refusal
+        out[-1].refused, out[-1].error = True, f"refused: {refusal.reason}"
+    done = {rec.turn for rec in out}
+    for utt in turns:
+        if utt.index not in done:
+            out.append(TurnRecord(caller, utt.conversation, utt.index, utt.lang, utt.voice, utt.barge_in,
+                                  refused=True, error=f"refused: {refusal.reason}"))
+    return out

@@ -92,10 +92,12 @@ class ScriptOptions:
 
 
 async def talk(conv: Conversation, mic: Mic, heard: Playout, opts: ScriptOptions,
-               max_turns: int | None = None, seed: int = 0, progress=None) -> list[TurnTiming]:
-    """Say each turn, wait for the reply (or barge into it), and return when each was said."""
+               max_turns: int | None = None, seed: int = 0, progress=None,
+               timings: list[TurnTiming] | None = None) -> list[TurnTiming]:
+    """Say each turn, wait for the reply (or barge into it), and return when each was said.
+    `timings`: a list to fill as it goes (what was said so far, if the call is cut short)."""
     rng = random.Random(seed)
-    timings: list[TurnTiming] = []
+    timings = [] if timings is None else timings
     turns = conv.turns[:max_turns] if max_turns else conv.turns
     deadline = time.monotonic() + opts.connect_timeout_s
     while mic.frames_sent == 0:  # WebRTC: audio flows only once the call is connected

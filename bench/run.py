@@ -1,6 +1,8 @@
 """`python -m bench` / `step-realtime bench`: N concurrent synthetic callers against a server,
 voice-to-voice latency measured at the callers, a concurrency sweep that finds the knee, and an
-A/B (speculation on/off, or --vs another config) interleaved on the same corpus.
+A/B (speculation on/off, or --vs another config) interleaved on the same corpus. The callers run
+in their own processes beside the bench's (--caller-procs), each measuring its own cost; or
+--sustained N callers call continuously for --duration-s and the report shows what drifts.
 """
 from __future__ import annotations
 
@@ -8,22 +10,24 @@ import argparse
 import asyncio
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import aiohttp
-import numpy as np
 
-from bench import caller_webrtc, caller_ws, report
-from bench.corpus import Conversation, load_corpus
-from bench.measure import analyze
+from bench import report, sustained
+from bench.caller_proc import run_in_processes
+from bench.callers import (CALLER_MODULES, STAGGER_S, CallerPlan, LoopLag, ShareJob, auto_procs, caller_summary,
+                           run_in_process, split)
+from bench.corpus import Conversation, load_corpus, save_conversations
 from bench.stats import knee, summarize
 from bench.mic import ScriptOptions
-from bench.server import ResourceSampler, ServerProcess
+from bench.server import MetricsSampler, ResourceSampler, ServerProcess
 
-CALLERS = {"webrtc": caller_webrtc, "ws": caller_ws}
+__all__ = ["LoopLag", "main", "bench", "parse_args"]  # LoopLag: it used to live here
 
 
 @dataclass
@@ -33,39 +37,9 @@ class Variant:
     overrides: dict = field(default_factory=dict)
     server: ServerProcess | None = None
     sampler: ResourceSampler | None = None
+    metrics: MetricsSampler | None = None
     url: str | None = None
     echo: object = None  # the in-process echo agent's runner
-
-
-class LoopLag:
-    """How late the callers' own event loop wakes up. The callers' clock readings are only as
-    good as this: a loaded machine shows here, and the report says so next to the latencies."""
-
-    def __init__(self, period_s: float = 0.01, stall_s: float = 0.02) -> None:
-        self.period, self.stall_s, self.lags = period_s, stall_s, []
-        self.stalls: list[tuple[float, float]] = []  # (from, to) when the loop was late > stall_s
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            t = time.monotonic()
-            await asyncio.sleep(self.period)
-            now = time.monotonic()
-            lag = now - t - self.period
-            self.lags.append(lag)
-            if lag > self.stall_s:
-                self.stalls.append((now - lag, now))
-
-    def take(self) -> dict:
-        lags, self.lags = self.lags, []
-        if not lags:
-            return {}
-        return {"caller_loop_lag_max_ms": round(max(lags) * 1000, 1),
-                "caller_loop_lag_p99_ms": round(float(np.percentile(lags, 99)) * 1000, 1)}
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
 
 class Progress:
@@ -74,7 +48,7 @@ class Progress:
         self.tty = stream.isatty()
         self.label, self.done, self.total, self.last = "", 0, 0, None
 
-    def level(self, label: str, total: int) -> None:
+    def level(self, label: str, total: int | None) -> None:
         self.label, self.done, self.total, self.last = label, 0, total, None
         self._show()
 
@@ -85,7 +59,8 @@ class Progress:
 
     def _show(self) -> None:
         last = "no reply" if self.last is None else f"{self.last:.0f} ms"
-        line = (f"[{time.monotonic() - self.t0:5.0f}s] {self.label}: turn {self.done}/~{self.total}"
+        of = f"/~{self.total}" if self.total else ""
+        line = (f"[{time.monotonic() - self.t0:5.0f}s] {self.label}: turn {self.done}{of}"
                 + (f", last voice-to-voice {last}" if self.done else ""))
         self.stream.write(("\r\033[K" + line) if self.tty else line + "\n")
         self.stream.flush()
@@ -102,7 +77,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--server-pid", type=int, help="with --url: sample this process's CPU/RSS")
     p.add_argument("--echo-delay-ms", type=float,
                    help="bench the built-in echo agent (replies this long after speech ends) to check the bench")
-    p.add_argument("--transport", choices=sorted(CALLERS), default="webrtc")
+    p.add_argument("--transport", choices=sorted(CALLER_MODULES), default="webrtc")
+    p.add_argument("--caller-procs", default="auto", metavar="K|auto",
+                   help="run the callers in K processes beside the bench's own; auto (default): one per "
+                        "4 callers, at least 1; 0: in the bench's own process")
     p.add_argument("--concurrency", default="1,2,4,8", help="levels of the sweep (default: %(default)s)")
     p.add_argument("--ab", choices=["speculation", "none"], default="speculation",
                    help="A/B in the same run: controller.speculation on vs off (default)")
@@ -117,9 +95,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reply-timeout-s", type=float, default=8.0)
     p.add_argument("--no-warmup", action="store_true", help="skip the unmeasured first turn per server")
     p.add_argument("--startup-timeout-s", type=float, default=300.0)
+    p.add_argument("--sustained", type=int, metavar="N",
+                   help="instead of the sweep: N callers call continuously for --duration-s (no A/B)")
+    p.add_argument("--duration-s", type=float, default=300.0, help="--sustained: how long (default: %(default)s)")
+    p.add_argument("--window-s", type=float, default=60.0, help="--sustained: report window (default: %(default)s)")
+    p.add_argument("--grace-s", type=float, default=30.0,
+                   help="after the duration (sustained) or the time budget: calls still running then are cut")
     p.add_argument("--out", help="output folder (default: bench/out/<date-time>)")
     p.add_argument("--corpus-cache", type=Path, help="corpus cache folder")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.caller_procs != "auto":
+        try:
+            args.caller_procs = int(args.caller_procs)
+        except ValueError:
+            p.error("--caller-procs: a number or auto")
+        if args.caller_procs < 0:
+            p.error("--caller-procs: 0 or more")
+    if args.sustained is not None and args.sustained < 1:
+        p.error("--sustained: at least 1 caller")
+    if args.sustained and args.vs:
+        p.error("--sustained runs one server: no --vs")
+    return args
+
+
+def procs_for(args: argparse.Namespace, callers: int) -> int:
+    return auto_procs(callers) if args.caller_procs == "auto" else min(args.caller_procs, callers)
 
 
 def variants_of(args: argparse.Namespace) -> list[Variant]:
@@ -127,6 +127,8 @@ def variants_of(args: argparse.Namespace) -> list[Variant]:
         return [Variant("url", None, url=args.url)]
     if args.echo_delay_ms:
         return [Variant(f"echo-{args.echo_delay_ms:g}ms", None)]
+    if args.sustained:
+        return [Variant(Path(args.config).stem, args.config)]
     if args.vs:
         return [Variant(Path(args.config).stem, args.config), Variant(Path(args.vs).stem, args.vs)]
     if args.ab == "speculation":
@@ -135,56 +137,88 @@ def variants_of(args: argparse.Namespace) -> list[Variant]:
     return [Variant(Path(args.config).stem, args.config)]
 
 
-async def run_caller(transport: str, url: str, caller: int, convs: list[Conversation], opts: ScriptOptions,
-                     max_turns: int | None, deadline: float, progress: Progress, lag: LoopLag) -> tuple[list, list[str]]:
-    """One synthetic caller: calls once per conversation, one after the other."""
-    records, errors = [], []
-    for n, conv in enumerate(convs):
-        if time.monotonic() > deadline:
-            break
-        try:
-            timings, heard, events = await CALLERS[transport].call(url, conv, opts, max_turns,
-                                                                   seed=caller * 1000 + n, progress=progress.turn)
-            records += analyze(caller, timings, heard.chunks, events, lag.stalls)
-        except (ConnectionError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
-            errors.append(f"caller {caller}, {conv.name}: {type(exc).__name__}: {exc}")
-    return records, errors
+async def warm_up(args, variant: Variant, corpus: list[Conversation], progress: Progress, deadline: float,
+                  lag: LoopLag) -> None:
+    """First model calls are slow (lazy loads, caches): one turn, not measured, in this process."""
+    warm = Conversation(corpus[0].name, corpus[0].turns[:1])
+    progress.level(f"{variant.name} warm-up", 1)
+    job = ShareJob(args.transport, variant.url, [CallerPlan(0, [0], 0.0)],
+                   ScriptOptions(reply_timeout_s=30, deadline=deadline), until=deadline, t0=time.monotonic(),
+                   hard_stop=deadline + args.grace_s)
+    run = await run_in_process(job, [warm], progress.turn, lag)
+    for e in run.errors:
+        progress.note("  warm-up: " + e)
 
 
 async def run_level(args, variant: Variant, level: int, corpus: list[Conversation], progress: Progress,
-                    deadline: float, lag: LoopLag) -> dict:
+                    deadline: float, lag: LoopLag, corpus_path: Path | None = None, log_dir: Path | None = None,
+                    sustained_run: bool = False) -> dict:
+    """One level: `level` callers (in --caller-procs processes), or the sustained run."""
     opts = ScriptOptions(reply_timeout_s=args.reply_timeout_s, deadline=deadline)
-    avg_turns = sum(len(c.turns[:args.max_turns] if args.max_turns else c.turns) for c in corpus) / len(corpus)
-    per_caller = max(1, math.ceil(args.min_turns / (level * avg_turns)))
-    plan = [[corpus[(caller + k * level) % len(corpus)] for k in range(per_caller)] for caller in range(level)]
-    progress.level(f"{variant.name} × {level} caller(s)", round(level * per_caller * avg_turns))
+    n = len(corpus)
+    if sustained_run:
+        stagger = min(2.0, args.duration_s * 0.1 / level)
+        plans = [CallerPlan(c, [(c + k) % n for k in range(n)], c * stagger) for c in range(level)]
+        progress.level(f"{variant.name} × {level} caller(s), sustained {args.duration_s:g} s", None)
+    else:
+        avg_turns = sum(len(c.turns[:args.max_turns] if args.max_turns else c.turns) for c in corpus) / n
+        per_caller = max(1, math.ceil(args.min_turns / (level * avg_turns)))
+        plans = [CallerPlan(c, [(c + k * level) % n for k in range(per_caller)], c * STAGGER_S) for c in range(level)]
+        progress.level(f"{variant.name} × {level} caller(s)", round(level * per_caller * avg_turns))
     tag = f"{variant.name}/{level}"
-    if variant.sampler:
-        variant.sampler.current = tag
-    t0 = time.monotonic()
-    lag.take()
+    for s in (variant.sampler, variant.metrics):
+        if s:
+            s.current = tag
+    job = ShareJob(args.transport, variant.url, plans, opts, args.max_turns, sustained=sustained_run)
+    window: dict = {}
 
-    async def staggered(caller: int):
-        await asyncio.sleep(caller * 0.37)  # callers do not all speak in lockstep
-        return await run_caller(args.transport, variant.url, caller, plan[caller], opts, args.max_turns,
-                                deadline, progress, lag)
+    def times() -> tuple[float, float, float]:
+        t0 = time.monotonic() + 0.1  # every process has its "go" by then
+        until = t0 + args.duration_s if sustained_run else deadline
+        window.update(t0=t0, until=until)
+        return t0, until, until + args.grace_s
 
-    results = await asyncio.gather(*(staggered(c) for c in range(level)))
-    if variant.sampler:
-        variant.sampler.current = ""
-    records = [r for recs, _ in results for r in recs]
-    errors = [e for _, errs in results for e in errs]
+    procs = procs_for(args, level)
+    try:
+        if procs == 0:
+            job.t0, job.until, job.hard_stop = times()
+            opts.deadline = job.until
+            callers = await run_in_process(job, corpus, progress.turn, lag)
+        else:
+            jobs = [replace(job, plans=share) for share in split(plans, procs)]
+            callers = await run_in_processes(jobs, corpus_path, log_dir, times, progress.turn,
+                                             label=f"{variant.name}-x{level}")
+    finally:
+        for s in (variant.sampler, variant.metrics):
+            if s:
+                s.current = ""
+    t_end = time.monotonic()
+    records, errors = callers.records, callers.errors
+    records.sort(key=lambda r: (r.caller, r.t_speech_end or 0.0))
     for e in errors:
         progress.note("  " + e)
     summary = summarize(records)
     summary["call_errors"] = len(errors)
-    summary.update(lag.take())
+    summary["calls"] = len(callers.calls)
+    summary["refused_calls"] = sum(c.get("outcome") == "refused" for c in callers.calls)
+    summary.update(caller_summary(callers.procs))
     summary["load_average_1m"] = round(os.getloadavg()[0], 2)
     if errors:
         summary["errors"] += len(errors)
-    return {"variant": variant.name, "concurrency": level, "seconds": round(time.monotonic() - t0, 1),
-            "summary": summary, "server": variant.sampler.summary(tag) if variant.sampler else {},
-            "call_errors": errors, "turns": [r.as_dict() for r in records]}
+    t0 = window.get("t0", t_end)
+    run = {"variant": variant.name, "concurrency": level, "seconds": round(t_end - t0, 1),
+           "summary": summary, "server": variant.sampler.summary(tag) if variant.sampler else {},
+           "callers": callers.procs, "call_errors": errors, "calls": callers.calls,
+           "turns": [r.as_dict() for r in records]}
+    scheduler = variant.metrics.summary(tag) if variant.metrics else {}
+    if scheduler:
+        run["scheduler"] = scheduler
+    if sustained_run:
+        samples = [x for x in variant.sampler.samples if x["tag"] == tag] if variant.sampler else []
+        run["sustained"] = sustained.report(run["turns"], callers.calls, samples,
+                                            variant.metrics.of(tag) if variant.metrics else [],
+                                            t0, window.get("until", t_end), args.window_s)
+    return run
 
 
 async def start_echo(delay_ms: float):
@@ -211,7 +245,22 @@ async def start_servers(args, variants: list[Variant], out: Path, progress: Prog
         pid = v.server.pid if v.server else args.server_pid
         if pid:
             v.sampler = ResourceSampler(pid)
+        elif v.echo and args.caller_procs != 0:  # the echo agent is this process (the callers are not)
+            v.sampler = ResourceSampler(os.getpid(), tree=False)
+        if v.sampler:
             v.sampler.start(lambda s=v.sampler: s.current)
+        v.metrics = MetricsSampler(v.url)
+        v.metrics.start(lambda m=v.metrics: m.current)
+
+
+def _level_line(v: Variant, level: int, s: dict) -> str:
+    line = (f"  {v.name} × {level}: p50 {s['v2v_p50_ms']} ms, p95 {s['v2v_p95_ms']} ms, "
+            f"max gap {s['max_gap_ms']} ms, errors {s['errors']}")
+    if s.get("refused_calls"):
+        line += f", refused {s['refused_calls']} call(s) ({s['refused']} turns)"
+    procs = f"{s['caller_procs']} process(es)" if s.get("caller_procs") else "in-process"
+    return line + (f"; callers {procs}: CPU {s.get('caller_cpu_percent')} %, "
+                   f"loop lag max {s.get('caller_loop_lag_max_ms')} ms")
 
 
 async def bench(args: argparse.Namespace) -> dict:
@@ -222,56 +271,66 @@ async def bench(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(args.corpus_cache, log=progress.note)
     corpus = corpus[:args.conversations] if args.conversations else corpus
-    levels = sorted({int(x) for x in args.concurrency.split(",")})
+    levels = [args.sustained] if args.sustained else sorted({int(x) for x in args.concurrency.split(",")})
     variants = variants_of(args)
     runs, notes, failed = [], [], set()
     lag = LoopLag()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-callers-"))
+    corpus_path = save_conversations(corpus, tmp / "corpus.npz") if args.caller_procs != 0 else None
     try:
         await start_servers(args, variants, out, progress)
-        if not args.no_warmup:  # first model calls are slow (lazy loads, caches): not measured
-            warm = Conversation(corpus[0].name, corpus[0].turns[:1])
+        if not args.no_warmup:
             for v in variants:
-                progress.level(f"{v.name} warm-up", 1)
-                await run_caller(args.transport, v.url, 0, [warm], ScriptOptions(reply_timeout_s=30, deadline=deadline),
-                                 None, deadline, progress, lag)
+                await warm_up(args, v, corpus, progress, deadline, lag)
         last_seconds = 0.0
         for i, level in enumerate(levels):
             order = variants if i % 2 == 0 else variants[::-1]  # interleaved: ABBA, cancels drift
             for v in order:
                 if v.name in failed and not args.full_sweep:
                     continue
-                if time.monotonic() + last_seconds * 1.2 > deadline:
+                if not args.sustained and time.monotonic() + last_seconds * 1.2 > deadline:
                     notes.append(f"{v.name} × {level}: skipped, the time budget ({args.deadline_s:.0f} s) would run out")
                     continue
-                run = await run_level(args, v, level, corpus, progress, deadline, lag)
+                run = await run_level(args, v, level, corpus, progress, deadline, lag, corpus_path, out / "callers",
+                                      sustained_run=bool(args.sustained))
                 last_seconds = run["seconds"]
-                if time.monotonic() > deadline:
+                if not args.sustained and time.monotonic() > deadline:
                     notes.append(f"{v.name} × {level}: cut short by the time budget ({args.deadline_s:.0f} s)")
                 runs.append(run)
-                s = run["summary"]
-                progress.note(f"  {v.name} × {level}: p50 {s['v2v_p50_ms']} ms, p95 {s['v2v_p95_ms']} ms, "
-                              f"max gap {s['max_gap_ms']} ms, errors {s['errors']}")
-                if knee({level: s}, args.threshold_ms, args.max_gap_ms) is None:
+                progress.note(_level_line(v, level, run["summary"]))
+                if knee({level: run["summary"]}, args.threshold_ms, args.max_gap_ms) is None:
                     failed.add(v.name)
     finally:
         await lag.stop()
         for v in variants:
-            if v.sampler:
-                await v.sampler.stop()
+            for s in (v.sampler, v.metrics):
+                if s:
+                    await s.stop()
             if v.server:
                 await v.server.stop()
             if v.echo:
                 await v.echo.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (out / "callers").is_dir() and not any((out / "callers").iterdir()):
+            (out / "callers").rmdir()  # the caller processes' logs: kept only if they said something
+    by_variant = {v.name: {r["concurrency"]: r["summary"] for r in runs if r["variant"] == v.name} for v in variants}
     result = {
         "command": " ".join(["python -m bench", *args.argv]),
         "transport": args.transport, "threshold_ms": args.threshold_ms, "max_gap_ms": args.max_gap_ms,
+        "caller_procs": args.caller_procs,
         "variants": [{"name": v.name, "config": v.config, "overrides": v.overrides, "url": v.url} for v in variants],
         "levels": levels, "seconds": round(time.monotonic() - t_start, 1), "notes": notes,
-        "knee": {v.name: knee({r["concurrency"]: r["summary"] for r in runs if r["variant"] == v.name},
-                              args.threshold_ms, args.max_gap_ms) for v in variants},
+        "knee": {} if args.sustained else {name: knee(s, args.threshold_ms, args.max_gap_ms)
+                                           for name, s in by_variant.items()},
+        "knee_all_admitted": {} if args.sustained else {name: knee(s, args.threshold_ms, args.max_gap_ms,
+                                                                   refusals_fail=True)
+                                                        for name, s in by_variant.items()},
         "ab": report.compare(runs, [v.name for v in variants]),
         "runs": runs,
     }
+    if args.sustained and runs:
+        result["sustained"] = {"callers": args.sustained, "duration_s": args.duration_s,
+                               "variant": runs[0]["variant"], **runs[0]["sustained"]}
     paths = report.write(result, out)
     progress.note("bench: done in %.0f s" % result["seconds"])
     for p in paths:

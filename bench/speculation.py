@@ -28,7 +28,7 @@ from controller.controller import Controller, Stages
 from controller.metrics import SpeculationStats
 from realtime.config import load_config
 from realtime.outputs import WebSocketAudioOutput
-from realtime.stages import BuildEnv, build_all, close_all, start_all
+from core.stages import BuildEnv, build_all, close_all, start_all
 
 FRAME = 320
 VOICES = ["joe", "joe-fast", "joe-slow", "espeak-us-f", "espeak-rp-fast", "joe"]
@@ -163,7 +163,7 @@ async def sweep(corpus, cfg, pauses: list[int]) -> list[dict]:
     from llm.fake import FakeLLM
     from streaming_tokenizer.fake import FakeTokenizerFactory
     env = BuildEnv(cache_dir=cfg.cache_path)
-    from realtime.stages import build_stage
+    from core.stages import build_stage
     vad = build_stage("vad", cfg.vad.impl, cfg.vad.options(), env)
     rows = []
     for pause_ms in pauses:

@@ -17,7 +17,9 @@ def summarize(records: list[TurnRecord]) -> dict:
     summary = {
         "turns": len(records),
         "replied": len(v2v),
-        "errors": sum(r.error is not None for r in records),
+        # turns the server had and did not answer properly; refused turns (admission) are apart
+        "errors": sum(r.error is not None and not r.refused for r in records),
+        "refused": sum(r.refused for r in records),
         "v2v_p50_ms": percentile(v2v, 50), "v2v_p95_ms": percentile(v2v, 95),
         "v2v_p99_ms": percentile(v2v, 99), "v2v_mean_ms": round(float(np.mean(v2v)), 1) if v2v else None,
         "max_gap_ms": max((r.max_gap_ms for r in records), default=0.0),
@@ -35,14 +37,18 @@ def summarize(records: list[TurnRecord]) -> dict:
     return summary
 
 
-def knee(summaries: dict[int, dict], threshold_ms: float, max_gap_ms: float = 100.0) -> int | None:
-    """Highest concurrency whose p95 voice-to-voice is under the threshold with no long gaps,
-    every lower level passing too (a level past a failing one does not count)."""
+def knee(summaries: dict[int, dict], threshold_ms: float, max_gap_ms: float = 100.0,
+         refusals_fail: bool = False) -> int | None:
+    """Highest concurrency whose p95 voice-to-voice is under the threshold with no long gaps and
+    every turn the server took answered, every lower level passing too (a level past a failing one
+    does not count). Refused calls are admission, not unanswered turns: they do not fail a level
+    unless `refusals_fail` (the knee with every caller admitted)."""
     best = None
     for level in sorted(summaries):
         s = summaries[level]
         ok = (s.get("v2v_p95_ms") is not None and s["v2v_p95_ms"] <= threshold_ms
-              and s.get("max_gap_ms", 0) <= max_gap_ms and s.get("errors", 0) == 0)
+              and s.get("max_gap_ms", 0) <= max_gap_ms and s.get("errors", 0) == 0
+              and not (refusals_fail and (s.get("refused", 0) or s.get("refused_calls", 0))))
         if not ok:
             break
         best = level

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,16 +22,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from context.history import Context
+from controller.client_requests import ClientRequests
 from controller.config import ControllerConfig
 from controller.events import (
     ErrorEvent, InputCommitted, InputTranscript, ResponseCreated, ResponseDone, SpeechStarted,
-    SpeechStopped, Speculation, StateChanged,
+    SpeechStopped, Speculation, StateChanged, new_id,
 )
 from controller.metrics import SpeculationStats, turn_metrics
 from controller.ports import AudioOutput
 from controller.reply import Reply
 from controller.states import Signal, State, next_state
 from controller.turns import TurnDetector
+from core.scheduler import Kind, Ticket, current_ticket, working_for
 from decoder.base import Decoder
 from llm.base import LLMClient, Message
 from streaming_tokenizer.base import StreamingTokenizer, UserInput
@@ -40,10 +41,6 @@ from vad.base import FRAME_SAMPLES, VoiceActivity
 
 log = logging.getLogger(__name__)
 FRAME_MS = 20
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:20]}"
 
 
 @dataclass
@@ -54,7 +51,7 @@ class Stages:
     decoder: Decoder
 
 
-class Controller:
+class Controller(ClientRequests):
     def __init__(
         self,
         stages: Stages,
@@ -63,8 +60,10 @@ class Controller:
         emit: Callable[[object], None],
         config: ControllerConfig | None = None,
         stats: SpeculationStats | None = None,
+        session_id: str = "",
     ) -> None:
         self.cfg = config or ControllerConfig()
+        self.session_id = session_id  # names this session's model work in the scheduler
         self.stages = stages
         self.context = context
         self.output = output
@@ -87,6 +86,7 @@ class Controller:
         self._reply: Reply | None = None
         self._end_task: asyncio.Task | None = None
         self._warm_task: asyncio.Task | None = None
+        self._warm_ticket: Ticket | None = None
         self._eot_wall: float | None = None
         self._closed = False
 
@@ -165,22 +165,38 @@ class Controller:
         self.emit(SpeechStarted(self._item_id, self._speech_start_ms))
         # While the user talks, have the LLM server cache the conversation so far: at the pause
         # only the new words are evaluated (docs/llm.md, "Prompt cache and prefix warm-up").
-        self._warm_task = asyncio.create_task(self._warm_llm(self.context.messages()))
+        self._drop_warm_up()
+        self._warm_ticket = self._ticket(Kind.WARMUP)
+        with working_for(self._warm_ticket):  # the task takes the ticket along
+            self._warm_task = asyncio.create_task(self._warm_llm(self.context.messages()))
 
     async def _warm_llm(self, history: list[Message]) -> None:
         warm = getattr(self.stages.llm, "warm", None)  # optional for LLM stages outside this repo
         if warm is not None:
             await warm(history)
 
+    def _drop_warm_up(self) -> None:
+        """A warm-up still queued when the turn's real work starts is superseded by it."""
+        if self._warm_ticket is not None:
+            self._warm_ticket.drop()
+            self._warm_ticket = None
+
+    def _ticket(self, kind: Kind, after_ms: int = 0) -> Ticket:
+        return Ticket(self.session_id, kind, time.monotonic() + after_ms / 1000)
+
     # -- speculation ---------------------------------------------------------------------------
 
     def _start_speculation(self) -> None:
+        self._drop_warm_up()
         if not self.cfg.speculation:
             # Still transcribe what was said so far, so the end of turn has less to do.
-            asyncio.create_task(self._warm_transcript())
+            with working_for(self._ticket(Kind.WARMUP)):
+                asyncio.create_task(self._warm_transcript())
             return
         self._discard_speculation()
-        spec = self._speculation = self._new_reply(self.stages.tokenizer.finalize())
+        # Needed when the end of turn would be confirmed, if the user stays silent.
+        ticket = self._ticket(Kind.SPECULATIVE, self.cfg.end_of_turn_ms - self.cfg.pause_ms)
+        spec = self._speculation = self._new_reply(self.stages.tokenizer.finalize(), ticket=ticket)
         self.stats.count("started")
         self.emit(Speculation("started", self.t_ms))
         asyncio.create_task(self._hint_from(spec))
@@ -211,6 +227,10 @@ class Controller:
     async def _end_turn(self) -> None:
         """Confirmed end of turn: commit the input, then commit the speculation or start fresh."""
         spec, self._speculation = self._speculation, None
+        self._drop_warm_up()
+        current_ticket.set(self._ticket(Kind.FINAL))  # this task's transcription is awaited now
+        if spec is not None:
+            spec.ticket.commit()  # most likely the reply: its queued work moves up (dropped if not)
         try:
             user = await self._commit_input() if self._has_input else None
             if spec is not None:
@@ -254,7 +274,7 @@ class Controller:
         self.context.add_user(user.text, user.speech_seconds, self._item_id)
         return user
 
-    def _new_reply(self, user_input, in_context: bool = False) -> Reply:
+    def _new_reply(self, user_input, in_context: bool = False, ticket: Ticket | None = None) -> Reply:
         def build(user: UserInput | None) -> list[Message]:
             if in_context or user is None:  # the input is already the last turn of the history
                 return self.context.messages()
@@ -269,6 +289,7 @@ class Controller:
             decoder=self.stages.decoder,
             emit=self.emit,
             on_finished=self._reply_finished,
+            ticket=ticket or self._ticket(Kind.FINAL),
         )
 
     def _play(self, reply: Reply, speculative: bool) -> None:
@@ -304,67 +325,9 @@ class Controller:
             asyncio.create_task(reply.cancel())
         self._start_user_turn(barge_in=True)
 
-    # -- client requests (Realtime API) --------------------------------------------------------
-
-    async def commit_input(self) -> UserInput | None:
-        """input_audio_buffer.commit: the turn ends here; no reply unless server VAD is on."""
-        self._discard_speculation()
-        if not self._has_input:
-            return None
-        if self.state in (State.USER_SPEAKING, State.USER_PAUSED):
-            self.state = State.SILENCE
-        self._held_frames.clear()
-        user = await self._commit_input()
-        # The next turn starts from an empty buffer under a new item id (with server VAD the
-        # next onset would do this; with client commits nothing else would).
-        self.stages.tokenizer.reset()
-        self._item_id = new_id("item")
-        return user
-
-    def create_response(self) -> None:
-        """response.create: answer from the history as it stands."""
-        self._eot_wall = time.monotonic()
-        self.signal(Signal.END_OF_TURN, "response.create")
-
-    async def cancel_response(self) -> bool:
-        reply, self._reply = self._reply, None
-        self._cancel_task(self._end_task)
-        if reply is None:
-            return False
-        self.output.clear()
-        heard_s = self.output.played_seconds()
-        heard = reply.heard_text(heard_s)
-        self.context.add_assistant(heard, heard_s, reply.item_id)
-        self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, "client_cancelled"))
-        await reply.cancel()
-        self.signal(Signal.REPLY_DONE, "response.cancel")
-        return True
-
-    def clear_input(self) -> None:
-        """input_audio_buffer.clear."""
-        self._discard_speculation()
-        self.stages.tokenizer.reset()
-        self._has_input = False
-        self._held_frames.clear()
-        if self.state in (State.USER_SPEAKING, State.USER_PAUSED):
-            self.state = State.SILENCE
-
-    def truncate(self, item_id: str, audio_end_ms: int) -> bool:
-        """conversation.item.truncate: the client heard only audio_end_ms of an assistant item."""
-        reply = self._reply
-        if reply is not None and reply.item_id == item_id:
-            return self.context.truncate(item_id, reply.heard_text(audio_end_ms / 1000), audio_end_ms / 1000)
-        for turn in self.context.turns:
-            if turn.item_id == item_id and turn.role == "assistant":
-                words = turn.text.split()
-                if turn.speech_seconds > 0:
-                    keep = int(len(words) * min(1.0, audio_end_ms / 1000 / turn.speech_seconds))
-                    words = words[:keep]
-                return self.context.truncate(item_id, " ".join(words), audio_end_ms / 1000)
-        return False
-
     async def close(self) -> None:
         self._closed = True
+        self._drop_warm_up()
         self._cancel_task(self._end_task)
         self._cancel_task(self._warm_task)
         for reply in (self._speculation, self._reply):
@@ -376,20 +339,6 @@ class Controller:
     def _cancel_task(task: asyncio.Task | None) -> None:
         if task is not None and not task.done():
             task.cancel()
-
-    def add_message(self, role: str, text: str, item_id: str | None = None,
-                    previous_item_id: str | None = None) -> str:
-        """conversation.item.create: a typed message joins the history; the next reply sees it.
-
-        Raises KeyError if previous_item_id names no item."""
-        item_id = item_id or new_id("item")
-        self.context.add_message(role, text, item_id, previous_item_id)
-        return item_id
-
-    def delete_item(self, item_id: str) -> bool:
-        """conversation.item.delete: the item leaves the history. False if there is no such item."""
-        return self.context.delete(item_id)
-
 
 async def _ready(value):
     return value

@@ -5,7 +5,13 @@ the clock OpenAI's audio_start_ms/audio_end_ms use.
 """
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
+
+
+def new_id(prefix: str) -> str:
+    """Item and response ids, in the Realtime API's shape (`item_…`, `resp_…`)."""
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
 
 
 @dataclass(frozen=True)

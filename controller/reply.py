@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from controller.events import AudioDone, TranscriptDelta
+from core.scheduler import Ticket, current_ticket
 from controller.ports import AudioOutput
 from decoder.base import AudioChunk, Decoder
 from llm.base import LLMClient, Message
@@ -32,6 +33,7 @@ class Reply:
         decoder: Decoder,
         emit: Callable[[object], None],
         on_finished: Callable[["Reply"], None],
+        ticket: Ticket | None = None,
     ) -> None:
         self.response_id = response_id
         self.item_id = item_id
@@ -55,6 +57,9 @@ class Reply:
         self._released = asyncio.Event()
         self.input_ready = asyncio.Event()  # set once the input is known (or failed)
         self.speculative = False
+        # What the model work of this reply is for (core.scheduler): the stages read it from the
+        # task's context; a speculation's ticket is committed or dropped with it.
+        self.ticket = ticket or Ticket()
         self.generated = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"reply-{response_id}")
 
@@ -74,6 +79,7 @@ class Reply:
         self._released.set()
 
     async def cancel(self) -> None:
+        self.ticket.drop()  # queued model work of this reply goes before it runs
         if not self.task.done():
             self.task.cancel()
         try:
@@ -135,6 +141,7 @@ class Reply:
             await pieces.aclose()  # type: ignore[attr-defined]
 
     async def _run(self) -> None:
+        current_ticket.set(self.ticket)  # this task's context only; the stages' tasks inherit it
         try:
             try:
                 self.input = await self._user_input

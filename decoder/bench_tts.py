@@ -34,7 +34,7 @@ async def _first_audio_s(dec: PiperDecoder, text: str) -> float:
 
 
 async def main(repeats: int) -> None:
-    from realtime import assets
+    from core import assets
 
     model = assets.package_file(assets.ASSETS["piper-joe"].files[0].parts[0])
     t0 = time.perf_counter()

@@ -133,6 +133,6 @@ class EspeakDecoder:
 
 
 def build(options: dict, env) -> EspeakDecoder:
-    from realtime.config import validate_options
+    from core.config import validate_options
 
     return EspeakDecoder(validate_options(Options, "decoder", options))

@@ -23,6 +23,7 @@ import numpy as np
 import soxr
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.scheduler import Scheduler
 from decoder import espeak
 from decoder.audio_chunks import (aclose_quietly, chunked, script_language, script_runs, trim_leading_silence,
                                   trim_trailing_silence)
@@ -36,7 +37,7 @@ _PUNCTUATION = tuple(".!?,;:…。！？，；：、")
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    voice: str = Field("piper-joe", description="asset name (realtime.assets) or a path to a .onnx voice")
+    voice: str = Field("piper-joe", description="asset name (core.assets) or a path to a .onnx voice")
     fallback: Literal["espeak"] | None = Field("espeak", description="speaks the clauses in CJK scripts")
     length_scale: float | None = Field(None, gt=0.1, le=4, description="> 1 is slower (voice default if null)")
     speed: float | None = Field(None, gt=0.25, le=10, description="1 / length_scale; give one of the two")
@@ -45,6 +46,8 @@ class Options(BaseModel):
     first_clause_words: int = Field(5, ge=0, le=50, description="the reply's first clause goes to TTS after this "
                                                                 "many words if no punctuation came first (0: wait)")
     threads: int = Field(2, ge=1, le=16, description="synthesis threads shared by all sessions")
+    onnx_threads: int = Field(1, ge=1, le=16, description="onnxruntime threads per synthesis (they do not spin: "
+                                                          "on a small box they would steal the other stages' cores)")
     lookahead: int = Field(4, ge=1, le=64, description="synthesized spans buffered ahead of the sender")
     espeak: dict = Field(default_factory=dict, description="options of the espeak-ng fallback")
 
@@ -59,16 +62,19 @@ class PiperDecoder:
     """Shared per server: one loaded voice and one small thread pool for all sessions."""
 
     def __init__(self, model_path: Path, options: Options | None = None,
-                 fallback: espeak.EspeakDecoder | None = None) -> None:
+                 fallback: espeak.EspeakDecoder | None = None, scheduler: Scheduler | None = None) -> None:
         from piper import PiperVoice, SynthesisConfig  # imported here: loading onnxruntime is slow
 
         self.options = options or Options()
-        self.voice = PiperVoice.load(model_path)
+        self.voice = _quiet_session(PiperVoice.load(model_path), model_path, self.options.onnx_threads)
         self.sample_rate: int = self.voice.config.sample_rate
         length_scale = self.options.length_scale or (1 / self.options.speed if self.options.speed else None)
         self.syn_config = SynthesisConfig(speaker_id=self._speaker_id(self.options.speaker), length_scale=length_scale)
         self.fallback = fallback
         self.pool = ThreadPoolExecutor(max_workers=self.options.threads, thread_name_prefix="piper")
+        # One sentence per job in the scheduler's "tts" lane: a committed reply's next sentence
+        # goes before a speculation's, and a cancelled reply gives its thread back within one.
+        self.lane = (scheduler or Scheduler()).lane("tts", self.options.threads, executor=self.pool)
         self.chunk_s = self.options.chunk_ms / 1000
 
     def _speaker_id(self, speaker: int | str | None) -> int | None:
@@ -92,7 +98,7 @@ class PiperDecoder:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        return await self.lane.run(fn, *args)
 
     async def span_audio(self, clause: str) -> AsyncIterator[np.ndarray]:
         """int16 audio of one clause at sample_rate, one array per sentence as piper makes it;
@@ -182,26 +188,43 @@ class PiperDecoder:
             await audio_q.put(exc)
 
 
+def _quiet_session(voice, model_path: Path, threads: int):
+    """The voice with an onnxruntime session that uses `threads` threads that sleep when idle.
+    piper's own session takes a thread per core that spin-waits between runs: with Whisper and the
+    LLM on the same 2 cores, that spinning alone made every stage several times slower."""
+    import dataclasses
+
+    import onnxruntime
+
+    so = onnxruntime.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
+    return dataclasses.replace(voice, session=session)
+
+
 def resolve_model(name_or_path: str, cache_dir: Path) -> Path:
     """A voice/model file: an existing path as given, else an embedded asset assembled in cache_dir."""
     path = Path(name_or_path).expanduser()
     if path.suffix in (".onnx", ".gguf") and path.is_file():
         return path
-    from realtime import assets  # lazy: the asset table is only needed when building the stack
+    from core import assets  # lazy: the asset table is only needed when building the stack
 
     return assets.ensure(name_or_path, cache_dir)
 
 
 def build(options: dict, env) -> PiperDecoder:
-    from realtime.config import validate_options
+    from core.config import validate_options
 
     opts = validate_options(Options, "decoder", options)
     fallback = None
     if opts.fallback == "espeak":
         fallback = espeak.EspeakDecoder(validate_options(espeak.Options, "decoder.espeak", opts.espeak))
     try:
-        return PiperDecoder(resolve_model(opts.voice, env.cache_dir), opts, fallback)
+        return PiperDecoder(resolve_model(opts.voice, env.cache_dir), opts, fallback, env.scheduler)
     except ValueError as exc:
-        from realtime.config import ConfigError
+        from core.config import ConfigError
 
         raise ConfigError(str(exc)) from None

@@ -2,17 +2,27 @@
 
     python -m llm.bench_llm [--repeats 3] [--threads N]
     python -m llm.bench_llm --conversation --sessions 2 [--no-warm] [--cache-mb 0] [--batch-threads N]
+    python -m llm.bench_llm --concurrent 1,2,4,8 [--rounds 3] [--max-tokens 64]
 
 The second form plays `sessions` conversations taking turns on one server, as concurrent callers
 do, and reports the first-token time of each turn's prompt (history + a new question), with or
 without the prefix warm-up and the prompt-state cache (docs/llm.md).
 
-Numbers go to docs/llm.md; they are wall-clock on whatever machine runs this.
+The third has N sessions stream a reply at the same moment (each its own system prompt and
+question), for each N: aggregate tokens/s (all streamed deltas / wall time from the common start
+to the last reply's end), per-stream first-token latency and decode rate. A round per N is played
+first to fill the prompt caches and not counted.
+
+`--base-url URL` measures a server that is already running instead of starting the bundled one
+(for comparisons with another build); `--server-args "..."` adds llama-server flags. Every run
+prints the load average: numbers are wall-clock on whatever machine runs this.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shlex
 import statistics
 import tempfile
 import time
@@ -36,18 +46,49 @@ QUESTIONS = [
 ]
 
 
-async def main(repeats: int, threads: int | None, max_tokens: int) -> None:
-    from realtime import assets
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
-    gguf = assets.package_file(assets.ASSETS["smollm2-135m"].files[0].parts[0])
-    log = Path(tempfile.mkdtemp()) / "llama-server.log"
-    server = LlamaServer(gguf, "smollm2-135m", n_threads=threads, log_path=log)
-    client = OpenAIChatClient(Options(model="smollm2-135m", max_tokens=max_tokens, temperature=0.6), server)
+
+def _rss_mb(pid: int | None) -> str:
+    if pid is None:
+        return "?"
+    try:
+        import psutil
+
+        return f"{psutil.Process(pid).memory_info().rss / 2**20:.0f} MiB"
+    except Exception:  # noqa: BLE001 - informative only
+        return "?"
+
+
+async def _client(args, max_tokens: int, temperature: float = 0.6, warm: bool = True, **server_kw):
+    """(client, server or None): the bundled server, started, or a client of --base-url."""
+    opts = Options(model="smollm2-135m", max_tokens=max_tokens, temperature=temperature, warm_prefix=warm,
+                   base_url=args.base_url)
+    server = None
+    if args.base_url is None:
+        from core import assets
+
+        gguf = assets.package_file(assets.ASSETS["smollm2-135m"].files[0].parts[0])
+        log = Path(tempfile.mkdtemp()) / "llama-server.log"
+        server = LlamaServer(gguf, "smollm2-135m", n_threads=args.threads, n_threads_batch=args.batch_threads,
+                             n_parallel=args.parallel, prompt_cache_mb=args.cache_mb, log_path=log,
+                             extra_args=shlex.split(args.server_args), **server_kw)
+    client = OpenAIChatClient(opts, server)
     await client.start()
+    if server is not None:
+        print(f"server start (spawn to /health answering): {server.startup_seconds:.2f} s, threads "
+              f"{server.n_threads}/{server.n_threads_batch}, {server.n_parallel} slots; log {server.log_path}")
+    return client, server
+
+
+async def main(args) -> None:
+    client, server = await _client(args, args.max_tokens)
     try:
         ttft, rates, counts = [], [], []
         cold_ttft = 0.0
-        for i in range(repeats + 1):  # the first request is cold: the whole prompt is evaluated
+        text = ""
+        for i in range(args.repeats + 1):  # the first request is cold: the whole prompt is evaluated
             t0 = time.perf_counter()
             stamps = []
             text = ""
@@ -61,29 +102,20 @@ async def main(repeats: int, threads: int | None, max_tokens: int) -> None:
             counts.append(len(stamps))
             if len(stamps) > 1:
                 rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-        print(f"server start (spawn to /v1/models answering): {server.startup_seconds:.2f} s, "
-              f"{server.n_threads} threads")
         print(f"time to first token, first request (cold prompt): {cold_ttft * 1000:.0f} ms")
         print(f"time to first token, new question (system prompt cached): median {statistics.median(ttft) * 1000:.0f} ms "
-              f"(min {min(ttft) * 1000:.0f}, max {max(ttft) * 1000:.0f}) over {repeats}")
+              f"(min {min(ttft) * 1000:.0f}, max {max(ttft) * 1000:.0f}) over {args.repeats}")
         print(f"decode speed: median {statistics.median(rates):.1f} tokens/s "
               f"(streamed deltas; replies of {min(counts)}-{max(counts)} deltas)")
         print(f"last reply: {text.strip()!r}")
-        print(f"server log: {log}")
+        print(_load())
     finally:
         await client.close()
 
 
-async def conversation(sessions: int, turns: int, warm: bool, cache_mb: int, threads: int | None,
-                       batch_threads: int | None) -> None:
-    from realtime import assets
-
-    gguf = assets.package_file(assets.ASSETS["smollm2-135m"].files[0].parts[0])
-    log = Path(tempfile.mkdtemp()) / "llama-server.log"
-    server = LlamaServer(gguf, "smollm2-135m", n_threads=threads, n_threads_batch=batch_threads,
-                         prompt_cache_mb=cache_mb, log_path=log)
-    client = OpenAIChatClient(Options(model="smollm2-135m", max_tokens=30, temperature=0.6, warm_prefix=warm), server)
-    await client.start()
+async def conversation(args) -> None:
+    client, server = await _client(args, 30, warm=not args.no_warm)
+    sessions, turns = args.sessions, args.turns
     try:
         histories = [[Message("system", f"{SYSTEM.content} You are assistant number {k}.")] for k in range(sessions)]
         ttft: list[float] = []
@@ -99,11 +131,50 @@ async def conversation(sessions: int, turns: int, warm: bool, cache_mb: int, thr
                 if turn > 0:  # the first turn is cold for every variant
                     ttft.append(first or 0.0)
                 history += [question, Message("assistant", text.strip())]
-        print(f"{sessions} sessions x {turns} turns, warm={warm}, cache={cache_mb} MB, threads "
-              f"{server.n_threads}/{server.n_threads_batch}: first token median "
-              f"{statistics.median(ttft) * 1000:.0f} ms (min {min(ttft) * 1000:.0f}, max {max(ttft) * 1000:.0f}) "
-              f"over {len(ttft)} turns after the first")
-        print(f"server log: {log}")
+        print(f"{sessions} sessions x {turns} turns, warm={not args.no_warm}, cache={args.cache_mb} MB: first token "
+              f"median {statistics.median(ttft) * 1000:.0f} ms (min {min(ttft) * 1000:.0f}, max {max(ttft) * 1000:.0f}) "
+              f"over {len(ttft)} turns after the first; {_load()}")
+        pid = server._proc.pid if server is not None and server._proc is not None else args.pid
+        print(f"server RSS after the run: {_rss_mb(pid)}")
+    finally:
+        await client.close()
+
+
+async def _one_stream(client: OpenAIChatClient, messages: list[Message], t0: float) -> tuple[float, float, int]:
+    """(first token, end, deltas) of one streamed reply, times from t0."""
+    first, n = None, 0
+    async for _ in client.stream(messages):
+        n += 1
+        first = first or time.perf_counter() - t0
+    return (first or float("nan")), time.perf_counter() - t0, n
+
+
+async def concurrent(args) -> None:
+    levels = [int(x) for x in args.concurrent.split(",")]
+    client, server = await _client(args, args.max_tokens)
+    try:
+        for n in levels:
+            systems = [Message("system", f"{SYSTEM.content} You are assistant number {k}.") for k in range(n)]
+            firsts, rates, aggregate = [], [], []
+            for r in range(args.rounds + 1):  # round 0 fills the prompt caches: not counted
+                t0 = time.perf_counter()
+                results = await asyncio.gather(*(
+                    _one_stream(client, [systems[k], Message("user", QUESTIONS[(r * n + k) % len(QUESTIONS)])], t0)
+                    for k in range(n)))
+                if r == 0:
+                    continue
+                wall = max(end for _, end, _ in results)
+                aggregate.append(sum(c for _, _, c in results) / wall)
+                for first, end, count in results:
+                    firsts.append(first)
+                    if count > 1:
+                        rates.append((count - 1) / (end - first))
+            print(f"{n} at once: aggregate {statistics.median(aggregate):.1f} tokens/s (median of {args.rounds} rounds, "
+                  f"{min(aggregate):.1f}-{max(aggregate):.1f}); first token median {statistics.median(firsts) * 1000:.0f} ms "
+                  f"(max {max(firsts) * 1000:.0f}); per stream {statistics.median(rates):.1f} tokens/s; {_load()}",
+                  flush=True)
+        pid = server._proc.pid if server is not None and server._proc is not None else args.pid
+        print(f"server RSS after the run: {_rss_mb(pid)}")
     finally:
         await client.close()
 
@@ -112,16 +183,24 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batch-threads", type=int, default=None)
+    parser.add_argument("--parallel", type=int, default=8, help="llama-server slots")
     parser.add_argument("--max-tokens", type=int, default=120)
     parser.add_argument("--conversation", action="store_true", help="sessions taking turns (see above)")
     parser.add_argument("--sessions", type=int, default=2)
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--no-warm", action="store_true")
     parser.add_argument("--cache-mb", type=int, default=256)
-    parser.add_argument("--batch-threads", type=int, default=None)
+    parser.add_argument("--concurrent", default=None, help="e.g. 1,2,4,8: sessions streaming at once")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--base-url", default=None, help="measure this running server instead")
+    parser.add_argument("--pid", type=int, default=None, help="with --base-url: the server's pid, for its RSS")
+    parser.add_argument("--server-args", default="", help="extra llama-server flags")
     args = parser.parse_args()
+    print(_load(), flush=True)
     if args.conversation:
-        asyncio.run(conversation(args.sessions, args.turns, not args.no_warm, args.cache_mb, args.threads,
-                                 args.batch_threads))
+        asyncio.run(conversation(args))
+    elif args.concurrent:
+        asyncio.run(concurrent(args))
     else:
-        asyncio.run(main(args.repeats, args.threads, args.max_tokens))
+        asyncio.run(main(args))

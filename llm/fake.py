@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from core.scheduler import Ticket, ticket_now
 from llm.base import Message
 
 
@@ -15,6 +16,7 @@ class StreamRecord:
     pieces_sent: int = 0
     finished: bool = False  # ran to the end
     closed_early: bool = False  # closed (cancelled) before the end
+    ticket: Ticket | None = None  # what the scheduler was told this work is for
 
 
 @dataclass
@@ -24,12 +26,14 @@ class FakeLLM:
     echo: bool = False  # reply "You said: <last user message>." instead
     streams: list[StreamRecord] = field(default_factory=list)
     warmed: list[list[Message]] = field(default_factory=list)  # every warm() call's history
+    warm_tickets: list[Ticket] = field(default_factory=list)
 
     async def warm(self, history: Sequence[Message]) -> None:
         self.warmed.append(list(history))
+        self.warm_tickets.append(ticket_now())
 
     async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
-        rec = StreamRecord(list(messages))
+        rec = StreamRecord(list(messages), ticket=ticket_now())
         self.streams.append(rec)
         text = f"You said: {messages[-1].content}." if self.echo else self.reply
         words = text.split(" ")

@@ -1,24 +1,34 @@
-"""The bundled LLM server: llama-cpp-python's OpenAI-compatible server on loopback.
+"""The bundled LLM server: llama.cpp's own `llama-server` on loopback, with continuous batching.
 
-It runs as a child process (`python -m llama_cpp.server`), not in-process, so generation never
-competes with the event loop for the GIL and a stuck model can be killed. The child is killed on
-close(), at interpreter exit, and by the kernel if this process dies (llm/llama_child.py).
+The binary is built from source once per machine (llm/build_llama_server.py, run by `make
+setup`) and found in the cache dir under a name keyed by the pinned source's hash. It runs as a
+child process, so generation never competes with the event loop for the GIL and a stuck model
+can be killed. The child is killed on stop(), at interpreter exit, and by the kernel if this
+process dies (PR_SET_PDEATHSIG, set between fork and exec).
 
-llama-cpp-python ships no wheels: it compiles from source once (`pip install
-'llama-cpp-python[server]'`, ~10 min on 2 cores); the set-up caches the built wheel.
+`n_parallel` slots decode together: every step of the server's loop evaluates one batch holding
+the next token of every active reply (and the prompt chunks of new ones), so concurrent sessions
+share the model instead of queueing for it. Each slot keeps its last prompt in its own part of
+the KV cache, and a RAM cache of prompt states (`--cache-ram`) keeps the ones pushed out, so
+each conversation's prefix survives other sessions' requests (docs/llm.md).
 """
 from __future__ import annotations
 
 import asyncio
 import atexit
+import ctypes
 import os
+import shutil
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
+
+from llm import build_llama_server
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class LlamaServerError(RuntimeError):
@@ -31,19 +41,53 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def llama_cpp_installed() -> bool:
-    import importlib.util
+def find_binary(cache_dir: Path | None = None) -> Path | None:
+    """The llama-server to run: $STEP_REALTIME_LLAMA_SERVER, else the pinned build in `cache_dir`
+    or in the default cache dir (where `make setup` builds it), else None."""
+    override = os.environ.get("STEP_REALTIME_LLAMA_SERVER")
+    if override:
+        return Path(override)
+    for base in dict.fromkeys([cache_dir or build_llama_server.DEFAULT_CACHE_DIR, build_llama_server.DEFAULT_CACHE_DIR]):
+        path = build_llama_server.binary_path(base)
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    return None
 
-    return importlib.util.find_spec("llama_cpp") is not None
+
+def binary_missing_reason(cache_dir: Path | None = None) -> str | None:
+    """None when a llama-server binary is there, else what to do (tests skip or fail with it)."""
+    binary = find_binary(cache_dir)
+    if binary is not None and binary.is_file():
+        return None
+    if binary is not None:
+        return f"no llama-server at {binary} ($STEP_REALTIME_LLAMA_SERVER)"
+    return (f"no llama-server: {build_llama_server.binary_name()} is not in {build_llama_server.DEFAULT_CACHE_DIR}/bin; "
+            "build it with `make setup` or `.venv/bin/python -m llm.build_llama_server` "
+            "(or give llm.base_url of a running OpenAI-compatible server)")
+
+
+def _die_with_parent(parent: int):
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:  # runs in the child between fork and exec
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 class LlamaServer:
-    def __init__(self, model_path: Path, model_alias: str, *, n_ctx: int = 2048, n_threads: int | None = None,
-                 n_threads_batch: int | None = None, prompt_cache_mb: int = 0, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
-                 startup_timeout_s: float = 180.0) -> None:
+    def __init__(self, model_path: Path, model_alias: str, *, n_parallel: int = 8, n_ctx: int = 2048,
+                 n_threads: int | None = None, n_threads_batch: int | None = None, prompt_cache_mb: int = 256,
+                 cache_reuse: int = 64, binary: Path | None = None, cache_dir: Path | None = None,
+                 host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
+                 startup_timeout_s: float = 180.0, extra_args: list[str] | None = None) -> None:
         self.model_path = Path(model_path)
         self.model_alias = model_alias
-        self.n_ctx = n_ctx
+        # Slots: requests decoded together. More than the sessions cost only their KV memory.
+        self.n_parallel = n_parallel
+        self.n_ctx = n_ctx  # per slot; the KV cache holds n_parallel * n_ctx tokens
         # Default: all cores but one. llama.cpp's threads spin at barriers, so when another stage
         # (piper, whisper) holds a core, a thread per core slows decoding several-fold (docs/llm.md).
         self.n_threads = n_threads or max(1, (os.cpu_count() or 1) - 1)
@@ -51,13 +95,18 @@ class LlamaServer:
         # evaluated at the pause, while other sessions' ASR and TTS may hold the other core, and
         # then spinning threads make it many times slower (docs/llm.md).
         self.n_threads_batch = n_threads_batch or self.n_threads
-        # llama-cpp-python's RAM cache of evaluated prompt states: without it the server keeps
-        # only the last request's prefix, so sessions taking turns re-evaluate whole histories.
+        # RAM cache of prompt states pushed out of their slot (--cache-ram), 0 = off.
         self.prompt_cache_mb = prompt_cache_mb
+        # Reuse KV chunks of at least this many tokens by shifting them (when the context drops
+        # its oldest turns the rest of the history is not re-evaluated), 0 = off.
+        self.cache_reuse = cache_reuse
+        self.binary = Path(binary) if binary else None
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.host = host
         self.port = port
         self.log_path = Path(log_path) if log_path else Path(f"/tmp/step-realtime-llama-{os.getpid()}.log")
         self.startup_timeout_s = startup_timeout_s
+        self.extra_args = list(extra_args or [])
         self.startup_seconds: float | None = None  # measured by start()
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -66,25 +115,43 @@ class LlamaServer:
         return f"http://{self.host}:{self.port}/v1"
 
     @property
+    def root_url(self) -> str:
+        """Where llama-server's own endpoints are (/health, /slots, /metrics, /tokenize)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "llm.llama_child", "--model", str(self.model_path), "--model_alias", self.model_alias,
-                "--host", self.host, "--port", str(self.port), "--n_ctx", str(self.n_ctx),
-                "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads_batch),
-                # Queue concurrent sessions' requests instead of cutting the running reply short.
-                "--interrupt_requests", "False"] + (
-            ["--cache", "True", "--cache_type", "ram", "--cache_size", str(self.prompt_cache_mb << 20)]
-            if self.prompt_cache_mb else [])
+    def resolve_binary(self) -> Path:
+        binary = self.binary or find_binary(self.cache_dir) or (Path(p) if (p := shutil.which("llama-server")) else None)
+        if binary is None:
+            raise LlamaServerError(binary_missing_reason(self.cache_dir))
+        if not binary.is_file():
+            raise LlamaServerError(f"no llama-server at {binary}")
+        return binary
+
+    def command(self, binary: Path | None = None) -> list[str]:
+        binary = binary or self.binary or find_binary(self.cache_dir) or Path("llama-server")
+        return [str(binary), "--model", str(self.model_path), "--alias", self.model_alias,
+                "--host", self.host, "--port", str(self.port),
+                # Continuous batching over n_parallel slots, each with its own n_ctx of KV cache
+                # (not one shared buffer: attention then spans only the slot's own tokens).
+                "--parallel", str(self.n_parallel), "--cont-batching", "--no-kv-unified",
+                "--ctx-size", str(self.n_ctx * self.n_parallel),
+                "--threads", str(self.n_threads), "--threads-batch", str(self.n_threads_batch),
+                "--cache-ram", str(self.prompt_cache_mb), "--cache-reuse", str(self.cache_reuse),
+                # The previous server's (llama-cpp-python's) default; llama-server's is 1.0, with
+                # which SmolLM2 loops on phrases more. A request's own repeat_penalty wins.
+                "--repeat-penalty", "1.1",
+                "--metrics", "--no-webui", "--offline", "--log-colors", "off", "--log-timestamps",
+                *self.extra_args]
 
     async def start(self) -> str:
-        """Start the server and wait until /v1/models answers; returns the base URL."""
+        """Start the server and wait until it has loaded the model; returns the base URL (…/v1)."""
         if self.running:
             return self.base_url
-        if not llama_cpp_installed():
-            raise LlamaServerError("llama-cpp-python is not installed: pip install 'llama-cpp-python[server]' "
-                                   "(or give llm.base_url of a running OpenAI-compatible server)")
+        binary = self.resolve_binary()
         if not self.model_path.is_file():
             raise LlamaServerError(f"no model file {self.model_path}")
         if self.port == 0:
@@ -93,8 +160,8 @@ class LlamaServer:
         t0 = time.monotonic()
         with open(self.log_path, "ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
-                *self.command(), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                env=self._child_env())
+                *self.command(binary), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                preexec_fn=_die_with_parent(os.getpid()), env=self._child_env())
         _live_pids.add(self._proc.pid)
         try:
             await self._wait_ready()
@@ -106,14 +173,8 @@ class LlamaServer:
 
     @staticmethod
     def _child_env() -> dict[str, str]:
-        # The child runs `-m llm.llama_child`: make this checkout importable whatever its cwd.
-        root = str(Path(__file__).resolve().parents[1])
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-        # Cached prompt states are MB-sized buffers allocated and freed all the time: glibc's
-        # default (a threshold that grows with the sizes freed) moves them onto the heap, where
-        # the freed ones fragment it and the process keeps growing. Map them, and unmap on free.
-        return {"MALLOC_MMAP_THRESHOLD_": "262144", **os.environ, "PYTHONPATH": path,
-                "STEP_REALTIME_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        # llama-server reads LLAMA_ARG_* variables as flags: none may leak in from our environment.
+        return {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -121,15 +182,15 @@ class LlamaServer:
             while True:
                 assert self._proc is not None
                 if self._proc.returncode is not None:
-                    raise LlamaServerError(f"llama.cpp server exited with {self._proc.returncode}:\n{self.log_tail()}")
-                try:
-                    async with http.get(f"{self.base_url}/models") as r:
+                    raise LlamaServerError(f"llama-server exited with {self._proc.returncode}:\n{self.log_tail()}")
+                try:  # 503 while the model loads, 200 once it serves
+                    async with http.get(f"{self.root_url}/health") as r:
                         if r.status == 200:
                             return
                 except (aiohttp.ClientError, asyncio.TimeoutError):
                     pass
                 if time.monotonic() > deadline:
-                    raise LlamaServerError(f"llama.cpp server not ready after {self.startup_timeout_s:.0f} s:\n"
+                    raise LlamaServerError(f"llama-server not ready after {self.startup_timeout_s:.0f} s:\n"
                                            f"{self.log_tail()}")
                 try:  # wakes early if the process exits
                     await asyncio.wait_for(self._proc.wait(), 0.25)
@@ -162,7 +223,7 @@ _live_pids: set[int] = set()
 
 @atexit.register
 def _kill_leftovers() -> None:
-    # A server the program forgot to close() must not outlive it.
+    # A server the program forgot to stop() must not outlive it.
     for pid in list(_live_pids):
         try:
             os.kill(pid, signal.SIGKILL)

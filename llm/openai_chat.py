@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from pathlib import Path
 
 import openai
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.scheduler import Scheduler, WorkDropped
 from llm.base import Message
 from llm.llama_server import LlamaServer
 
@@ -33,13 +35,22 @@ class Options(BaseModel):
     max_retries: int = Field(0, ge=0, description="retries cost a turn's latency: none by default")
     warm_prefix: bool = Field(True, description="at the start of each user turn, send the conversation so far "
                                                 "(1 token) so the server's prompt cache holds it")
-    # The bundled server (base_url null) only:
+    concurrency: int | None = Field(None, ge=1, description="requests in flight at once (the scheduler's \"llm\" "
+                                                           "lane; more wait, most urgent first); null: n_parallel")
+    # The bundled server (base_url null, llama.cpp's llama-server) only:
     model_path: str | None = Field(None, description="a .gguf file instead of the asset named by model")
-    n_ctx: int = Field(2048, ge=256)
+    n_parallel: int = Field(8, ge=1, description="slots: requests decoded together (continuous batching); "
+                                                 "more concurrent requests queue")
+    n_ctx: int = Field(2048, ge=256, description="context of each slot in tokens (prompt + reply); the "
+                                                 "server's KV cache holds n_parallel * n_ctx")
     n_threads: int | None = Field(None, ge=1, description="generation threads; null: all cores but one")
     n_threads_batch: int | None = Field(None, ge=1, description="prompt threads; null: as n_threads")
-    prompt_cache_mb: int = Field(256, ge=0, description="llama.cpp prompt-state cache shared by all "
-                                                        "sessions (each keeps its prefix); 0: off")
+    prompt_cache_mb: int = Field(256, ge=0, description="RAM cache of prompt states pushed out of their slot "
+                                                        "(each session keeps its prefix); 0: off")
+    cache_reuse: int = Field(64, ge=0, description="reuse cached chunks of at least this many tokens by "
+                                                   "shifting them (a history that dropped its oldest turns); 0: off")
+    server_binary: str | None = Field(None, description="a llama-server executable; null: the one `make setup` "
+                                                        "built into <cache_dir>/bin")
     startup_timeout_s: float = Field(180.0, gt=0)
     log_path: str | None = Field(None, description="server log; null: <cache_dir>/logs/llama-server.log")
 
@@ -55,9 +66,13 @@ class LLMUnavailableError(LLMError, ConnectionError):
 class OpenAIChatClient:
     """Shared per server; every stream() is one streamed chat completion."""
 
-    def __init__(self, options: Options | None = None, server: LlamaServer | None = None) -> None:
+    def __init__(self, options: Options | None = None, server: LlamaServer | None = None,
+                 scheduler: Scheduler | None = None) -> None:
         self.options = options or Options()
         self.server = server
+        # Every request holds one of the server's slots while it streams; waiting ones go most
+        # urgent first (a reply the caller waits for before a speculation before a warm-up).
+        self.lane = (scheduler or Scheduler()).lane("llm", self.options.concurrency or self.options.n_parallel)
         self._client: openai.AsyncOpenAI | None = None
         self._start_lock = asyncio.Lock()
         if self.options.base_url is not None:
@@ -95,6 +110,13 @@ class OpenAIChatClient:
         if self._client is None:
             await self.start()
         assert self._client is not None
+        # Closing this generator closes the HTTP stream and releases the slot at once.
+        async with self.lane.slot(), aclosing(self._stream(messages)) as texts:
+            async for text in texts:
+                yield text
+
+    async def _stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+        assert self._client is not None
         request = self._client.chat.completions.create(
             model=self.options.model, messages=[{"role": m.role, "content": m.content} for m in messages],
             stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature)
@@ -110,8 +132,11 @@ class OpenAIChatClient:
             return
         messages = [{"role": m.role, "content": m.content} for m in history] + [{"role": "user", "content": ""}]
         try:
-            await self._client.chat.completions.create(model=self.options.model, messages=messages,
-                                                       max_tokens=1, temperature=0.0)
+            async with self.lane.slot():  # a warm-up waits behind real work, and is dropped if superseded
+                await self._client.chat.completions.create(model=self.options.model, messages=messages,
+                                                           max_tokens=1, temperature=0.0)
+        except WorkDropped:
+            pass
         except openai.APIError as exc:  # the turn's own request reports real failures
             log.debug("prefix warm-up failed: %s", exc)
 
@@ -140,13 +165,13 @@ def _resolve_model(name_or_path: str, cache_dir: Path) -> Path:
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         return path
-    from realtime import assets  # lazy: only the bundled server needs the asset table
+    from core import assets  # lazy: only the bundled server needs the asset table
 
     return assets.ensure(name_or_path, cache_dir)
 
 
 def build(options: dict, env) -> OpenAIChatClient:
-    from realtime.config import validate_options
+    from core.config import validate_options
 
     opts = validate_options(Options, "llm", options)
     server = None
@@ -154,7 +179,9 @@ def build(options: dict, env) -> OpenAIChatClient:
         cache_dir = Path(env.cache_dir).expanduser()
         log_path = Path(opts.log_path).expanduser() if opts.log_path else cache_dir / "logs" / "llama-server.log"
         server = LlamaServer(_resolve_model(opts.model_path or opts.model, cache_dir), opts.model,
-                             n_ctx=opts.n_ctx, n_threads=opts.n_threads, n_threads_batch=opts.n_threads_batch,
-                             prompt_cache_mb=opts.prompt_cache_mb, log_path=log_path,
+                             n_parallel=opts.n_parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads,
+                             n_threads_batch=opts.n_threads_batch, prompt_cache_mb=opts.prompt_cache_mb,
+                             cache_reuse=opts.cache_reuse, cache_dir=cache_dir, log_path=log_path,
+                             binary=Path(opts.server_binary).expanduser() if opts.server_binary else None,
                              startup_timeout_s=opts.startup_timeout_s)
-    return OpenAIChatClient(opts, server)
+    return OpenAIChatClient(opts, server, env.scheduler)

@@ -19,6 +19,7 @@ from contextlib import aclosing
 import openai
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.scheduler import Scheduler, WorkDropped
 from llm.base import Message
 from llm.openai_chat import stream_text
 
@@ -38,6 +39,8 @@ class Options(BaseModel):
     top_p: float = Field(0.9, gt=0, le=1)
     timeout: float = Field(60.0, gt=0, description="seconds, per request (connect and each read)")
     max_retries: int = Field(0, ge=0)
+    concurrency: int = Field(64, ge=1, description="requests in flight at once (the scheduler's \"llm\" lane: "
+                                                   "more wait, most urgent first); vLLM batches them all")
 
 
 def render_prompt(messages: Sequence[Message]) -> str:
@@ -51,8 +54,9 @@ def render_prompt(messages: Sequence[Message]) -> str:
 class StepAudioChatClient:
     """Shared per server; every stream() is one streamed raw completion."""
 
-    def __init__(self, options: Options | None = None) -> None:
+    def __init__(self, options: Options | None = None, scheduler: Scheduler | None = None) -> None:
         self.options = options or Options()
+        self.lane = (scheduler or Scheduler()).lane("llm", self.options.concurrency)
         self._client = openai.AsyncOpenAI(base_url=self.options.base_url, api_key=self.options.api_key,
                                           timeout=self.options.timeout, max_retries=self.options.max_retries)
 
@@ -62,7 +66,7 @@ class StepAudioChatClient:
     async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
         # aclosing: closing this iterator must close the inner one (and its HTTP stream) now,
         # not whenever the garbage collector gets to it.
-        async with aclosing(self.stream_prompt(render_prompt(messages))) as pieces:
+        async with self.lane.slot(), aclosing(self.stream_prompt(render_prompt(messages))) as pieces:
             async for piece in pieces:
                 yield piece
 
@@ -71,8 +75,11 @@ class StepAudioChatClient:
         prefix cache (--enable-prefix-caching) holds it when the turn's prompt arrives."""
         prefix = "".join(f"{BOT}{ROLE_NAMES[m.role]}\n{m.content}{EOT}" for m in history) + f"{BOT}human\n"
         try:
-            await self._client.completions.create(model=self.options.model, prompt=prefix, max_tokens=1,
-                                                  temperature=0.0)
+            async with self.lane.slot():  # behind real work; dropped if the turn's request supersedes it
+                await self._client.completions.create(model=self.options.model, prompt=prefix, max_tokens=1,
+                                                      temperature=0.0)
+        except WorkDropped:
+            pass
         except openai.APIError as exc:  # the turn's own request reports real failures
             log.debug("prefix warm-up failed: %s", exc)
 
@@ -93,6 +100,6 @@ class StepAudioChatClient:
 
 
 def build(options: dict, env) -> StepAudioChatClient:
-    from realtime.config import validate_options
+    from core.config import validate_options
 
-    return StepAudioChatClient(validate_options(Options, "llm", options))
+    return StepAudioChatClient(validate_options(Options, "llm", options), env.scheduler)

@@ -2,13 +2,14 @@
 
   GET  /                               the web client (web_client/index.html), files beside it
   GET  /healthz                        liveness + whether the stages are up
+  GET  /readyz                         200 while admitting new sessions, else 503 (for load balancers)
   GET  /metrics                        sessions, speculation counters, recent turn latencies (JSON)
   GET  /v1/realtime                    OpenAI Realtime over WebSocket
   POST /v1/realtime/calls              OpenAI Realtime over WebRTC (SDP offer → answer)
   POST /v1/realtime/calls/{id}/hangup
   GET  /v1/telephony/twilio            phone calls over Twilio Media Streams (WebSocket, μ-law)
 
-Stages are built once per server from the config (realtime.stages.build_all) and shared by all
+Stages are built once per server from the config (core.stages.build_all) and shared by all
 sessions; each session gets its own VAD and tokenizer from their factories.
 """
 from __future__ import annotations
@@ -21,10 +22,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from core.stages import BuildEnv, build_all, close_all as close_all_stages, start_all as start_all_stages
 from realtime import telephony, webrtc
 from realtime.config import Config
 from realtime.session import ServerContext
-from realtime.stages import BuildEnv, build_all, close_all as close_all_stages, start_all as start_all_stages
 from realtime.ws import SERVER_KEY, SOCKETS_KEY, close_all, realtime_ws
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,14 @@ ENV_KEY = web.AppKey("build_env", BuildEnv)
 def create_app(config: Config, stages: dict | None = None) -> web.Application:
     """`stages`: already-built stage objects (tests); by default they are built at startup."""
     app = web.Application(client_max_size=4 * config.server.max_sdp_bytes)
-    app[SERVER_KEY] = ServerContext(config, stages or {})
+    env = app[ENV_KEY] = BuildEnv(cache_dir=config.cache_path)
+    app[SERVER_KEY] = ServerContext(config, stages or {}, env.scheduler)
     app[webrtc.CALLS_KEY] = {}
     app[SOCKETS_KEY] = weakref.WeakSet()
-    app[ENV_KEY] = BuildEnv(cache_dir=config.cache_path)
     if webrtc.is_loopback(config.server.host):
         webrtc.use_loopback_candidates()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/realtime", realtime_ws)
     app.router.add_post("/v1/realtime/calls", webrtc.create_call)
@@ -60,6 +62,8 @@ async def _start_stages(app: web.Application) -> None:
     if not server.stages:
         server.stages = build_all(server.config, app[ENV_KEY])
     await start_all_stages(server.stages)
+    server.monitor.start(lambda: len(server.sessions))
+    server.ready = True
     log.info("stages ready: %s", {k: type(v).__name__ for k, v in server.stages.items()})
 
 
@@ -71,6 +75,7 @@ async def _end_sessions(app: web.Application) -> None:
 
 
 async def _close_stages(app: web.Application) -> None:
+    await app[SERVER_KEY].monitor.stop()
     await close_all_stages(app[SERVER_KEY].stages)
     for cleanup in app[ENV_KEY].cleanups:
         try:
@@ -85,6 +90,19 @@ async def healthz(request: web.Request) -> web.Response:
                               "sessions": len(server.sessions)})
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """For a load balancer: 200 while this server takes new sessions, 503 (with why) when its
+    stages are not up yet or admitting one more would overload the calls in progress."""
+    server = request.app[SERVER_KEY]
+    if not server.ready:
+        return web.json_response({"ready": False, "reason": "starting"}, status=503)
+    decision = server.admission.decide()
+    if not decision.admit:
+        return web.json_response({"ready": False, "reason": decision.reason}, status=503,
+                                 headers={"Retry-After": str(decision.retry_after_s)})
+    return web.json_response({"ready": True, "sessions": len(server.sessions)})
+
+
 async def metrics(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     turns = list(server.recent_turns)
@@ -97,6 +115,7 @@ async def metrics(request: web.Request) -> web.Response:
         "sessions": {"active": len(server.sessions), "max": server.config.server.max_sessions,
                      "by_transport": _count(s.transport for s in server.sessions)},
         "speculation": server.stats.as_dict(),
+        "scheduler": {"lanes": server.scheduler.snapshot(), "load": server.admission.snapshot()},
         "turns": {"recent": len(turns), "speculative": sum(t.speculative for t in turns),
                   "median_ms": medians},
     })

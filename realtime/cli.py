@@ -11,7 +11,7 @@ import signal
 import sys
 
 from realtime.config import Config, ConfigError, load_config
-from realtime.stages import REGISTRY
+from core.stages import REGISTRY
 
 DEFAULT_CONFIG = "configs/default.yaml"
 
@@ -81,7 +81,7 @@ class StartupError(Exception):
 
 def _check(cfg: Config, args: argparse.Namespace) -> int:
     if args.build:
-        from realtime.stages import BuildEnv, build_all
+        from core.stages import BuildEnv, build_all
 
         stages = build_all(cfg, BuildEnv(cache_dir=cfg.cache_path))
         print("stages: " + ", ".join(f"{k}={type(v).__name__}" for k, v in stages.items()))
@@ -91,7 +91,7 @@ def _check(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _models(cfg: Config) -> int:
-    from realtime import assets  # another module's heavy lifting; only this command needs it
+    from core import assets  # another module's heavy lifting; only this command needs it
 
     try:
         paths = assets.ensure_all(cfg.cache_path)

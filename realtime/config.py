@@ -1,8 +1,4 @@
-"""The server's YAML config, validated on load.
-
-Each stage section names an implementation (`impl`) and passes the rest to that
-implementation's own pydantic `Options` model, so a typo in any option is an error that names it.
-"""
+"""The server's YAML config, validated on load (the shared helpers live in core/config.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,18 +8,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.config import ControllerConfig
-
-
-class ConfigError(Exception):
-    """A config file that cannot be used; the message says where and why."""
-
-
-class StageConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    impl: str
-
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+from core.load import AdmissionConfig
+from core.config import ConfigError, StageConfig, explain, validate_options, yaml_problem  # noqa: F401 (re-exported)
 
 
 class IceServer(BaseModel):
@@ -38,7 +24,9 @@ class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    max_sessions: int = Field(32, ge=1)
+    max_sessions: int = Field(64, ge=1, description="hard ceiling (the media plane's); admission by measured "
+                                                    "capacity refuses earlier (server.admission)")
+    admission: AdmissionConfig = AdmissionConfig()
     max_event_bytes: int = Field(2_000_000, ge=1024, description="largest client JSON event")
     max_sdp_bytes: int = Field(65_536, ge=1024)
     cache_dir: str = Field("~/.cache/step-realtime", description="assembled embedded models")
@@ -75,7 +63,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for dotted, value in (overrides or {}).items():
@@ -87,27 +75,4 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_explain(exc)}") from None
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's messages span several lines; a config error is one line."""
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    mark = getattr(exc, "problem_mark", None)
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
-
-
-def _explain(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{where}: {err['msg']}")
-    return "; ".join(lines)
-
-
-def validate_options(model: type[BaseModel], section: str, options: dict[str, Any]) -> Any:
-    """Validate one stage's options with its implementation's Options model."""
-    try:
-        return model.model_validate(options)
-    except ValidationError as exc:
-        raise ConfigError(f"{section}: {_explain(exc)}") from None
+        raise ConfigError(f"{path}: {explain(exc)}") from None

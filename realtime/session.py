@@ -23,7 +23,10 @@ from controller.controller import Controller, Stages
 from controller.metrics import SpeculationStats
 from controller.ports import AudioOutput
 from controller.states import State
+from core.load import LoadMonitor
+from core.scheduler import Scheduler
 from realtime import protocol as p
+from realtime.admission import Admission, Reservation
 from realtime.audio import AudioFormatError, input_for
 from realtime.config import Config
 from realtime.events_out import EventRenderer
@@ -39,20 +42,24 @@ class ServerContext:
 
     config: Config
     stages: dict[str, Any]
+    scheduler: Scheduler = field(default_factory=Scheduler)  # the stages' model work (core.scheduler)
     stats: SpeculationStats = field(default_factory=SpeculationStats)
     sessions: set["RealtimeSession"] = field(default_factory=set)
     recent_turns: deque = field(default_factory=lambda: deque(maxlen=200))  # TurnMetrics
+    admission: Admission = field(init=False)
+    ready: bool = False  # the stages are up
 
-    @property
-    def full(self) -> bool:
-        return len(self.sessions) >= self.config.server.max_sessions
+    def __post_init__(self) -> None:
+        self.monitor = LoadMonitor(self.scheduler, self.config.server.admission)
+        self.admission = Admission(self.monitor, self.config.server.max_sessions)
 
 
 class RealtimeSession:
     def __init__(self, server: ServerContext, transport: str,
-                 make_output: Callable[["RealtimeSession"], AudioOutput]) -> None:
+                 make_output: Callable[["RealtimeSession"], AudioOutput], reservation: Reservation | None = None) -> None:
         cfg = server.config
         self.server = server
+        self.reservation = reservation  # its place under admission, given back at close()
         self.transport = transport
         self.closed = False
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
@@ -69,7 +76,7 @@ class RealtimeSession:
         stages = Stages(vad=server.stages["vad"].create(), tokenizer=server.stages["tokenizer"].create(),
                         llm=server.stages["llm"], decoder=server.stages["decoder"])
         self.controller = Controller(stages, self.context, self.output, self._on_controller_event,
-                                     self.controller_config, server.stats)
+                                     self.controller_config, server.stats, session_id=self.settings.id)
         server.sessions.add(self)
         self.send({"type": "session.created", "session": self.settings.render()})
 
@@ -242,6 +249,8 @@ class RealtimeSession:
             return
         self.closed = True
         self.server.sessions.discard(self)
+        if self.reservation is not None:
+            self.reservation.release()
         try:
             await self.controller.close()
         finally:

@@ -31,7 +31,8 @@ from realtime import g711
 from realtime.audio import AudioFormatError, G711Input
 from realtime.outputs import Resampler
 from realtime.session import RealtimeSession, ServerContext
-from realtime.ws import SERVER_KEY, SOCKETS_KEY, unavailable
+from realtime.admission import Refused, busy
+from realtime.ws import SERVER_KEY, SOCKETS_KEY
 
 log = logging.getLogger(__name__)
 FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
@@ -172,11 +173,11 @@ def _field(data: dict, key: str, model: type[BaseModel]) -> Any:
 class TwilioCall:
     """One Media Streams connection: messages in → the session; the output's messages → out."""
 
-    def __init__(self, server: ServerContext, ws: web.WebSocketResponse) -> None:
+    def __init__(self, server: ServerContext, ws: web.WebSocketResponse, reservation=None) -> None:
         self.ws = ws
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.output = TwilioAudioOutput(self.outbox.put_nowait)
-        self.session = RealtimeSession(server, "telephony", lambda s: self.output)
+        self.session = RealtimeSession(server, "telephony", lambda s: self.output, reservation)
         self.input = G711Input(g711.MULAW)
         self.call_sid: str | None = None
         self.max_bytes = server.config.server.max_event_bytes
@@ -251,12 +252,21 @@ class TwilioCall:
 
 async def twilio_ws(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER_KEY]
-    if server.full:
-        return unavailable(f"all {server.config.server.max_sessions} sessions are in use; try again later")
+    try:
+        reservation = server.admission.reserve()
+    except Refused as refused:
+        return busy(refused)
+    try:
+        return await _serve(request, server, reservation)
+    finally:
+        reservation.release()  # the session released it already, unless its set-up failed
+
+
+async def _serve(request: web.Request, server, reservation) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=4 * server.config.server.max_event_bytes + 65_536, heartbeat=30)
     await ws.prepare(request)
     request.app[SOCKETS_KEY].add(ws)
-    call = TwilioCall(server, ws)
+    call = TwilioCall(server, ws, reservation)
     log.info("session %s: telephony stream from %s", call.session.id, request.remote)
     tasks = [asyncio.create_task(call.send_loop(), name=f"step-tel-send-{call.session.id}"),
              asyncio.create_task(call.discard_events(), name=f"step-tel-events-{call.session.id}")]

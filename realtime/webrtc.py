@@ -23,7 +23,8 @@ from realtime.audio import WebRtcInput
 from realtime.outputs import WebRTCAudioOutput
 from realtime.protocol import new_id
 from realtime.session import RealtimeSession, ServerContext
-from realtime.ws import SERVER_KEY, unavailable
+from realtime.admission import Refused, busy
+from realtime.ws import SERVER_KEY
 
 log = logging.getLogger(__name__)
 CALLS_KEY = web.AppKey("calls", dict)
@@ -143,12 +144,12 @@ async def _read_part(part, limit: int, what: str) -> bytes:
 
 
 class WebRtcCall:
-    def __init__(self, server: ServerContext, pc: RTCPeerConnection, calls: dict) -> None:
+    def __init__(self, server: ServerContext, pc: RTCPeerConnection, calls: dict, reservation=None) -> None:
         self.id = new_id("rtc")
         self.pc = pc
         self.calls = calls
         self.track_out = WebRTCAudioOutput()
-        self.session = RealtimeSession(server, "webrtc", lambda s: self.track_out)
+        self.session = RealtimeSession(server, "webrtc", lambda s: self.track_out, reservation)
         self.inbox: asyncio.Queue[str | bytes] = asyncio.Queue()
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
@@ -230,10 +231,16 @@ async def create_call(request: web.Request) -> web.Response:
         sdp, session_config = await _read_offer(request, server.config.server.max_sdp_bytes)
     except _OfferError as exc:
         return _bad(exc.status, str(exc))
-    if server.full:
-        return unavailable(f"all {server.config.server.max_sessions} sessions are in use; try again later")
-    pc = RTCPeerConnection(ice_configuration(server.config.server.ice_servers))
-    call = WebRtcCall(server, pc, request.app[CALLS_KEY])  # first: aiortc fires "track" in setRemoteDescription
+    try:
+        reservation = server.admission.reserve()  # held by the call's session; given back when it closes
+    except Refused as refused:
+        return busy(refused)
+    try:
+        pc = RTCPeerConnection(ice_configuration(server.config.server.ice_servers))
+        call = WebRtcCall(server, pc, request.app[CALLS_KEY], reservation)
+    except BaseException:
+        reservation.release()
+        raise  # first: aiortc fires "track" in setRemoteDescription
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except Exception as exc:  # aiortc raises ValueError and friends on SDP it can't use

@@ -11,6 +11,7 @@ import weakref
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from realtime.admission import Refused, busy
 from realtime.outputs import WebSocketAudioOutput
 from realtime.protocol import error_event
 from realtime.session import RealtimeSession, ServerContext
@@ -26,21 +27,26 @@ async def close_all(app: web.Application) -> None:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 
-def unavailable(message: str) -> web.Response:
-    return web.json_response(error_event("server_error", "server_busy", message), status=503)
-
-
 async def realtime_ws(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER_KEY]
-    if server.full:
-        return unavailable(f"all {server.config.server.max_sessions} sessions are in use; try again later")
+    try:
+        reservation = server.admission.reserve()
+    except Refused as refused:
+        return busy(refused)
+    try:
+        return await _serve(request, server, reservation)
+    finally:
+        reservation.release()  # the session released it already, unless its set-up failed
+
+
+async def _serve(request: web.Request, server, reservation) -> web.WebSocketResponse:
     max_bytes = server.config.server.max_event_bytes
     # Frames above max_event_bytes get an `error` event (the session lives on); only frames far
     # beyond it make aiohttp drop the connection, so one bad event can't exhaust memory.
     ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=4 * max_bytes + 65_536, heartbeat=30)
     await ws.prepare(request)
     request.app[SOCKETS_KEY].add(ws)
-    session = RealtimeSession(server, "websocket", lambda s: WebSocketAudioOutput(s.send))
+    session = RealtimeSession(server, "websocket", lambda s: WebSocketAudioOutput(s.send), reservation)
     if request.query.get("model"):
         session.settings.model = request.query["model"]
     log.info("session %s: websocket from %s", session.id, request.remote)

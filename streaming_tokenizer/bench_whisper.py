@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.stages import BuildEnv, build_stage
+from core.stages import BuildEnv, build_stage
 from tests.speech_util import espeak, frames, piper, silence, wer
 
 UTTERANCES = {  # ~2 s and ~5 s in the joe voice

@@ -11,18 +11,26 @@ window of max(encoder_window_s, speech + 2 s); on our test sentences that is ~5x
 same WER (docs/models.md). A short window occasionally makes the greedy decoder loop (repeat the
 sentence); a loop is detected (a repeated token trigram, or hitting the token budget) and that
 turn is re-done with faster-whisper's own transcribe() on the full window.
+
+Capacity: every session's transcriptions queue in the scheduler's "asr" lane (core/scheduler.py:
+the end of a turn before a speculation, a speculation before a warm-up); those waiting with the
+same encoder window size run as one CTranslate2 batch, so N callers pausing together cost one
+encoder call and one batched greedy decode instead of N queued ones.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
+import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.scheduler import Job, Scheduler, ticket_now
 from streaming_tokenizer.base import UserInput
 from vad.base import SAMPLE_RATE
 
@@ -40,16 +48,23 @@ class Options(BaseModel):
     language: str | None = Field(None, description="ISO code such as 'en'; null: detect per turn")
     compute_type: str = "int8"
     cpu_threads: int = Field(2, ge=1, description="CTranslate2 threads per transcription")
-    workers: int = Field(1, ge=1, le=2, description="transcriptions running at once (server-wide)")
+    workers: int = Field(1, ge=1, le=2, description="batches running at once (server-wide)")
+    max_batch: int = Field(8, ge=1, le=32, description="transcriptions of one encoder window size run as one "
+                                                       "batch (all sessions)")
     encoder_window_s: float | None = Field(
         10.0, ge=1.0, le=30.0,
         description="shortest encoder window; null: always the full 30 s (faster-whisper transcribe)")
 
 
 class WhisperEngine:
-    """The per-server model and its thread pool. transcribe() is blocking: run it in `executor`."""
+    """The per-server model. Transcriptions of all sessions queue in the scheduler's "asr" lane,
+    which runs those of one encoder window size as one CTranslate2 batch (transcribe_batch)."""
 
-    def __init__(self, model_dir: Path, opts: Options) -> None:
+    def __init__(self, model_dir: Path, opts: Options, scheduler: Scheduler | None = None) -> None:
+        # CTranslate2's OpenMP (libgomp) threads spin-wait after each parallel region: on a 2-core
+        # box that burns the core the LLM and TTS need. Make them sleep at once. libgomp reads
+        # this when it is loaded, i.e. at the first import of ctranslate2.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
@@ -57,6 +72,8 @@ class WhisperEngine:
         self.model = WhisperModel(str(model_dir), device="cpu", compute_type=opts.compute_type,
                                   cpu_threads=opts.cpu_threads, num_workers=opts.workers)
         self.executor = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="whisper")
+        self.lane = (scheduler or Scheduler()).lane(
+            "asr", opts.workers, executor=self.executor, batch_fn=self.transcribe_batch, max_batch=opts.max_batch)
         self.window_frames = None if opts.encoder_window_s is None else int(opts.encoder_window_s * 100)
         multilingual = self.model.model.is_multilingual
         self._tokenizer = Tokenizer(self.model.hf_tokenizer, multilingual, "transcribe",
@@ -65,13 +82,32 @@ class WhisperEngine:
         self.window_runs = 0  # how often each path ran, for tests and benchmarks
         self.full_runs = 0
 
+    def window_of(self, samples: int) -> int:
+        """The encoder window (mel frames) a turn of `samples` is transcribed in; 0: the full-window
+        path (faster-whisper's transcribe). Jobs of one window size can share a batch."""
+        frames = samples // _HOP
+        if self.window_frames is None or frames + _MARGIN_FRAMES > _FULL_FRAMES:
+            return 0
+        window = math.ceil((frames + _MARGIN_FRAMES) / _ROUND_FRAMES) * _ROUND_FRAMES
+        return min(_FULL_FRAMES, max(self.window_frames, window))
+
     def transcribe(self, audio: np.ndarray, language: str | None) -> tuple[str, str | None]:
-        """Text and language of float32 16 kHz mono audio."""
-        frames = len(audio) // _HOP
-        if self.window_frames is not None and frames + _MARGIN_FRAMES <= _FULL_FRAMES:
-            text, language = self._transcribe_window(audio, frames, language)
-            if text is not None:
-                return text, language
+        """Text and language of float32 16 kHz mono audio (one turn, blocking)."""
+        return self.transcribe_batch([(audio, language)])[0]
+
+    def transcribe_batch(self, items: Sequence[tuple[np.ndarray, str | None]]) -> list[tuple[str, str | None]]:
+        """Several turns of one window size (window_of) at once: one encoder and one decoder
+        call for the batch; a turn whose short-window decode loops is redone alone on the full
+        window. Greedy decoding makes each result the same as transcribing it alone."""
+        window = self.window_of(len(items[0][0]))
+        results: list[tuple[str | None, str | None]] = [(None, lang) for _, lang in items]
+        if window:
+            assert all(self.window_of(len(a)) == window for a, _ in items), "one window size per batch"
+            results = self._transcribe_window(items, window)
+        return [(text, lang) if text is not None else self._transcribe_full(audio, lang)
+                for (audio, _), (text, lang) in zip(items, results)]
+
+    def _transcribe_full(self, audio: np.ndarray, language: str | None) -> tuple[str, str | None]:
         self.full_runs += 1
         segments, info = self.model.transcribe(
             audio, language=language, beam_size=1, vad_filter=False, without_timestamps=True,
@@ -79,38 +115,44 @@ class WhisperEngine:
         text = " ".join(seg.text.strip() for seg in segments)  # the generator runs the decoder
         return text.strip(), info.language
 
-    def _transcribe_window(self, audio: np.ndarray, frames: int,
-                           language: str | None) -> tuple[str | None, str | None]:
-        """(None, language) when the decoder looped: the caller redoes it on the full window."""
+    def _transcribe_window(self, items: Sequence[tuple[np.ndarray, str | None]],
+                           window: int) -> list[tuple[str | None, str | None]]:
+        """(None, language) for a turn whose decoder looped: the caller redoes it on the full window."""
         from faster_whisper.transcribe import get_ctranslate2_storage
 
-        self.window_runs += 1
-        window = math.ceil((frames + _MARGIN_FRAMES) / _ROUND_FRAMES) * _ROUND_FRAMES
-        window = min(_FULL_FRAMES, max(self.window_frames, window))
-        padded = np.zeros(window * _HOP, np.float32)
-        padded[: len(audio)] = audio
-        features = self.model.feature_extractor(padded)[:, :window]
-        encoded = self.model.model.encode(get_ctranslate2_storage(features[None]))
+        self.window_runs += len(items)
+        features = np.stack([self._features(audio, window) for audio, _ in items])
+        encoded = self.model.model.encode(get_ctranslate2_storage(features))
         tok = self._tokenizer
+        languages = [lang for _, lang in items]
         if not self.model.model.is_multilingual:
-            prompt, language = [tok.sot], "en"
+            languages = ["en"] * len(items)
+            prompts = [[tok.sot, tok.no_timestamps]] * len(items)
         else:
-            if language is None:
-                best_token, _ = self.model.model.detect_language(encoded)[0][0]
-                language = best_token[2:-2]  # "<|en|>" → "en"
-            prompt = [tok.sot, self.language_token(language), tok.transcribe]
-        budget = token_budget(len(audio) / SAMPLE_RATE)
+            if any(lang is None for lang in languages):
+                detected = self.model.model.detect_language(encoded)
+                languages = [lang or best[0][0][2:-2] for lang, best in zip(languages, detected)]  # "<|en|>" → "en"
+            prompts = [[tok.sot, self.language_token(lang), tok.transcribe, tok.no_timestamps] for lang in languages]
+        budgets = [token_budget(len(audio) / SAMPLE_RATE) for audio, _ in items]
         # CTranslate2 stops well short of max_length (it counts more than the new tokens), so
         # give it room past the budget and call anything longer than the budget a loop.
-        max_length = min(self.model.max_length, 2 * (len(prompt) + budget) + 8)
-        result = self.model.model.generate(
-            encoded, [prompt + [tok.no_timestamps]], beam_size=1, max_length=max_length,
-            suppress_blank=True, suppress_tokens=self._suppress)[0]
-        ids = [t for t in result.sequences_ids[0] if t < tok.eot]
-        if len(ids) > budget or _repeats(ids):
-            log.debug("short-window decode looped (%d tokens); using the full window", len(ids))
-            return None, language
-        return tok.decode(ids).strip(), language
+        max_length = min(self.model.max_length, 2 * (len(prompts[0]) + max(budgets)) + 8)
+        decoded = self.model.model.generate(encoded, prompts, beam_size=1, max_length=max_length,
+                                            suppress_blank=True, suppress_tokens=self._suppress)
+        results: list[tuple[str | None, str | None]] = []
+        for result, budget, language in zip(decoded, budgets, languages):
+            ids = [t for t in result.sequences_ids[0] if t < tok.eot]
+            if len(ids) > budget or _repeats(ids):
+                log.debug("short-window decode looped (%d tokens); using the full window", len(ids))
+                results.append((None, language))
+            else:
+                results.append((tok.decode(ids).strip(), language))
+        return results
+
+    def _features(self, audio: np.ndarray, window: int) -> np.ndarray:
+        padded = np.zeros(window * _HOP, np.float32)
+        padded[: len(audio)] = audio
+        return self.model.feature_extractor(padded)[:, :window]
 
     def language_token(self, language: str) -> int:
         token = self._tokenizer.tokenizer.token_to_id(f"<|{language}|>")
@@ -133,7 +175,10 @@ def _repeats(ids: list[int], n: int = 3) -> bool:
 
 
 class WhisperTokenizer:
-    """Per session: buffers the turn's audio; finalize() transcribes it, cached by length."""
+    """Per session: buffers the turn's audio; finalize() transcribes it, cached by length.
+
+    Concurrent finalize() calls for the same audio (a speculation's and the end of turn's) share
+    one job in the "asr" lane, which runs for the most urgent of them (core.scheduler)."""
 
     def __init__(self, engine: WhisperEngine, language: str | None) -> None:
         self._engine = engine
@@ -142,7 +187,7 @@ class WhisperTokenizer:
         self._samples = 0
         self._turn = 0  # bumped by reset(): results of an earlier turn are never cached or shared
         self._cached: tuple[tuple[int, int], UserInput] | None = None
-        self._jobs: dict[tuple[int, int], asyncio.Future[UserInput]] = {}
+        self._jobs: dict[tuple[int, int], Job] = {}
         self.transcriptions = 0  # model runs started by this session
 
     def push(self, frame: np.ndarray) -> None:
@@ -155,13 +200,23 @@ class WhisperTokenizer:
             return self._cached[1]
         if self._samples == 0:
             return UserInput(text="", speech_seconds=0.0, language=self._language)
+        ticket = ticket_now()
+        lane = self._engine.lane
         job = self._jobs.get(key)
+        if job is not None and _failed(job):  # dropped (all its waiters left) or failed: anew
+            job = None
         if job is None:
-            job = asyncio.ensure_future(self._transcribe(key, self._snapshot()))
-            job.add_done_callback(_retrieve)
-            self._jobs[key] = job
-        # shield: one caller giving up (a discarded speculation) must not cancel the others' job
-        return await asyncio.shield(job)
+            audio = self._snapshot()
+            job = self._jobs[key] = lane.enqueue((audio, self._language), ticket,
+                                                  group=self._engine.window_of(len(audio)))
+            self.transcriptions += 1
+        else:
+            job.add(ticket)
+        text, language = await lane.result(job, ticket)
+        result = UserInput(text=text, speech_seconds=key[1] / SAMPLE_RATE, language=language)
+        if key[0] == self._turn and (self._cached is None or self._cached[0][1] <= key[1]):
+            self._cached = (key, result)
+        return result
 
     def reset(self) -> None:
         self._chunks.clear()
@@ -175,24 +230,12 @@ class WhisperTokenizer:
         self._chunks = [audio]  # later snapshots concatenate less
         return audio.astype(np.float32) / 32768.0
 
-    async def _transcribe(self, key: tuple[int, int], audio: np.ndarray) -> UserInput:
-        self.transcriptions += 1
-        loop = asyncio.get_running_loop()
-        try:
-            text, language = await loop.run_in_executor(
-                self._engine.executor, self._engine.transcribe, audio, self._language)
-        finally:
-            self._jobs.pop(key, None)
-        result = UserInput(text=text, speech_seconds=len(audio) / SAMPLE_RATE, language=language)
-        if key[0] == self._turn and (self._cached is None or self._cached[0][1] <= key[1]):
-            self._cached = (key, result)
-        return result
 
-
-def _retrieve(job: asyncio.Future) -> None:
-    """Mark a failure as seen when every caller had already gone (avoids a noisy asyncio log)."""
-    if not job.cancelled():
-        job.exception()
+def _failed(job: Job) -> bool:
+    for fut in (job.granted, job.outcome):
+        if fut.done() and fut.exception() is not None:
+            return True
+    return False
 
 
 class WhisperTokenizerFactory:
@@ -209,8 +252,8 @@ class WhisperTokenizerFactory:
 
 def resolve_model(name: str, cache_dir: Path) -> Path:
     """An embedded model name (assembled on demand) or an existing model directory."""
-    from realtime import assets
-    from realtime.config import ConfigError
+    from core import assets
+    from core.config import ConfigError
 
     if name in assets.ASSETS:
         return assets.ensure(name, cache_dir)
@@ -223,10 +266,10 @@ def resolve_model(name: str, cache_dir: Path) -> Path:
 
 
 def build(options: dict, env) -> WhisperTokenizerFactory:
-    from realtime.config import ConfigError, validate_options
+    from core.config import ConfigError, validate_options
 
     opts = validate_options(Options, "tokenizer", options)
-    engine = WhisperEngine(resolve_model(opts.model, env.cache_dir), opts)
+    engine = WhisperEngine(resolve_model(opts.model, env.cache_dir), opts, env.scheduler)
     if opts.language is not None and engine.model.model.is_multilingual:
         try:
             engine.language_token(opts.language)

@@ -51,7 +51,7 @@ def espeak(text: str, voice: str = "en-us", wpm: int = 160) -> np.ndarray:
 
 def piper_voice_file() -> Path:
     """The installed joe voice (no copy into a cache); skips if its package is missing."""
-    from realtime import assets
+    from core import assets
 
     try:
         return assets.package_file(assets.ASSETS["piper-joe"].files[0].parts[0])

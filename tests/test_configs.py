@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from realtime.config import ConfigError, load_config
-from realtime.stages import BuildEnv, build_all
+from core.stages import BuildEnv, build_all
 
 CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml"))
 

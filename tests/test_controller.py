@@ -9,6 +9,7 @@ from context.history import Context
 from controller.config import ControllerConfig
 from controller.controller import Controller, Stages
 from controller.events import ResponseDone, Speculation, StateChanged, TurnMetrics
+from core.scheduler import Kind
 from decoder.fake import FakeDecoder
 from llm.base import Message
 from llm.fake import FakeLLM
@@ -25,7 +26,7 @@ def make(cfg: ControllerConfig | None = None, llm: FakeLLM | None = None, auto_p
     llm = llm or FakeLLM(reply="Hello there, this is a reply. It has two sentences.", token_delay_s=0.001)
     stages = Stages(EnergyVad(), tokenizer or FakeTokenizer(), llm, FakeDecoder())
     ctx = Context(system_prompt="sys")
-    ctrl = Controller(stages, ctx, out, events.append, cfg or ControllerConfig())
+    ctrl = Controller(stages, ctx, out, events.append, cfg or ControllerConfig(), session_id="s-1")
     return ctrl, out, llm, ctx, events
 
 
@@ -56,6 +57,30 @@ async def test_turn_goes_through_every_state_and_commits_the_speculation():
     metrics = [e for e in events if isinstance(e, TurnMetrics)]
     assert metrics and metrics[0].speculative and metrics[0].values["saved_ms"] is not None
     assert ctrl.stats.as_dict()["commit_rate"] == 1.0
+
+
+async def test_model_work_carries_its_tickets_kind():
+    """Warm-up at onset (dropped once the speculation supersedes it), the speculation's work
+    SPECULATIVE and dropped when the user goes on, the committed one lifted to FINAL."""
+    ctrl, out, llm, ctx, events = make()
+    await frames(ctrl, LOUD, 600)
+    await wait_until(lambda: llm.warm_tickets)
+    warm = llm.warm_tickets[0]
+    assert warm.kind is Kind.WARMUP and not warm.dropped
+    await frames(ctrl, QUIET, 220)
+    await wait_until(lambda: llm.streams)
+    first = llm.streams[0].ticket
+    assert first.kind is Kind.SPECULATIVE and warm.dropped
+    await frames(ctrl, LOUD, 300)  # the user goes on: the speculation is discarded
+    assert first.dropped
+    await frames(ctrl, QUIET, 220)
+    await wait_until(lambda: len(llm.streams) == 2)
+    second = llm.streams[1].ticket
+    assert second.kind is Kind.SPECULATIVE and second.session == "s-1"
+    await frames(ctrl, QUIET, 600)
+    await wait_until(lambda: ctrl.state.value == "silence")
+    assert second.kind is Kind.FINAL and not second.dropped  # committed: it was played
+    assert spec_actions(events) == ["started", "discarded", "started", "committed"]
 
 
 async def test_each_user_turn_warms_the_llm_with_the_conversation_so_far():

@@ -93,7 +93,7 @@ async def test_controller_discards_then_commits_with_the_real_stack():
     discarded (its LLM stream closed), the second is committed and played."""
     from context.history import Context
     from controller.controller import Controller, Stages
-    from realtime.stages import BuildEnv, build_all, close_all, start_all
+    from core.stages import BuildEnv, build_all, close_all, start_all
     from tests.fakes import FakeOutput
 
     cfg = default_config()

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from decoder import espeak
-from realtime.config import ConfigError
-from realtime.stages import BuildEnv, build_stage
+from core.config import ConfigError
+from core.stages import BuildEnv, build_stage
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="apt-get install -y espeak-ng")
 

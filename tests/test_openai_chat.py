@@ -13,7 +13,7 @@ from aiohttp import web
 from llm.base import Message
 from llm.llama_server import free_port
 from llm.openai_chat import LLMError, LLMUnavailableError, OpenAIChatClient, Options
-from realtime.stages import BuildEnv, build_stage
+from core.stages import BuildEnv, build_stage
 from tests.aio_util import cancel_after_first
 
 WAIT_S = 30  # bound on waits that end at once when the code works
@@ -144,6 +144,8 @@ def test_without_base_url_a_bundled_server_is_configured(tmp_path: Path):
                                            "n_threads": 2}, BuildEnv(tmp_path))
     assert client.server is not None and not client.server.running
     cmd = client.server.command()
-    assert cmd[cmd.index("--model") + 1] == str(gguf) and cmd[cmd.index("--model_alias") + 1] == "tiny"
+    assert cmd[cmd.index("--model") + 1] == str(gguf) and cmd[cmd.index("--alias") + 1] == "tiny"
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--threads") + 1] == "2" and cmd[cmd.index("--parallel") + 1] == "8"
+    assert cmd[cmd.index("--ctx-size") + 1] == str(8 * 2048)  # n_ctx is per slot
     assert client.server.log_path == tmp_path / "logs" / "llama-server.log"

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realtime.config import ConfigError
-from realtime.stages import BuildEnv, build_stage
+from core.config import ConfigError
+from core.stages import BuildEnv, build_stage
 from tests.aio_util import cancel_after_first
 
 pytestmark = [
@@ -20,7 +20,7 @@ WAIT_S = 120  # a bound so a broken pipeline fails instead of hanging; never rea
 
 
 def _voice_file() -> Path:
-    from realtime import assets
+    from core import assets
 
     try:  # the installed package's file directly: no copy into a cache for tests
         return assets.package_file(assets.ASSETS["piper-joe"].files[0].parts[0])

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realtime.config import ConfigError
-from realtime.stages import BuildEnv, build_stage
+from core.config import ConfigError
+from core.stages import BuildEnv, build_stage
 from tests.speech_util import espeak, frames, noise, silence
 
 pytestmark = pytest.mark.integration
@@ -17,7 +17,7 @@ SENTENCE = "The weather is lovely today, let us go for a walk in the park."
 
 
 def _model_file() -> Path:
-    from realtime import assets
+    from core import assets
 
     try:  # the installed package's file directly: no copy into a cache for tests
         return assets.package_file(assets.ASSETS["silero-vad"].files[0].parts[0])
@@ -104,7 +104,7 @@ def test_wrong_frame_size_and_bad_options():
 
 def test_torch_is_never_imported():
     code = ("import sys, numpy as np; from pathlib import Path\n"
-            "from realtime.stages import BuildEnv, build_stage\n"
+            "from core.stages import BuildEnv, build_stage\n"
             f"f = build_stage('vad', 'silero', {{'model': {str(_model_file())!r}}}, BuildEnv(Path('/tmp')))\n"
             "v = f.create(); [v.process(np.zeros(320, np.int16)) for _ in range(10)]\n"
             "assert 'torch' not in sys.modules and 'silero_vad' not in sys.modules\n")

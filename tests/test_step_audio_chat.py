@@ -9,8 +9,8 @@ import pytest
 from llm.base import Message
 from llm.openai_chat import LLMUnavailableError
 from llm.step_audio import Options, StepAudioChatClient, render_prompt
-from realtime.config import ConfigError
-from realtime.stages import BuildEnv, build_stage
+from core.config import ConfigError
+from core.stages import BuildEnv, build_stage
 from tests.fixtures.completions_server import CompletionsServer
 
 WAIT_S = 30  # generous bound for a slow shared machine; never a speed assertion
@@ -137,16 +137,16 @@ def test_build_validates_options(tmp_path):
 @pytest.mark.integration
 async def test_against_the_bundled_llama_cpp_server(tmp_path):
     """The same client against a real OpenAI-compatible server (llama.cpp, SmolLM2-135M)."""
-    from llm.llama_server import LlamaServer, llama_cpp_installed
-    from realtime import assets
+    from core import assets
+    from llm.llama_server import LlamaServer
+    from tests.test_llama_server import DISCONNECT_MARK, require_llama_server
 
-    if not llama_cpp_installed():
-        pytest.skip("pip install 'llama-cpp-python[server]'")
+    require_llama_server()
     try:
         gguf = assets.package_file(assets.ASSETS["smollm2-135m"].files[0].parts[0])
     except assets.AssetError as exc:
         pytest.skip(str(exc))
-    server = LlamaServer(gguf, "step-audio-chat", log_path=tmp_path / "llama.log")
+    server = LlamaServer(gguf, "step-audio-chat", n_parallel=1, log_path=tmp_path / "llama.log")
     await server.start()
     client = StepAudioChatClient(Options(base_url=server.base_url, max_tokens=400, temperature=0.0))
     try:
@@ -157,7 +157,7 @@ async def test_against_the_bundled_llama_cpp_server(tmp_path):
         await stream.aclose()
 
         async def disconnected():
-            while "Disconnected from client" not in server.log_tail(200):
+            while DISCONNECT_MARK not in server.log_tail(200):
                 await asyncio.sleep(0.1)
 
         await asyncio.wait_for(disconnected(), 120)  # llama.cpp stopped generating for us

@@ -240,7 +240,7 @@ def _write_wav(path: Path, seconds: float = 1.0, rate: int = 24000) -> None:
 
 
 async def test_build_through_the_stage_registry(tmp_path):
-    from realtime.stages import BuildEnv, build_stage
+    from core.stages import BuildEnv, build_stage
 
     (tmp_path / "Tingting.json").write_text(json.dumps({"prompt_text": "你好", "prompt_codes": [65536 + 5, 7]}))
     _write_wav(tmp_path / "Tingting_prompt.wav")

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from decoder.step_audio.completion_ids import LlamaCppIds
 from decoder.step_audio.ras import RepetitionAwareLogitsProcessor, banned_token, violations
 from decoder.step_audio.vllm_source import BAN_BIAS, VLLMAudioSource
 
@@ -170,10 +169,10 @@ async def test_closing_the_iterator_closes_the_http_stream():
         await runner.cleanup()
 
 
-# ---- the real bundled llama.cpp server (llama-cpp-python + SmolLM2-135M) ---------------------
+# ---- the real bundled llama.cpp server (llama-server + SmolLM2-135M) ------------------------
 
 def _gguf() -> Path:
-    from realtime import assets
+    from core import assets
 
     try:
         return assets.package_file(assets.ASSETS["smollm2-135m"].files[0].parts[0])
@@ -183,20 +182,22 @@ def _gguf() -> Path:
 
 @pytest.mark.integration
 async def test_rule_holds_against_the_real_llama_cpp_server(tmp_path):
-    """Greedy decoding after "Hmm... ... ..." repeats " ..."; the same VLLMAudioSource, with the llama.cpp
-    id channel (text prompts, one streamed event per token), must never let a banned id through."""
-    from llm.llama_server import LlamaServer, llama_cpp_installed
+    """Greedy decoding after "Hmm... ... ..." repeats " ..."; the same VLLMAudioSource, with the
+    llama-server id channel (id prompts, one streamed event per token carrying its id), must never
+    let a banned id through. logit_bias and token-id prompts go to llama-server's /v1/completions."""
+    from decoder.step_audio.ras_measure import LlamaServerIds
+    from llm.llama_server import LlamaServer
+    from tests.test_llama_server import require_llama_server
 
-    if not llama_cpp_installed():
-        pytest.skip("pip install 'llama-cpp-python[server]'")
-    server = LlamaServer(_gguf(), "smol", n_ctx=512, log_path=tmp_path / "llama.log")
+    require_llama_server()
+    server = LlamaServer(_gguf(), "smol", n_parallel=1, n_ctx=512, log_path=tmp_path / "llama.log")
     url = await server.start()
-    plain = VLLMAudioSource(url, "smol", temperature=0.0, max_tokens=16, ras=False, ids=LlamaCppIds(url))
-    ruled = VLLMAudioSource(url, "smol", temperature=0.0, max_tokens=16, ras=True, ids=LlamaCppIds(url))
+    plain = VLLMAudioSource(url, "smol", temperature=0.0, max_tokens=16, ras=False, ids=LlamaServerIds(url))
+    ruled = VLLMAudioSource(url, "smol", temperature=0.0, max_tokens=16, ras=True, ids=LlamaServerIds(url))
     try:
         ids = ruled.ids
         prompt = await ids.tokenize("Hmm... ... ... ... ... ... ... ...")
-        assert len(prompt) >= 10 and await ids.tokenize(await ids.prompt(prompt)) == prompt  # round trip
+        assert len(prompt) >= 10 and await ids.prompt(prompt) == prompt  # ids go as they are
         free = [t async for t in plain.tokens(prompt)]
         assert violations(prompt, free) >= 3, free  # greedy decoding really repeats here
         out = [t async for t in ruled.tokens(prompt)]

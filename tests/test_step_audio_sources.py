@@ -145,8 +145,8 @@ async def _text(*pieces):
 
 
 async def test_build_with_the_transformers_token_source(tmp_path, llm_dir):
-    from realtime.config import ConfigError
-    from realtime.stages import BuildEnv, build_stage
+    from core.config import ConfigError
+    from core.stages import BuildEnv, build_stage
 
     opts = {"model_dir": str(FIX / "model"), "token_source": "transformers", "llm_model_dir": str(llm_dir),
             "max_tokens": 20, "seed": 3}

@@ -16,8 +16,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("kaldi_native_fbank")
 
 from decoder.step_audio.prompt_codes import SpeechTokenizerCodes, preprocess, speech_bounds, trim_silence  # noqa: E402
-from realtime.config import ConfigError  # noqa: E402
-from realtime.stages import BuildEnv, build_stage  # noqa: E402
+from core.config import ConfigError  # noqa: E402
+from core.stages import BuildEnv, build_stage  # noqa: E402
 from streaming_tokenizer.step_audio.interleave import interleave, token_ids  # noqa: E402
 from tests.fixtures.step_audio_tiny import speechlike, write_tiny_tokenizer  # noqa: E402
 from tests.step_audio_fixtures import FIX, _one_torch_thread  # noqa: E402,F401 (fixture)

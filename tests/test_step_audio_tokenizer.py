@@ -12,8 +12,8 @@ pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("kaldi_native_fbank")
 
-from realtime.config import ConfigError  # noqa: E402
-from realtime.stages import BuildEnv, build_stage  # noqa: E402
+from core.config import ConfigError  # noqa: E402
+from core.stages import BuildEnv, build_stage  # noqa: E402
 from streaming_tokenizer.step_audio import Options, load_models  # noqa: E402
 from streaming_tokenizer.step_audio.interleave import interleave, render, token_ids  # noqa: E402
 from streaming_tokenizer.step_audio.loader import ModelDirError  # noqa: E402
@@ -225,7 +225,7 @@ def test_unknown_option_is_an_error(tiny_dir):
 
 
 def test_embedded_default_does_not_import_torch_or_onnx():
-    code = ("import sys, realtime.stages, streaming_tokenizer.step_audio, llm.step_audio; "
+    code = ("import sys, core.stages, streaming_tokenizer.step_audio, llm.step_audio; "
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'kaldi_native_fbank') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realtime.config import ConfigError
-from realtime.stages import BuildEnv, build_stage
+from core.config import ConfigError
+from core.scheduler import Kind, Lane, Ticket, WorkDropped, working_for
+from core.stages import BuildEnv, build_stage
 from streaming_tokenizer.whisper import WhisperTokenizer, _repeats
 from tests.speech_util import espeak, frames, piper, silence, wer
 
@@ -23,9 +24,16 @@ class GatedEngine:
 
     def __init__(self) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1)
+        self.lane = Lane("asr", 1, executor=self.executor, batch_fn=self.transcribe_batch, max_batch=4)
         self.calls: list[int] = []
         self.started = threading.Event()
         self.release = threading.Event()
+
+    def window_of(self, samples: int) -> int:
+        return 1000
+
+    def transcribe_batch(self, items):
+        return [self.transcribe(audio, language) for audio, language in items]
 
     def transcribe(self, audio: np.ndarray, language: str | None) -> tuple[str, str | None]:
         self.calls.append(len(audio))
@@ -114,6 +122,52 @@ async def test_reset_forgets_the_turn_even_while_a_job_runs(engine):
     assert len(engine.calls) == 2
 
 
+async def test_a_discarded_speculation_is_dropped_before_it_runs(engine):
+    """Two sessions: one transcription running, the other session's speculative one queued; the
+    speculation is discarded (its reply cancelled) and its transcription never runs."""
+    busy, spec_tok = WhisperTokenizer(engine, "en"), WhisperTokenizer(engine, "en")
+    _push(busy, 25)
+    _push(spec_tok, 50)
+    running = asyncio.create_task(busy.finalize())
+    await _started(engine)
+    spec = Ticket("s2", Kind.SPECULATIVE)
+    with working_for(spec):
+        speculation = asyncio.create_task(spec_tok.finalize())
+    await asyncio.sleep(0)
+    assert engine.lane.snapshot()["queued"]["speculative"] == 1
+    spec.drop()  # the user went on talking
+    with pytest.raises(WorkDropped):
+        await asyncio.wait_for(speculation, WAIT_S)
+    engine.release.set()
+    await asyncio.wait_for(running, WAIT_S)
+    assert engine.calls == [8000] and engine.lane.dropped == 1
+    # The end of the turn asks again for the same audio: a new job, which runs.
+    assert (await asyncio.wait_for(spec_tok.finalize(), WAIT_S)).text == "16000 samples"
+
+
+async def test_the_end_of_turn_lifts_a_queued_speculative_transcription(engine):
+    first, second = WhisperTokenizer(engine, "en"), WhisperTokenizer(engine, "en")
+    _push(first, 25)
+    _push(second, 50)
+    busy = WhisperTokenizer(engine, "en")
+    _push(busy, 10)
+    running = asyncio.create_task(busy.finalize())
+    await _started(engine)
+    with working_for(Ticket("a", Kind.SPECULATIVE, deadline=0.0)):
+        spec_a = asyncio.create_task(first.finalize())
+    with working_for(Ticket("b", Kind.SPECULATIVE, deadline=1.0)):
+        spec_b = asyncio.create_task(second.finalize())
+    await asyncio.sleep(0)
+    with working_for(Ticket("b", Kind.FINAL)):
+        final_b = asyncio.create_task(second.finalize())  # b's user stopped: same audio, now urgent
+    await asyncio.sleep(0)
+    assert engine.lane.snapshot()["queued"] == {"final": 1, "speculative": 1, "warmup": 0}
+    engine.release.set()
+    await asyncio.wait_for(asyncio.gather(running, spec_a, spec_b, final_b), WAIT_S)
+    # b's job ran first (it is final now), batched with a's (same window size): one batch.
+    assert engine.calls == [3200, 16000, 8000] and second.transcriptions == 1
+
+
 async def test_no_audio_needs_no_model(engine):
     tok = WhisperTokenizer(engine, "en")
     result = await tok.finalize()
@@ -136,7 +190,7 @@ SENTENCES = [
 @pytest.fixture(scope="module")
 def model_cache(tmp_path_factory) -> Path:
     """whisper-base assembled once for this module (model.bin is two packages' parts joined)."""
-    from realtime import assets
+    from core import assets
 
     cache = tmp_path_factory.mktemp("models")
     try:
@@ -218,6 +272,44 @@ async def test_real_model_cache_and_push_during_finalize(whisper):
     assert wer("Please open the window. And play some music.", whole.text) <= 0.2, whole.text
     runs = tok.transcriptions
     assert await tok.finalize() is whole and tok.transcriptions == runs == 2
+
+
+@pytest.mark.integration
+async def test_a_batch_transcribes_exactly_as_one_at_a_time(whisper):
+    """Several sessions' turns in one CTranslate2 batch give the texts and languages they get alone."""
+    engine = whisper.engine
+    turns = [np.concatenate([silence(0.3), speech, silence(0.3)]).astype(np.float32) / 32768.0
+             for speech in (piper(SENTENCES[0]), piper(SENTENCES[1]), espeak("Could you tell me a short story?"))]
+    by_window: dict[int, list[np.ndarray]] = {}
+    for audio in turns:
+        by_window.setdefault(engine.window_of(len(audio)), []).append(audio)
+    assert any(len(group) > 1 for group in by_window.values()), "the test needs a shared window size"
+    for group in by_window.values():
+        alone = [await asyncio.to_thread(engine.transcribe, audio, None) for audio in group]
+        together = await asyncio.to_thread(engine.transcribe_batch, [(audio, None) for audio in group])
+        assert together == alone
+        assert all(text for text, _ in together)
+
+
+@pytest.mark.integration
+async def test_sessions_pausing_together_share_a_batch(whisper):
+    """While one transcription runs, the turns that come in meanwhile wait and then run as one batch
+    (the first caller is never made to wait for company)."""
+    lane = whisper.engine.lane
+    batches, items = lane.batches, lane.batched_items
+    toks = []
+    for sentence in [SENTENCES[0], *SENTENCES]:
+        tok = whisper.create()
+        for f in frames(np.concatenate([silence(0.3), piper(sentence), silence(0.3)])):
+            tok.push(f)
+        toks.append(tok)
+    assert len({whisper.engine.window_of(t._samples) for t in toks}) == 1  # one window size
+    first = asyncio.create_task(toks[0].finalize())
+    await asyncio.sleep(0)  # running: the lane's one worker is busy
+    results = await asyncio.wait_for(asyncio.gather(first, *(t.finalize() for t in toks[1:])), WAIT_S)
+    for sentence, result in zip([SENTENCES[0], *SENTENCES], results):
+        assert wer(sentence, result.text) <= 0.2, result.text
+    assert (lane.batches - batches, lane.batched_items - items) == (2, 3)
 
 
 @pytest.mark.integration

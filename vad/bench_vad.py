@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.stages import BuildEnv, build_stage
+from core.stages import BuildEnv, build_stage
 from tests.speech_util import SR, espeak, frames, noise, piper, silence
 
 SENTENCES = ["Could you tell me what the weather will be like in Paris tomorrow morning?",
@@ -42,7 +42,7 @@ def run(vad_options: dict, audio: np.ndarray, model: str) -> tuple[float, int, n
 
 
 def main() -> None:
-    from realtime import assets
+    from core import assets
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)

@@ -29,7 +29,7 @@ class EnergyVadFactory:
 def build(options: dict, env) -> EnergyVadFactory:
     from pydantic import BaseModel, ConfigDict
 
-    from realtime.config import validate_options
+    from core.config import validate_options
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")

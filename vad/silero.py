@@ -123,8 +123,8 @@ class SileroVadFactory:
 
 
 def resolve_model(name: str, cache_dir: Path) -> Path:
-    from realtime import assets
-    from realtime.config import ConfigError
+    from core import assets
+    from core.config import ConfigError
 
     if name in assets.ASSETS:
         return assets.ensure(name, cache_dir)
@@ -135,7 +135,7 @@ def resolve_model(name: str, cache_dir: Path) -> Path:
 
 
 def build(options: dict, env) -> SileroVadFactory:
-    from realtime.config import validate_options
+    from core.config import validate_options
 
     opts = validate_options(Options, "vad", options)
     return SileroVadFactory(SileroModel(resolve_model(opts.model, env.cache_dir)), opts)

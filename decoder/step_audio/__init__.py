@@ -57,9 +57,9 @@ class Options(BaseModel):
 
 
 def build(options: dict, env):
-    from realtime.config import validate_options
+    from core.config import validate_options
 
     opts: Options = validate_options(Options, "decoder.options", options)
     from decoder.step_audio.factory import build_decoder
 
-    return build_decoder(opts)
+    return build_decoder(opts, env.scheduler)

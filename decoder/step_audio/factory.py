@@ -79,7 +79,7 @@ def resolve_model_dirs(opts: Options) -> tuple[str, str | None]:
     return str(common), opts.music_model_dir or (str(music) if (music / "cosyvoice.yaml").exists() else None)
 
 
-def build_decoder(opts: Options) -> StepAudioDecoder:
+def build_decoder(opts: Options, scheduler=None) -> StepAudioDecoder:
     common_dir, music_dir = resolve_model_dirs(opts)
     codes = _CodesOnce(opts.tokenizer_model_dir, opts.device)
     common = _voice(common_dir, opts, codes.get())
@@ -90,4 +90,4 @@ def build_decoder(opts: Options) -> StepAudioDecoder:
                        max_context_tokens=opts.max_context_tokens, fade_frames=opts.fade_frames,
                        steps=opts.steps, speed=opts.speed)
     return StepAudioDecoder(common, source, encode, music=music, speaker=opts.speaker, stream=cfg,
-                            volume=opts.volume, seed=opts.seed, workers=opts.workers)
+                            volume=opts.volume, seed=opts.seed, workers=opts.workers, scheduler=scheduler)

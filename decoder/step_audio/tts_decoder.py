@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from core.scheduler import Scheduler
 from decoder.base import AudioChunk
 from decoder.clauses import clauses
 from decoder.step_audio import tags as tagmod
@@ -46,7 +47,7 @@ class Voice:
 class StepAudioDecoder:
     def __init__(self, common: Voice, source: CodeSource, encode: AsyncEncode, *, music: Voice | None = None,
                  speaker: str = "", stream: StreamConfig | None = None, volume: float = 1.0,
-                 seed: int | None = None, workers: int = 2) -> None:
+                 seed: int | None = None, workers: int = 2, scheduler: Scheduler | None = None) -> None:
         self.common, self.music, self.source, self.encode = common, music, source, encode
         self.speaker = speaker
         self.stream_cfg = stream or StreamConfig()
@@ -54,6 +55,8 @@ class StepAudioDecoder:
         self.seed = seed
         self.sample_rate = common.models.hp.hift.sampling_rate
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step-audio-decoder")
+        # Flow + HiFT steps of all sessions, most urgent first (the scheduler's "tts" lane).
+        self._lane = (scheduler or Scheduler()).lane("tts", workers, executor=self._pool)
         self._replies = 0
 
     async def _prompt_ids(self, tagged: tagmod.TaggedText, spk: Speaker | None, spk_name: str) -> list[int]:
@@ -90,7 +93,6 @@ class StepAudioDecoder:
         seed = self.seed if self.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         synth = ReplySynth(voice.models.flow, voice.models.hift, prompt, self.stream_cfg, seed=seed + self._replies)
         queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
 
         async def produce() -> None:
             try:
@@ -115,7 +117,7 @@ class StepAudioDecoder:
                 done = any(item is None for item in items)
                 synth.push(codes)
                 while done or synth.ready():
-                    wav = await loop.run_in_executor(self._pool, synth.step, done)
+                    wav = await self._lane.run(synth.step, done)
                     if wav.numel():
                         yield AudioChunk(self._pcm(wav), self.sample_rate, text_pending)
                         text_pending = ""

@@ -29,18 +29,22 @@ class Options(BaseModel):
 class StepAudioTokenizerFactory:
     """Shared per server: the models and the one thread that runs them."""
 
-    def __init__(self, models, transcriber=None) -> None:
+    def __init__(self, models, transcriber=None, scheduler=None) -> None:
         from concurrent.futures import ThreadPoolExecutor
+
+        from core.scheduler import Scheduler
 
         self.models = models
         self.transcriber = transcriber
-        # One model thread: sessions' jobs queue instead of fighting over the GPU/CPU.
+        # One model thread: sessions' jobs queue instead of fighting over the GPU/CPU, most
+        # urgent first (the scheduler's "tokenizer" lane).
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="step-audio-tokenizer")
+        self.lane = (scheduler or Scheduler()).lane("tokenizer", 1, executor=self.executor)
 
     def create(self):
         from streaming_tokenizer.step_audio.session import StepAudioTokenizer
 
-        return StepAudioTokenizer(self.models, self.executor, self.transcriber)
+        return StepAudioTokenizer(self.models, self.lane, self.transcriber)
 
     async def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -66,18 +70,18 @@ def load_models(opts: Options):
 
 
 def build(options: dict, env) -> StepAudioTokenizerFactory:
-    from realtime.config import validate_options
+    from core.config import validate_options
     from streaming_tokenizer.step_audio.transcript import ChatTranscriber, WhisperTranscriber
 
     opts = validate_options(Options, "tokenizer", options)
     models = load_models(opts)
     transcriber = None
     if opts.transcript == "whisper":
-        from realtime.stages import build_stage
+        from core.stages import build_stage
 
         transcriber = WhisperTranscriber(build_stage("tokenizer", "whisper", opts.whisper, env))
     elif opts.transcript == "chat":
         from llm.step_audio import build as build_chat
 
         transcriber = ChatTranscriber(build_chat(opts.chat, env))
-    return StepAudioTokenizerFactory(models, transcriber)
+    return StepAudioTokenizerFactory(models, transcriber, env.scheduler)

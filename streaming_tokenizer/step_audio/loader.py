@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from realtime.config import ConfigError
+from core.config import ConfigError
 
 PARAFORMER_SUBDIR = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
 CENTROIDS_FILE = "linguistic_tokenizer.npy"

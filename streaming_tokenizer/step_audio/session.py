@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import soxr
 
+from core.scheduler import Lane
 from streaming_tokenizer.base import UserInput
 from streaming_tokenizer.step_audio.interleave import interleave
 from streaming_tokenizer.step_audio.linguistic import LinguisticModel, LinguisticState
@@ -54,9 +54,9 @@ class _Streams:
 
 
 class StepAudioTokenizer:
-    def __init__(self, models: StepAudioModels, executor: ThreadPoolExecutor, transcriber=None) -> None:
+    def __init__(self, models: StepAudioModels, lane: Lane, transcriber=None) -> None:
         self.models = models
-        self._executor = executor
+        self._lane = lane  # the scheduler's "tokenizer" lane: one model thread for all sessions
         self._transcriber = transcriber  # streaming_tokenizer.step_audio.transcript.*
         self._asr_session = transcriber.create_session() if transcriber is not None else None
         self._streams: _Streams | None = None
@@ -136,13 +136,12 @@ class StepAudioTokenizer:
         return interleave(ling, sem)
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         async with self._lock:
             # Loop: frames pushed while the model thread was busy are picked up next round.
             while self._inbox_samples >= self.models.linguistic.chunk_samples:
                 streams, samples = self._streams, self._take_inbox()
                 try:
-                    await loop.run_in_executor(self._executor, self._feed, self.models, streams, samples)
+                    await self._lane.run(self._feed, self.models, streams, samples)
                 except Exception as exc:  # reported by the turn's finalize(), not lost in a task
                     log.exception("step-audio tokenizer failed on streamed audio")
                     self._error = exc
@@ -150,16 +149,15 @@ class StepAudioTokenizer:
 
     async def _tokens(self) -> tuple[tuple[int, ...], int]:
         """(audio tokens, samples) of everything pushed so far; memoized until more audio comes."""
-        loop = asyncio.get_running_loop()
         async with self._lock:
             if self._error is not None:
                 raise self._error
             streams, samples = self._streams, self._take_inbox()
             if len(samples):
-                await loop.run_in_executor(self._executor, self._feed, self.models, streams, samples)
+                await self._lane.run(self._feed, self.models, streams, samples)
             key = (streams.generation, streams.samples)
             if self._final is None or self._final[0] != key:
-                tokens = tuple(await loop.run_in_executor(self._executor, self._finish, self.models, streams))
+                tokens = tuple(await self._lane.run(self._finish, self.models, streams))
                 self._final = (key, tokens)
             return self._final[1], streams.samples
 

@@ -1,7 +1,7 @@
 """Stage implementations by name. Imports are lazy so the embedded default never imports torch.
 
 Each entry points at a `build(options: dict, env: BuildEnv)` function in the implementation's
-module; it validates its options (realtime.config.validate_options) and returns the shared,
+module; it validates its options (core.config.validate_options) and returns the shared,
 per-server object: a VoiceActivityFactory, TokenizerFactory, LLMClient or Decoder.
 """
 from __future__ import annotations
@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from realtime.config import Config, ConfigError
+from core.config import ConfigError
+from core.scheduler import Scheduler
 
 REGISTRY: dict[str, dict[str, str]] = {
     "vad": {
@@ -43,6 +44,7 @@ class BuildEnv:
 
     cache_dir: Path
     cleanups: list[Any] = field(default_factory=list)  # async callables run at shutdown
+    scheduler: Scheduler = field(default_factory=Scheduler)  # the model work of all sessions
 
 
 def build_stage(kind: str, impl: str, options: dict[str, Any], env: BuildEnv) -> Any:
@@ -56,7 +58,8 @@ def build_stage(kind: str, impl: str, options: dict[str, Any], env: BuildEnv) ->
     return getattr(module, func)(options, env)
 
 
-def build_all(cfg: Config, env: BuildEnv) -> dict[str, Any]:
+def build_all(cfg: Any, env: BuildEnv) -> dict[str, Any]:
+    """`cfg`: anything with vad/tokenizer/llm/decoder sections (core.config.StageConfig)."""
     return {
         kind: build_stage(kind, getattr(cfg, kind).impl, getattr(cfg, kind).options(), env)
         for kind in ("vad", "tokenizer", "llm", "decoder")

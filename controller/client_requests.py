@@ -1,0 +1,84 @@
+"""The controller's answers to client requests (the Realtime API's commit, response.create and
+.cancel, clear, truncate, conversation items), kept apart from the state machine they drive.
+
+A mixin of controller.controller.Controller: it uses the controller's state, stages and context.
+"""
+from __future__ import annotations
+
+import time
+
+from controller.events import ResponseDone, new_id
+from controller.states import Signal, State
+from streaming_tokenizer.base import UserInput
+
+
+class ClientRequests:
+    async def commit_input(self) -> UserInput | None:
+        """input_audio_buffer.commit: the turn ends here; no reply unless server VAD is on."""
+        self._discard_speculation()
+        if not self._has_input:
+            return None
+        if self.state in (State.USER_SPEAKING, State.USER_PAUSED):
+            self.state = State.SILENCE
+        self._held_frames.clear()
+        user = await self._commit_input()
+        # The next turn starts from an empty buffer under a new item id (with server VAD the
+        # next onset would do this; with client commits nothing else would).
+        self.stages.tokenizer.reset()
+        self._item_id = new_id("item")
+        return user
+
+    def create_response(self) -> None:
+        """response.create: answer from the history as it stands."""
+        self._eot_wall = time.monotonic()
+        self.signal(Signal.END_OF_TURN, "response.create")
+
+    async def cancel_response(self) -> bool:
+        reply, self._reply = self._reply, None
+        self._cancel_task(self._end_task)
+        if reply is None:
+            return False
+        self.output.clear()
+        heard_s = self.output.played_seconds()
+        heard = reply.heard_text(heard_s)
+        self.context.add_assistant(heard, heard_s, reply.item_id)
+        self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, "client_cancelled"))
+        await reply.cancel()
+        self.signal(Signal.REPLY_DONE, "response.cancel")
+        return True
+
+    def clear_input(self) -> None:
+        """input_audio_buffer.clear."""
+        self._discard_speculation()
+        self.stages.tokenizer.reset()
+        self._has_input = False
+        self._held_frames.clear()
+        if self.state in (State.USER_SPEAKING, State.USER_PAUSED):
+            self.state = State.SILENCE
+
+    def truncate(self, item_id: str, audio_end_ms: int) -> bool:
+        """conversation.item.truncate: the client heard only audio_end_ms of an assistant item."""
+        reply = self._reply
+        if reply is not None and reply.item_id == item_id:
+            return self.context.truncate(item_id, reply.heard_text(audio_end_ms / 1000), audio_end_ms / 1000)
+        for turn in self.context.turns:
+            if turn.item_id == item_id and turn.role == "assistant":
+                words = turn.text.split()
+                if turn.speech_seconds > 0:
+                    keep = int(len(words) * min(1.0, audio_end_ms / 1000 / turn.speech_seconds))
+                    words = words[:keep]
+                return self.context.truncate(item_id, " ".join(words), audio_end_ms / 1000)
+        return False
+
+    def add_message(self, role: str, text: str, item_id: str | None = None,
+                    previous_item_id: str | None = None) -> str:
+        """conversation.item.create: a typed message joins the history; the next reply sees it.
+
+        Raises KeyError if previous_item_id names no item."""
+        item_id = item_id or new_id("item")
+        self.context.add_message(role, text, item_id, previous_item_id)
+        return item_id
+
+    def delete_item(self, item_id: str) -> bool:
+        """conversation.item.delete: the item leaves the history. False if there is no such item."""
+        return self.context.delete(item_id)

@@ -1,0 +1,153 @@
+"""How many calls this server can carry: admission by measured capacity, not by a constant.
+
+A call costs CPU for its models (ASR, LLM, TTS: the scheduler's lanes) and for its media. On a
+small box the CPU is the wall, and a new call admitted past it slows every call in progress. So
+the monitor samples the CPU time of the whole process tree (the server and its LLM server child)
+and learns what one active session costs; the server admits a new session only while
+
+  - the sessions already admitted plus this one fit in `target_utilization` of the cores at that
+    cost (before enough has been seen, at the configured prior `session_cpu`), and
+  - the model queues are not already making callers wait: the worst lane's recent p95 wait of
+    FINAL work (a caller who finished speaking waiting for a worker) is within `max_final_wait_ms`.
+
+Sessions in progress are never degraded to make room; a refused caller is told when to retry.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class AdmissionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    session_cpu: float = Field(0.2, gt=0, le=64, description="CPU (in cores) one talking session costs until "
+                                                            "measured (bench: CPU per active session)")
+    learn: bool = Field(True, description="replace session_cpu by the measured cost once learn_after_s of "
+                                          "session time has been seen")
+    learn_after_s: float = Field(120.0, ge=1, description="session-seconds observed before the measured cost counts")
+    target_utilization: float = Field(0.9, gt=0, le=1, description="share of the cores the admitted sessions may use")
+    max_final_wait_ms: float = Field(600.0, gt=0, description="refuse while a finished turn waits longer than this "
+                                                             "for a model worker (p95 of the recent ones)")
+    retry_after_s: int = Field(5, ge=1, description="the Retry-After of a refusal")
+
+
+@dataclass
+class Decision:
+    admit: bool
+    reason: str = ""
+    retry_after_s: int = 0
+
+
+class LoadMonitor:
+    def __init__(self, scheduler: Scheduler, config: AdmissionConfig | None = None, cores: int | None = None,
+                 period_s: float = 1.0, smoothing_s: float = 30.0) -> None:
+        self.scheduler = scheduler
+        self.cfg = config or AdmissionConfig()
+        self.cores = cores or len(os.sched_getaffinity(0))
+        self.period_s = period_s
+        self.smoothing_s = smoothing_s
+        self.cpu_util = 0.0  # smoothed, of all cores (1.0 = all busy)
+        self.measured_session_cpu: float | None = None  # cores per active session, smoothed
+        self.session_seconds = 0.0  # how much session time the measurement has seen
+        self.active_sessions = 0  # as of the last sample
+        self._last: tuple[float, float] | None = None  # (monotonic, cpu seconds)
+        self._task: asyncio.Task | None = None
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def start(self, active_sessions) -> None:
+        """Sample every period_s; `active_sessions()` counts the sessions now in a call."""
+        self._task = asyncio.get_running_loop().create_task(self._run(active_sessions), name="load-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self, active_sessions) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while True:
+            try:
+                cpu = _tree_cpu_seconds(me)
+                self.observe(time.monotonic(), cpu, active_sessions())
+            except Exception:  # never let the monitor die: admission falls back to the prior
+                log.exception("load sample failed")
+            await asyncio.sleep(self.period_s)
+
+    def observe(self, now: float, cpu_seconds: float, active: int) -> None:
+        """One sample: the process tree's total CPU seconds so far and the sessions in a call."""
+        self.active_sessions = active
+        last, self._last = self._last, (now, cpu_seconds)
+        if last is None or now <= last[0]:
+            return
+        dt = now - last[0]
+        used = max(0.0, cpu_seconds - last[1]) / dt  # cores busy over the interval
+        alpha = 1 - math.exp(-dt / self.smoothing_s)
+        self.cpu_util += alpha * (min(used / self.cores, 1.0) - self.cpu_util)
+        if active > 0:
+            per_session = used / active
+            if self.measured_session_cpu is None:
+                self.measured_session_cpu = per_session
+            else:
+                self.measured_session_cpu += alpha * (per_session - self.measured_session_cpu)
+            self.session_seconds += dt * active
+
+    # -- estimates -----------------------------------------------------------------------------
+
+    @property
+    def session_cpu(self) -> float:
+        """Cores one session costs: the measured cost once enough was seen, else the prior."""
+        if self.cfg.learn and self.measured_session_cpu is not None and self.session_seconds >= self.cfg.learn_after_s:
+            return max(self.measured_session_cpu, 0.01)
+        return self.cfg.session_cpu
+
+    @property
+    def capacity(self) -> int:
+        """Sessions that fit in target_utilization of the cores."""
+        return max(1, int(self.cfg.target_utilization * self.cores / self.session_cpu + 1e-9))
+
+    def decide(self, admitted: int) -> Decision:
+        """May one more session join the `admitted` ones (in a call or being set up)?"""
+        retry = self.cfg.retry_after_s
+        if admitted + 1 > self.capacity:
+            return Decision(False, f"at capacity: {admitted} sessions at {self.session_cpu:.2f} cores each "
+                                   f"fill {self.cfg.target_utilization:.0%} of {self.cores} cores", retry)
+        wait = self.scheduler.final_wait_p95_ms()
+        if admitted > 0 and wait > self.cfg.max_final_wait_ms:
+            return Decision(False, f"overloaded: finished turns wait {wait:.0f} ms for a model "
+                                   f"(limit {self.cfg.max_final_wait_ms:.0f} ms)", retry)
+        return Decision(True)
+
+    def snapshot(self, admitted: int) -> dict:
+        decision = self.decide(admitted)
+        return {"admitting": decision.admit, "reason": decision.reason or None, "admitted_sessions": admitted,
+                "active_sessions": self.active_sessions, "capacity_sessions": self.capacity,
+                "session_cpu": round(self.session_cpu, 3),
+                "measured_session_cpu": None if self.measured_session_cpu is None else round(self.measured_session_cpu, 3),
+                "cpu_util": round(self.cpu_util, 3), "cores": self.cores,
+                "final_wait_p95_ms": round(self.scheduler.final_wait_p95_ms(), 1)}
+
+
+def _tree_cpu_seconds(proc) -> float:
+    import psutil
+
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total

@@ -1,0 +1,189 @@
+"""core.scheduler: priorities, dropping discarded work, freeing workers, batching."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from core.scheduler import Kind, Lane, Scheduler, Ticket, WorkDropped, current_ticket, ticket_now, working_for
+
+
+async def _hold(lane: Lane, ticket: Ticket, order: list[str], name: str, release: asyncio.Event) -> None:
+    async with lane.slot(ticket):
+        order.append(name)
+        await release.wait()
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_final_before_speculative_before_warmup_then_by_deadline():
+    lane = Lane("llm", workers=1)
+    order: list[str] = []
+    gate = asyncio.Event()
+    blocker = asyncio.create_task(_hold(lane, Ticket("a"), order, "blocker", gate))
+    await _settle()
+    now = 1000.0
+    waiting = {
+        "warm": Ticket("b", Kind.WARMUP, now),
+        "spec-late": Ticket("c", Kind.SPECULATIVE, now + 2),
+        "spec-early": Ticket("d", Kind.SPECULATIVE, now + 1),
+        "final": Ticket("e", Kind.FINAL, now + 5),
+    }
+    done = asyncio.Event()
+    done.set()
+    tasks = [asyncio.create_task(_hold(lane, t, order, name, done)) for name, t in waiting.items()]
+    await _settle()
+    assert lane.snapshot()["queued"] == {"final": 1, "speculative": 2, "warmup": 1}
+    gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert order == ["blocker", "final", "spec-early", "spec-late", "warm"]
+
+
+async def test_committed_speculation_moves_up_and_dropped_work_never_runs():
+    lane = Lane("asr", workers=1)
+    order: list[str] = []
+    gate = asyncio.Event()
+    blocker = asyncio.create_task(_hold(lane, Ticket("a"), order, "blocker", gate))
+    await _settle()
+    other = Ticket("b", Kind.SPECULATIVE, 1.0)
+    mine = Ticket("c", Kind.SPECULATIVE, 2.0)
+    gone = Ticket("d", Kind.SPECULATIVE, 0.5)
+    done = asyncio.Event()
+    done.set()
+    t_other = asyncio.create_task(_hold(lane, other, order, "other", done))
+    t_mine = asyncio.create_task(_hold(lane, mine, order, "mine", done))
+    t_gone = asyncio.create_task(_hold(lane, gone, order, "gone", done))
+    await _settle()
+    mine.commit()  # the user stopped: this speculation is the reply now
+    gone.drop()  # the user went on: this speculation's input is superseded
+    with pytest.raises(WorkDropped):
+        await t_gone
+    gate.set()
+    await asyncio.gather(blocker, t_other, t_mine)
+    assert order == ["blocker", "mine", "other"]
+    assert lane.dropped == 1 and lane.jobs == 3
+
+
+async def test_cancelling_the_holder_frees_the_worker_at_once():
+    lane = Lane("llm", workers=1)
+    entered = asyncio.Event()
+
+    async def stream_forever():
+        async with lane.slot(Ticket("a")):
+            entered.set()
+            await asyncio.Event().wait()  # an LLM stream that would go on
+
+    holder = asyncio.create_task(stream_forever())
+    await entered.wait()
+    assert lane.running == 1
+    next_one = asyncio.create_task(_hold(lane, Ticket("b"), [], "b", asyncio.Event()))
+    await _settle()
+    assert lane.snapshot()["queued"]["final"] == 1
+    holder.cancel()
+    await asyncio.gather(holder, return_exceptions=True)
+    await _settle()
+    assert lane.running == 1 and not lane._queue  # the waiting job got the worker
+    next_one.cancel()
+    await asyncio.gather(next_one, return_exceptions=True)
+    assert lane.running == 0
+
+
+async def test_a_cancelled_waiter_leaves_the_queue():
+    lane = Lane("tts", workers=1)
+    gate = asyncio.Event()
+    blocker = asyncio.create_task(_hold(lane, Ticket("a"), [], "a", gate))
+    await _settle()
+    waiter = asyncio.create_task(_hold(lane, Ticket("b"), [], "b", gate))
+    await _settle()
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert lane._queue == []
+    gate.set()
+    await blocker
+    assert lane.jobs == 1
+
+
+async def test_run_uses_the_executor_and_counts_busy_time():
+    pool = ThreadPoolExecutor(1, thread_name_prefix="tts-pool")
+    lane = Lane("tts", workers=1, executor=pool)
+    doubled, thread = await lane.run(lambda x: (x * 2, threading.current_thread().name), 21)
+    assert doubled == 42 and thread.startswith("tts-pool")
+    snap = lane.snapshot()
+    assert snap["jobs"] == 1 and snap["running"] == 0 and snap["wait_ms"]["final"]["n"] == 1
+    pool.shutdown()
+
+
+async def test_batches_group_by_key_and_keep_priority():
+    calls: list[list[str]] = []
+    release = threading.Event()
+
+    def batch_fn(items):
+        calls.append(list(items))
+        release.wait(5)
+        return [item.upper() for item in items]
+
+    pool = ThreadPoolExecutor(1)
+    lane = Lane("asr", workers=1, executor=pool, batch_fn=batch_fn, max_batch=3)
+    first = asyncio.create_task(lane.submit("first", Ticket("a"), group=10))
+    await _settle()
+    jobs = [asyncio.create_task(lane.submit(item, Ticket(s, kind), group=g))
+            for item, s, kind, g in [("w1", "b", Kind.WARMUP, 10), ("f1", "c", Kind.FINAL, 10),
+                                      ("f2", "d", Kind.FINAL, 20), ("s1", "e", Kind.SPECULATIVE, 10),
+                                      ("s2", "f", Kind.SPECULATIVE, 10)]]
+    await _settle()
+    release.set()
+    assert await first == "FIRST"
+    assert await asyncio.gather(*jobs) == ["W1", "F1", "F2", "S1", "S2"]
+    # After "first": the most urgent job (f1) with the next most urgent of its window group, up to 3;
+    # then f2 (another window size) alone; then what is left of group 10.
+    assert calls == [["first"], ["f1", "s1", "s2"], ["f2"], ["w1"]]
+    assert lane.snapshot()["batch_size_mean"] == 1.5
+    pool.shutdown()
+
+
+async def test_a_shared_job_runs_for_its_most_urgent_ticket_and_goes_with_the_last():
+    pool = ThreadPoolExecutor(1)
+    gate = threading.Event()
+    lane = Lane("asr", workers=1, executor=pool, batch_fn=lambda items: (gate.wait(5), list(items))[1])
+    blocker = asyncio.create_task(lane.submit("x", Ticket("a"), group=1))
+    await _settle()
+    spec = Ticket("b", Kind.SPECULATIVE)
+    job = lane.enqueue("y", spec, group=1)
+    assert lane.snapshot()["queued"]["speculative"] == 1
+    final = Ticket("b", Kind.FINAL)
+    job.add(final)
+    assert lane.snapshot()["queued"]["final"] == 1
+    job.release(final)
+    spec.drop()
+    assert lane.snapshot()["queued"] == {"final": 0, "speculative": 0, "warmup": 0} and lane.dropped == 1
+    with pytest.raises(WorkDropped):
+        await lane.result(job, spec)
+    gate.set()
+    assert await blocker == "x"
+    pool.shutdown()
+
+
+async def test_batch_errors_reach_every_waiter():
+    lane = Lane("asr", workers=1, batch_fn=lambda items: 1 / 0, max_batch=2)
+    with pytest.raises(ZeroDivisionError):
+        await lane.submit("a", Ticket())
+    assert lane.running == 0
+
+
+async def test_the_ticket_travels_with_the_task():
+    ticket = Ticket("s1", Kind.SPECULATIVE)
+    assert ticket_now().kind is Kind.FINAL  # outside any reply: anonymous, urgent
+    with working_for(ticket):
+        seen = await asyncio.create_task(asyncio.sleep(0, result=None)) or current_ticket.get()
+    assert seen is ticket and current_ticket.get() is None
+
+
+def test_scheduler_names_each_lane_once():
+    sched = Scheduler()
+    first, second = sched.lane("llm", 1), sched.lane("llm", 2)
+    assert (first.name, second.name) == ("llm", "llm.2") and set(sched.snapshot()) == {"llm", "llm.2"}
