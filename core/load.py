@@ -3,10 +3,11 @@
 A call costs CPU for its models (ASR, LLM, TTS: the scheduler's lanes) and for its media. On a
 small box the CPU is the wall, and a new call admitted past it slows every call in progress. So
 the monitor samples the CPU time of the whole process tree (the server and its LLM server child)
-and learns what one active session costs; the server admits a new session only while
+and learns what the server costs with no session (its idle baseline) and what one active session
+adds on top; the server admits a new session only while
 
-  - the sessions already admitted plus this one fit in `target_utilization` of the cores at that
-    cost (before enough has been seen, at the configured prior `session_cpu`), and
+  - the baseline plus the sessions already admitted plus this one fit in `target_utilization` of
+    the cores at that cost (before enough has been seen, at the configured prior `session_cpu`), and
   - the model queues are not already making callers wait: the worst lane's recent p95 wait of
     FINAL work (a caller who finished speaking waiting for a worker) is within `max_final_wait_ms`.
 
@@ -58,7 +59,8 @@ class LoadMonitor:
         self.period_s = period_s
         self.smoothing_s = smoothing_s
         self.cpu_util = 0.0  # smoothed, of all cores (1.0 = all busy)
-        self.measured_session_cpu: float | None = None  # cores per active session, smoothed
+        self.idle_cpu = 0.0  # cores the server uses with no session (model servers idling), smoothed
+        self.measured_session_cpu: float | None = None  # cores per active session above idle, smoothed
         self.session_seconds = 0.0  # how much session time the measurement has seen
         self.active_sessions = 0  # as of the last sample
         self._last: tuple[float, float] | None = None  # (monotonic, cpu seconds)
@@ -98,8 +100,10 @@ class LoadMonitor:
         used = max(0.0, cpu_seconds - last[1]) / dt  # cores busy over the interval
         alpha = 1 - math.exp(-dt / self.smoothing_s)
         self.cpu_util += alpha * (min(used / self.cores, 1.0) - self.cpu_util)
-        if active > 0:
-            per_session = used / active
+        if active == 0:
+            self.idle_cpu += alpha * (used - self.idle_cpu)
+        else:
+            per_session = max(0.0, used - self.idle_cpu) / active
             if self.measured_session_cpu is None:
                 self.measured_session_cpu = per_session
             else:
@@ -117,8 +121,9 @@ class LoadMonitor:
 
     @property
     def capacity(self) -> int:
-        """Sessions that fit in target_utilization of the cores."""
-        return max(1, int(self.cfg.target_utilization * self.cores / self.session_cpu + 1e-9))
+        """Sessions that fit, above the idle baseline, in target_utilization of the cores."""
+        room = self.cfg.target_utilization * self.cores - self.idle_cpu
+        return max(1, int(room / self.session_cpu + 1e-9))
 
     def decide(self, admitted: int) -> Decision:
         """May one more session join the `admitted` ones (in a call or being set up)?"""
@@ -138,7 +143,7 @@ class LoadMonitor:
                 "active_sessions": self.active_sessions, "capacity_sessions": self.capacity,
                 "session_cpu": round(self.session_cpu, 3),
                 "measured_session_cpu": None if self.measured_session_cpu is None else round(self.measured_session_cpu, 3),
-                "cpu_util": round(self.cpu_util, 3), "cores": self.cores,
+                "cpu_util": round(self.cpu_util, 3), "idle_cpu": round(self.idle_cpu, 3), "cores": self.cores,
                 "final_wait_p95_ms": round(self.scheduler.final_wait_p95_ms(), 1)}
 
 

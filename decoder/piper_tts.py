@@ -190,8 +190,8 @@ class PiperDecoder:
 
 def _quiet_session(voice, model_path: Path, threads: int):
     """The voice with an onnxruntime session that uses `threads` threads that sleep when idle.
-    piper's own session takes a thread per core that spin-waits between runs: with Whisper and the
-    LLM on the same 2 cores, that spinning alone made every stage several times slower."""
+    piper's own session takes a thread per core that spin-waits between runs, taking CPU that
+    Whisper and the LLM need on a 2-core box."""
     import dataclasses
 
     import onnxruntime

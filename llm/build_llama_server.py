@@ -7,12 +7,13 @@ was released with (`vendor/llama.cpp`). This script fetches it with pip (hash-ch
 registry being the only source of code here), extracts that tree, configures a CPU-only Release
 build (static libraries, no curl/OpenSSL, no tests/examples, no web UI — so nothing is fetched
 during the build) and builds only the `llama-server` target. The binary is installed as
-`<cache-dir>/bin/llama-server-<first 12 hex digits of the sdist's sha256>`, so a finished build
-is found at once (a no-op run takes well under a second) and a different pin builds anew.
+`<cache-dir>/bin/llama-server-<first 12 hex digits of the sdist's sha256>-<CPU flags hash>`, so a
+finished build is found at once (a no-op run takes well under a second) and a different pin, or a
+CPU with other instructions, builds anew.
 llm/llama_server.py looks for the binary under the same name.
 
-The build is for this machine's CPU (GGML_NATIVE, llama.cpp's default): do not copy the cache
-directory to a machine with an older CPU. Cold build on the 2-core dev machine: see docs/llm.md.
+The build is for this machine's CPU (GGML_NATIVE, llama.cpp's default), hence the CPU in the name.
+Cold build on the 2-core dev machine: see docs/llm.md.
 """
 from __future__ import annotations
 
@@ -70,7 +71,20 @@ def pinned_sdist(requirements: Path = REQUIREMENTS) -> tuple[str, str]:
 
 
 def binary_name(requirements: Path = REQUIREMENTS) -> str:
-    return f"{TARGET}-{pinned_sdist(requirements)[1][:12]}"
+    """`llama-server-<sdist hash>-<cpu>`: the build is for this CPU's instruction set (GGML_NATIVE),
+    so a cache carried to a machine with other CPU flags builds anew instead of crashing."""
+    return f"{TARGET}-{pinned_sdist(requirements)[1][:12]}-{cpu_tag()}"
+
+
+def cpu_tag() -> str:
+    """A short hash of the CPU's feature flags (/proc/cpuinfo), or "generic" where there are none."""
+    import hashlib
+
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "generic"
+    return hashlib.sha256(" ".join(sorted(flags.split(":", 1)[1].split())).encode()).hexdigest()[:8]
 
 
 def binary_path(cache_dir: Path = DEFAULT_CACHE_DIR, requirements: Path = REQUIREMENTS) -> Path:

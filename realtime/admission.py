@@ -7,6 +7,8 @@ telephony refuse before the upgrade), with a Realtime `error` body saying why.
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from core.load import Decision, LoadMonitor
@@ -57,6 +59,21 @@ class Admission:
         decision = self.decide()
         return {**self.monitor.snapshot(self.admitted), "max_sessions": self.max_sessions, "refused": self.refused,
                 "admitting": decision.admit, "reason": decision.reason or None}
+
+
+async def serve_admitted(admission: Admission, serve: Callable[[Reservation], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+    """A WebSocket endpoint's handler: a place is reserved (or 503 before the upgrade), `serve`
+    runs with it, and it is given back after (the session gave it back already unless its set-up
+    failed first)."""
+    try:
+        reservation = admission.reserve()
+    except Refused as refused:
+        return busy(refused)
+    try:
+        return await serve(reservation)
+    finally:
+        reservation.release()
 
 
 def busy(refused: Refused) -> web.Response:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.config import ControllerConfig
 from core.load import AdmissionConfig
-from core.config import ConfigError, StageConfig, explain, validate_options, yaml_problem  # noqa: F401 (re-exported)
+from core.config import ConfigError, StageConfig, explain, yaml_problem
 
 
 class IceServer(BaseModel):

@@ -31,7 +31,7 @@ from realtime import g711
 from realtime.audio import AudioFormatError, G711Input
 from realtime.outputs import Resampler
 from realtime.session import RealtimeSession, ServerContext
-from realtime.admission import Refused, busy
+from realtime.admission import serve_admitted
 from realtime.ws import SERVER_KEY, SOCKETS_KEY
 
 log = logging.getLogger(__name__)
@@ -252,14 +252,7 @@ class TwilioCall:
 
 async def twilio_ws(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER_KEY]
-    try:
-        reservation = server.admission.reserve()
-    except Refused as refused:
-        return busy(refused)
-    try:
-        return await _serve(request, server, reservation)
-    finally:
-        reservation.release()  # the session released it already, unless its set-up failed
+    return await serve_admitted(server.admission, lambda reservation: _serve(request, server, reservation))
 
 
 async def _serve(request: web.Request, server, reservation) -> web.WebSocketResponse:

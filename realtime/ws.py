@@ -11,7 +11,7 @@ import weakref
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from realtime.admission import Refused, busy
+from realtime.admission import serve_admitted
 from realtime.outputs import WebSocketAudioOutput
 from realtime.protocol import error_event
 from realtime.session import RealtimeSession, ServerContext
@@ -29,14 +29,7 @@ async def close_all(app: web.Application) -> None:
 
 async def realtime_ws(request: web.Request) -> web.StreamResponse:
     server = request.app[SERVER_KEY]
-    try:
-        reservation = server.admission.reserve()
-    except Refused as refused:
-        return busy(refused)
-    try:
-        return await _serve(request, server, reservation)
-    finally:
-        reservation.release()  # the session released it already, unless its set-up failed
+    return await serve_admitted(server.admission, lambda reservation: _serve(request, server, reservation))
 
 
 async def _serve(request: web.Request, server, reservation) -> web.WebSocketResponse:

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from core.load import AdmissionConfig, LoadMonitor
-from core.scheduler import Kind, Lane, Scheduler, Ticket
+from core.scheduler import Kind, Scheduler, Ticket
 from tests.realtime_util import fake_config, running_server, server_context, utterance, wait_until, ws_client
 from tests.telephony_util import ROUTE
 from tests.webrtc_util import Caller, SyntheticMic, mic_audio
@@ -32,6 +32,20 @@ def test_capacity_from_the_prior_until_enough_is_seen_then_from_the_measured_cos
     assert monitor.measured_session_cpu == pytest.approx(0.2)
     assert monitor.session_seconds == pytest.approx(120) and monitor.capacity == 9  # 1.8 / 0.2
     assert monitor.cpu_util == pytest.approx(0.4, abs=0.25)  # smoothed from 0 toward 0.4
+
+
+def test_the_idle_baseline_is_not_charged_to_sessions():
+    monitor = LoadMonitor(Scheduler(), AdmissionConfig(learn_after_s=10), cores=2, smoothing_s=1)
+    cpu, t = 0.0, 0.0
+    for _ in range(30):  # idle: the model servers alone use 0.2 cores
+        monitor.observe(t, cpu, active=0)
+        cpu, t = cpu + 0.2, t + 1
+    for _ in range(30):  # 2 sessions: 0.2 + 2 * 0.3 cores
+        monitor.observe(t, cpu, active=2)
+        cpu, t = cpu + 0.8, t + 1
+    assert monitor.idle_cpu == pytest.approx(0.2, abs=0.01)
+    assert monitor.measured_session_cpu == pytest.approx(0.3, abs=0.01)
+    assert monitor.capacity == 5  # (0.9 * 2 - 0.2) / 0.3 = 5.3
 
 
 def test_without_learning_the_prior_stands():

@@ -185,7 +185,7 @@ async def test_rule_holds_against_the_real_llama_cpp_server(tmp_path):
     """Greedy decoding after "Hmm... ... ..." repeats " ..."; the same VLLMAudioSource, with the
     llama-server id channel (id prompts, one streamed event per token carrying its id), must never
     let a banned id through. logit_bias and token-id prompts go to llama-server's /v1/completions."""
-    from decoder.step_audio.ras_measure import LlamaServerIds
+    from decoder.step_audio.completion_ids import LlamaServerIds
     from llm.llama_server import LlamaServer
     from tests.test_llama_server import require_llama_server
 

@@ -4,10 +4,9 @@ The repetition-aware rule (ras.py) needs the exact ids of the prompt and of ever
 and servers differ in how they carry them:
   * vLLM serving Step-Audio-TTS-3B (`StepAudioIds`): the prompt goes as a list of ids; audio tokens
     come back as `<audio_N>` text (id 65536 + N), kept because skip_special_tokens is false.
-  * llama-cpp-python's server (`LlamaCppIds`): prompts must be text (ids -> /extras/detokenize),
-    and with `logprobs` set it streams exactly one event per token, whose text maps back to its id
-    through /extras/tokenize. This lets the same VLLMAudioSource run against the bundled llama.cpp
-    server with an ordinary model (tests/test_step_audio_sources.py).
+  * llama.cpp's llama-server (`LlamaServerIds`): the prompt goes as a list of ids; with `logprobs`
+    set every streamed event is one token and carries its id. This lets the same VLLMAudioSource
+    run against the bundled llama.cpp server with an ordinary model (tests/test_step_audio_ras.py).
 """
 from __future__ import annotations
 
@@ -59,16 +58,20 @@ class StepAudioIds:
         return None
 
 
-class LlamaCppIds:
-    """llama-cpp-python's OpenAI-compatible server (text prompts, /extras/(de)tokenize)."""
+class LlamaServerIds:
+    """How token ids travel through llama.cpp's llama-server. Prompts go as lists of ids, which
+    /v1/completions takes as they are. With `logprobs` set every streamed event is one token and
+    carries its id (`logprobs.content[0].id`, an extra field to the OpenAI schema). A token that is
+    only part of a UTF-8 character is not streamed on its own: its text comes with the next
+    token's event, and only that token's id; such an event (text longer than its token's own
+    piece) is an error, as the id history would no longer be exact."""
 
-    # logprobs makes its stream carry one event per token (no merging of multi-byte pieces).
     request_fields: dict[str, Any] = {"logprobs": 1}
 
     def __init__(self, base_url: str) -> None:
         root = base_url.rstrip("/")
         self.root = root[:-3] if root.endswith("/v1") else root
-        self._piece_ids: dict[str, int] = {}
+        self._pieces: dict[int, str] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def _post(self, path: str, body: dict) -> dict:
@@ -79,36 +82,37 @@ class LlamaCppIds:
                 raise RuntimeError(f"{self.root}{path}: HTTP {resp.status}: {(await resp.text())[:200]}")
             return await resp.json()
 
-    async def prompt(self, ids: Sequence[int]) -> str:
-        # The server re-tokenizes this text; callers that need the server to see exactly `ids`
-        # should check the round trip with tokenize() (the tests do).
-        return (await self._post("/extras/detokenize", {"tokens": list(ids)}))["text"]
+    async def prompt(self, ids: Sequence[int]) -> list[int]:
+        return list(ids)
 
     async def tokenize(self, text: str) -> list[int]:
-        return list((await self._post("/extras/tokenize", {"input": text}))["tokens"])
+        return list((await self._post("/tokenize", {"content": text, "add_special": False}))["tokens"])
 
-    async def piece_id(self, piece: str) -> int:
-        if piece not in self._piece_ids:
-            ids = await self.tokenize(piece)
-            if len(ids) != 1:
-                raise ValueError(f"token text {piece!r} does not map back to one token id ({ids})")
-            self._piece_ids[piece] = ids[0]
-        return self._piece_ids[piece]
+    async def piece(self, token: int) -> str:
+        if token not in self._pieces:
+            self._pieces[token] = (await self._post("/detokenize", {"tokens": [token]}))["content"]
+        return self._pieces[token]
 
-    def reader(self) -> IdReader:
-        return _LlamaCppReader(self)
+    def reader(self) -> "_LlamaServerReader":
+        return _LlamaServerReader(self)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
 
-class _LlamaCppReader:
-    def __init__(self, channel: LlamaCppIds) -> None:
+class _LlamaServerReader:
+    def __init__(self, channel: LlamaServerIds) -> None:
         self._channel = channel
 
     async def feed(self, choice: Any) -> list[int]:
-        pieces = choice.logprobs.tokens if choice.logprobs is not None and choice.logprobs.tokens else []
-        if not pieces and choice.text:
-            raise ValueError("llama.cpp stream event without logprobs tokens: request logprobs")
-        return [await self._channel.piece_id(p) for p in pieces]
+        content = getattr(choice.logprobs, "content", None) if choice.logprobs is not None else None
+        if not content:
+            if choice.text:
+                raise ValueError("llama-server event without logprobs: request logprobs")
+            return []  # the end of the stream (or the end token, which is not printed)
+        token = int(content[0]["id"])
+        if len(content) == 1 and choice.text and choice.text != await self._channel.piece(token):
+            raise ValueError(f"event text {choice.text!r} is more than token {token}'s own piece: "
+                             "an earlier token (part of a UTF-8 character) was not streamed on its own")
+        return [int(c["id"]) for c in content]

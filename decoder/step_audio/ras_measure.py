@@ -11,78 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import aiohttp
-
+from decoder.step_audio.completion_ids import LlamaServerIds
 from decoder.step_audio.ras import violations
 from decoder.step_audio.vllm_source import VLLMAudioSource
 
 PROMPTS = ["Hmm... ... ... ... ... ... ... ...", "I love love love love love love love love love",
            "The list: a, a, a, a, a, a, a, a,", "Once upon a time there was a little cat who"]
-
-
-class LlamaServerIds:
-    """How token ids travel through llama.cpp's llama-server (an IdChannel of
-    decoder.step_audio.completion_ids; it belongs there). Prompts go as lists of ids, which
-    /v1/completions takes as they are. With `logprobs` set every streamed event is one token and
-    carries its id (`logprobs.content[0].id`, an extra field to the OpenAI schema). A token that is
-    only part of a UTF-8 character is not streamed on its own: its text comes with the next
-    token's event, and only that token's id; such an event (text longer than its token's own
-    piece) is an error, as the id history would no longer be exact."""
-
-    request_fields: dict[str, Any] = {"logprobs": 1}
-
-    def __init__(self, base_url: str) -> None:
-        root = base_url.rstrip("/")
-        self.root = root[:-3] if root.endswith("/v1") else root
-        self._pieces: dict[int, str] = {}
-        self._session: aiohttp.ClientSession | None = None
-
-    async def _post(self, path: str, body: dict) -> dict:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        async with self._session.post(self.root + path, json=body) as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"{self.root}{path}: HTTP {resp.status}: {(await resp.text())[:200]}")
-            return await resp.json()
-
-    async def prompt(self, ids: Sequence[int]) -> list[int]:
-        return list(ids)
-
-    async def tokenize(self, text: str) -> list[int]:
-        return list((await self._post("/tokenize", {"content": text, "add_special": False}))["tokens"])
-
-    async def piece(self, token: int) -> str:
-        if token not in self._pieces:
-            self._pieces[token] = (await self._post("/detokenize", {"tokens": [token]}))["content"]
-        return self._pieces[token]
-
-    def reader(self) -> "_LlamaServerReader":
-        return _LlamaServerReader(self)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
-class _LlamaServerReader:
-    def __init__(self, channel: LlamaServerIds) -> None:
-        self._channel = channel
-
-    async def feed(self, choice: Any) -> list[int]:
-        content = getattr(choice.logprobs, "content", None) if choice.logprobs is not None else None
-        if not content:
-            if choice.text:
-                raise ValueError("llama-server event without logprobs: request logprobs")
-            return []  # the end of the stream (or the end token, which is not printed)
-        token = int(content[0]["id"])
-        if len(content) == 1 and choice.text and choice.text != await self._channel.piece(token):
-            raise ValueError(f"event text {choice.text!r} is more than token {token}'s own piece: "
-                             "an earlier token (part of a UTF-8 character) was not streamed on its own")
-        return [int(c["id"]) for c in content]
 
 
 async def run(tokens: int, runs: int) -> None:
