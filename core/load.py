@@ -8,8 +8,12 @@ adds on top; the server admits a new session only while
 
   - the baseline plus the sessions already admitted plus this one fit in `target_utilization` of
     the cores at that cost (before enough has been seen, at the configured prior `session_cpu`), and
-  - the model queues are not already making callers wait: the worst lane's recent p95 wait of
-    FINAL work (a caller who finished speaking waiting for a worker) is within `max_final_wait_ms`.
+  - no model lane whose workers are threads (Whisper's batches, piper's sentences) would be busier
+    than `lane_utilization` (learned per session like the CPU): one worker at 80 % makes bursts
+    queue for seconds even while the CPU as a whole looks half idle, and
+  - the model queues are not making callers wait right now: no FINAL job (a caller who finished
+    speaking) has been queued for a model worker longer than `max_final_wait_ms`. This is the
+    backlog as it stands, not a recent percentile, so a burst closes the door only while it lasts.
 
 Sessions in progress are never degraded to make room; a refused caller is told when to retry.
 """
@@ -38,8 +42,10 @@ class AdmissionConfig(BaseModel):
                                           "session time has been seen")
     learn_after_s: float = Field(120.0, ge=1, description="session-seconds observed before the measured cost counts")
     target_utilization: float = Field(0.9, gt=0, le=1, description="share of the cores the admitted sessions may use")
-    max_final_wait_ms: float = Field(600.0, gt=0, description="refuse while a finished turn waits longer than this "
-                                                             "for a model worker (p95 of the recent ones)")
+    lane_utilization: float = Field(0.6, gt=0, le=1, description="how busy a thread lane (ASR, TTS) may get: "
+                                                                 "above ~60 % a single worker's queue grows in bursts")
+    max_final_wait_ms: float = Field(600.0, gt=0, description="refuse while a finished turn has waited longer than "
+                                                             "this for a model worker (and is still waiting)")
     retry_after_s: int = Field(5, ge=1, description="the Retry-After of a refusal")
 
 
@@ -63,7 +69,9 @@ class LoadMonitor:
         self.measured_session_cpu: float | None = None  # cores per active session above idle, smoothed
         self.session_seconds = 0.0  # how much session time the measurement has seen
         self.active_sessions = 0  # as of the last sample
+        self.lane_per_session: dict[str, float] = {}  # a serial lane's utilization per active session
         self._last: tuple[float, float] | None = None  # (monotonic, cpu seconds)
+        self._last_busy: dict[str, float] = {}
         self._task: asyncio.Task | None = None
 
     # -- sampling ------------------------------------------------------------------------------
@@ -94,6 +102,8 @@ class LoadMonitor:
         """One sample: the process tree's total CPU seconds so far and the sessions in a call."""
         self.active_sessions = active
         last, self._last = self._last, (now, cpu_seconds)
+        busy = {name: lane.busy_s for name, lane in self.scheduler.lanes.items() if lane.serial}
+        last_busy, self._last_busy = self._last_busy, busy
         if last is None or now <= last[0]:
             return
         dt = now - last[0]
@@ -109,6 +119,10 @@ class LoadMonitor:
             else:
                 self.measured_session_cpu += alpha * (per_session - self.measured_session_cpu)
             self.session_seconds += dt * active
+            for name, total in busy.items():
+                util = max(0.0, total - last_busy.get(name, total)) / dt / self.scheduler.lanes[name].workers
+                before = self.lane_per_session.get(name)
+                self.lane_per_session[name] = util / active if before is None else before + alpha * (util / active - before)
 
     # -- estimates -----------------------------------------------------------------------------
 
@@ -121,19 +135,33 @@ class LoadMonitor:
 
     @property
     def capacity(self) -> int:
-        """Sessions that fit, above the idle baseline, in target_utilization of the cores."""
+        """Sessions that fit, above the idle baseline, in target_utilization of the cores, and in
+        lane_utilization of every serial lane (once learned)."""
         room = self.cfg.target_utilization * self.cores - self.idle_cpu
-        return max(1, int(room / self.session_cpu + 1e-9))
+        fits = [room / self.session_cpu]
+        if self.cfg.learn and self.session_seconds >= self.cfg.learn_after_s:
+            fits += [self.cfg.lane_utilization / per for per in self.lane_per_session.values() if per > 0.005]
+        return max(1, int(min(fits) + 1e-9))
+
+    def _bottleneck(self) -> str:
+        room = self.cfg.target_utilization * self.cores - self.idle_cpu
+        worst, name = room / self.session_cpu, f"{self.session_cpu:.2f} cores each fill " \
+                                                f"{self.cfg.target_utilization:.0%} of {self.cores} cores"
+        if self.cfg.learn and self.session_seconds >= self.cfg.learn_after_s:
+            for lane, per in self.lane_per_session.items():
+                if per > 0.005 and self.cfg.lane_utilization / per < worst:
+                    worst, name = self.cfg.lane_utilization / per, (
+                        f"the {lane} lane, {per:.0%} busy per session, may be {self.cfg.lane_utilization:.0%} busy")
+        return name
 
     def decide(self, admitted: int) -> Decision:
         """May one more session join the `admitted` ones (in a call or being set up)?"""
         retry = self.cfg.retry_after_s
         if admitted + 1 > self.capacity:
-            return Decision(False, f"at capacity: {admitted} sessions at {self.session_cpu:.2f} cores each "
-                                   f"fill {self.cfg.target_utilization:.0%} of {self.cores} cores", retry)
-        wait = self.scheduler.final_wait_p95_ms()
+            return Decision(False, f"at capacity: {admitted} sessions ({self._bottleneck()})", retry)
+        wait = self.scheduler.final_backlog_ms()
         if admitted > 0 and wait > self.cfg.max_final_wait_ms:
-            return Decision(False, f"overloaded: finished turns wait {wait:.0f} ms for a model "
+            return Decision(False, f"overloaded: a finished turn has waited {wait:.0f} ms for a model "
                                    f"(limit {self.cfg.max_final_wait_ms:.0f} ms)", retry)
         return Decision(True)
 
@@ -144,6 +172,8 @@ class LoadMonitor:
                 "session_cpu": round(self.session_cpu, 3),
                 "measured_session_cpu": None if self.measured_session_cpu is None else round(self.measured_session_cpu, 3),
                 "cpu_util": round(self.cpu_util, 3), "idle_cpu": round(self.idle_cpu, 3), "cores": self.cores,
+                "lane_utilization_per_session": {k: round(v, 3) for k, v in self.lane_per_session.items()},
+                "final_backlog_ms": round(self.scheduler.final_backlog_ms(), 1),
                 "final_wait_p95_ms": round(self.scheduler.final_wait_p95_ms(), 1)}
 
 

@@ -146,9 +146,13 @@ class Lane:
 
     def __init__(self, name: str, workers: int, *, executor: Executor | None = None,
                  batch_fn: Callable[[Sequence[Any]], Sequence[Any]] | None = None, max_batch: int = 1,
-                 history: int = 500) -> None:
+                 history: int = 500, serial: bool = True) -> None:
         self.name = name
         self.workers = workers
+        # True: each worker does the work itself (a thread), so a busy worker is a busy resource
+        # and the lane's utilization limits capacity (core/load.py). False: workers only hold a
+        # place on a server that batches them (the LLM's slots).
+        self.serial = serial
         self.executor = executor
         self.batch_fn = batch_fn
         self.max_batch = max_batch if batch_fn else 1
@@ -314,6 +318,13 @@ class Scheduler:
             unique = f"{name}.{n}"
         self.lanes[unique] = lane = Lane(unique, workers, **kwargs)
         return lane
+
+    def final_backlog_ms(self) -> float:
+        """How long the oldest FINAL job still queued has waited (0 when none waits): a caller who
+        finished speaking is waiting for a model worker right now."""
+        now = time.monotonic()
+        return max((1000 * (now - job.enqueued) for lane in self.lanes.values() for job in lane._queue
+                    if job.live() and job.kind() is Kind.FINAL), default=0.0)
 
     def final_wait_p95_ms(self, window_s: float = 30.0) -> float:
         """The worst lane's p95 wait of FINAL work started in the last `window_s`: how long a

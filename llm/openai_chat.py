@@ -72,7 +72,8 @@ class OpenAIChatClient:
         self.server = server
         # Every request holds one of the server's slots while it streams; waiting ones go most
         # urgent first (a reply the caller waits for before a speculation before a warm-up).
-        self.lane = (scheduler or Scheduler()).lane("llm", self.options.concurrency or self.options.n_parallel)
+        self.lane = (scheduler or Scheduler()).lane("llm", self.options.concurrency or self.options.n_parallel,
+                                                    serial=False)
         self._client: openai.AsyncOpenAI | None = None
         self._start_lock = asyncio.Lock()
         if self.options.base_url is not None:

@@ -56,7 +56,7 @@ class StepAudioChatClient:
 
     def __init__(self, options: Options | None = None, scheduler: Scheduler | None = None) -> None:
         self.options = options or Options()
-        self.lane = (scheduler or Scheduler()).lane("llm", self.options.concurrency)
+        self.lane = (scheduler or Scheduler()).lane("llm", self.options.concurrency, serial=False)
         self._client = openai.AsyncOpenAI(base_url=self.options.base_url, api_key=self.options.api_key,
                                           timeout=self.options.timeout, max_retries=self.options.max_retries)
 

@@ -55,19 +55,46 @@ def test_without_learning_the_prior_stands():
     assert monitor.session_cpu == 0.5 and monitor.capacity == 3
 
 
-async def test_callers_kept_waiting_close_the_door_until_the_queue_recovers():
+def test_a_busy_thread_lane_limits_capacity_before_the_cpu_does():
+    """Whisper's one worker 40 % busy with 4 sessions: at 60 % it fits 6, though the CPU fits 90."""
+    sched = Scheduler()
+    asr, llm = sched.lane("asr", 1), sched.lane("llm", 8, serial=False)
+    monitor = LoadMonitor(sched, AdmissionConfig(session_cpu=0.02, learn_after_s=100), cores=2)
+    for t in range(60):
+        monitor.observe(float(t), 0.08 * t, active=4)
+        asr.busy_s += 0.4
+        llm.busy_s += 8.0  # slots held on a batching server: not a busy resource
+    assert monitor.capacity == 6 and set(monitor.lane_per_session) == {"asr"}
+    refused = monitor.decide(admitted=6)
+    assert not refused.admit and "asr lane" in refused.reason
+
+
+async def test_a_finished_turn_kept_waiting_closes_the_door_until_it_is_served():
     sched = Scheduler()
     lane = sched.lane("asr", 1)
     monitor = LoadMonitor(sched, AdmissionConfig(session_cpu=0.01, max_final_wait_ms=100), cores=2)
     assert monitor.decide(admitted=3).admit
-    lane.final_waits.extend([(asyncio.get_running_loop().time(), 0.5)] * 10)  # finished turns waited 500 ms
+    busy, release = asyncio.Event(), asyncio.Event()
+
+    async def hold():
+        async with lane.slot(Ticket("a", Kind.FINAL)):
+            busy.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await busy.wait()
+    waiting = asyncio.create_task(hold())  # a finished turn queued behind it
+    speculative = lane.enqueue(None, Ticket("b", Kind.SPECULATIVE))
+    await asyncio.sleep(0)
+    next(j for j in lane._queue if j.kind() is Kind.FINAL).enqueued -= 0.5  # it has waited 500 ms
+    speculative.enqueued -= 5  # waiting speculations do not count
     refused = monitor.decide(admitted=3)
-    assert not refused.admit and "wait 500 ms" in refused.reason and refused.retry_after_s == 5
+    assert not refused.admit and "waited 500 ms" in refused.reason and refused.retry_after_s == 5
     assert monitor.decide(admitted=0).admit  # an idle server always takes one
-    lane.final_waits.clear()
-    async with lane.slot(Ticket("x", Kind.FINAL)):  # served at once: the queue is fine again
-        pass
-    assert monitor.decide(admitted=3).admit
+    release.set()
+    await asyncio.gather(holder, waiting)
+    speculative.release(speculative.tickets[0])
+    assert sched.final_backlog_ms() == 0 and monitor.decide(admitted=3).admit  # served: open again
 
 
 # -- the server ------------------------------------------------------------------------------------
