@@ -56,7 +56,7 @@ class Ticket:
         self.kind = kind
         self.deadline = time.monotonic() if deadline is None else deadline
         self.dropped = False
-        self._lanes: set[Lane] = set()  # lanes holding queued work of this ticket
+        self._lanes: set[Lane] = set()  # lanes that have held work of this ticket (purged on drop)
 
     def commit(self, deadline: float | None = None) -> None:
         """A speculation becomes the reply: its work is now FINAL (queued work moves up)."""
@@ -123,8 +123,8 @@ class Job:
     def add(self, ticket: Ticket) -> None:
         """Another ticket waits for the same work (it may be more urgent)."""
         self.tickets.append(ticket)
+        ticket._lanes.add(self.lane)
         if self.started is None:
-            ticket._lanes.add(self.lane)
             self.lane._dispatch()
 
     def release(self, ticket: Ticket) -> None:
@@ -237,8 +237,6 @@ class Lane:
         if kind is Kind.FINAL:
             self.final_waits.append((job.started, job.started - job.enqueued))
         self.jobs += 1
-        for t in job.tickets:
-            t._lanes.discard(self)
         if not job.granted.done():
             job.granted.set_result(None)
 

@@ -187,3 +187,19 @@ def test_scheduler_names_each_lane_once():
     sched = Scheduler()
     first, second = sched.lane("llm", 1), sched.lane("llm", 2)
     assert (first.name, second.name) == ("llm", "llm.2") and set(sched.snapshot()) == {"llm", "llm.2"}
+
+
+async def test_dropping_a_ticket_purges_all_its_queued_jobs_even_after_one_started():
+    lane = Lane("tts", workers=1)
+    spec = Ticket("a", Kind.SPECULATIVE)
+    gate = asyncio.Event()
+    first = asyncio.create_task(_hold(lane, spec, [], "first", gate))  # runs at once
+    await _settle()
+    second = asyncio.create_task(_hold(lane, spec, [], "second", gate))  # queued behind it
+    await _settle()
+    spec.drop()
+    with pytest.raises(WorkDropped):
+        await second
+    gate.set()
+    await first
+    assert lane.dropped == 1 and lane.jobs == 1
