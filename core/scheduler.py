@@ -165,6 +165,7 @@ class Lane:
         self.dropped = 0
         self.batches = 0
         self.batched_items = 0
+        self.counters: dict[str, int] = {}  # the stage's own counts, shown in /metrics (e.g. Whisper's re-runs)
 
     # -- the three ways in ---------------------------------------------------------------------
 
@@ -295,7 +296,8 @@ class Lane:
         return {"workers": self.workers, "running": self.running, "queued": queued, "wait_ms": waits,
                 "busy_s": round(self.busy_s, 2), "jobs": self.jobs, "dropped": self.dropped,
                 "batches": self.batches,
-                "batch_size_mean": round(self.batched_items / self.batches, 2) if self.batches else None}
+                "batch_size_mean": round(self.batched_items / self.batches, 2) if self.batches else None,
+                **({"counters": dict(self.counters)} if self.counters else {})}
 
 
 def _pct(ordered: list[float], q: float) -> float:

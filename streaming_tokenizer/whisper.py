@@ -109,6 +109,8 @@ class WhisperEngine:
 
     def _transcribe_full(self, audio: np.ndarray, language: str | None) -> tuple[str, str | None]:
         self.full_runs += 1
+        # Visible in /metrics: a full-window run holds the one worker for seconds.
+        self.lane.counters["full_window_runs"] = self.full_runs
         segments, info = self.model.transcribe(
             audio, language=language, beam_size=1, vad_filter=False, without_timestamps=True,
             condition_on_previous_text=False)

@@ -254,6 +254,7 @@ async def test_a_looping_short_window_decode_is_redone_on_the_full_window(whispe
     _, result = await _transcribe(whisper, piper(SENTENCES[1]))
     assert wer(SENTENCES[1], result.text) <= 0.2, result.text
     assert (engine.window_runs, engine.full_runs) == (window_runs + 1, full_runs + 1)
+    assert engine.lane.snapshot()["counters"]["full_window_runs"] == engine.full_runs  # shown in /metrics
 
 
 @pytest.mark.integration
