@@ -119,7 +119,7 @@ def _queue_tables(result: dict) -> list[str]:
     if loads:
         lines += ["", "Admission, as the server saw it (\"load\"; refused: the server's own counter during the level):",
                   "", "| variant | callers | admitting (share of samples) | capacity sessions min / last "
-                  "| admitted max | session CPU (cores): prior / measured | CPU util mean / max "
+                  "| admitted max | session CPU (cores): in use / measured | CPU util mean / max "
                   "| final wait p95 max ms | refused | why not admitting |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in loads:
             ld = r["scheduler"]["load"]

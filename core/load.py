@@ -137,28 +137,25 @@ class LoadMonitor:
     def capacity(self) -> int:
         """Sessions that fit, above the idle baseline, in target_utilization of the cores, and in
         lane_utilization of every serial lane (once learned)."""
-        room = self.cfg.target_utilization * self.cores - self.idle_cpu
-        fits = [room / self.session_cpu]
-        if self.cfg.learn and self.session_seconds >= self.cfg.learn_after_s:
-            fits += [self.cfg.lane_utilization / per for per in self.lane_per_session.values() if per > 0.005]
-        return max(1, int(min(fits) + 1e-9))
+        return max(1, int(min(n for n, _ in self._fits()) + 1e-9))
 
-    def _bottleneck(self) -> str:
+    def _fits(self) -> list[tuple[float, str]]:
+        """(sessions that fit, what limits them) for the CPU and each learned serial lane."""
         room = self.cfg.target_utilization * self.cores - self.idle_cpu
-        worst, name = room / self.session_cpu, f"{self.session_cpu:.2f} cores each fill " \
-                                                f"{self.cfg.target_utilization:.0%} of {self.cores} cores"
+        fits = [(room / self.session_cpu, f"{self.session_cpu:.2f} cores each fill "
+                                          f"{self.cfg.target_utilization:.0%} of {self.cores} cores")]
         if self.cfg.learn and self.session_seconds >= self.cfg.learn_after_s:
-            for lane, per in self.lane_per_session.items():
-                if per > 0.005 and self.cfg.lane_utilization / per < worst:
-                    worst, name = self.cfg.lane_utilization / per, (
-                        f"the {lane} lane, {per:.0%} busy per session, may be {self.cfg.lane_utilization:.0%} busy")
-        return name
+            fits += [(self.cfg.lane_utilization / per, f"the {lane} lane, {per:.0%} busy per session, may be "
+                                                      f"{self.cfg.lane_utilization:.0%} busy")
+                     for lane, per in self.lane_per_session.items() if per > 0.005]
+        return fits
 
     def decide(self, admitted: int) -> Decision:
         """May one more session join the `admitted` ones (in a call or being set up)?"""
         retry = self.cfg.retry_after_s
         if admitted + 1 > self.capacity:
-            return Decision(False, f"at capacity: {admitted} sessions ({self._bottleneck()})", retry)
+            why = min(self._fits())[1]
+            return Decision(False, f"at capacity: {admitted} sessions ({why})", retry)
         wait = self.scheduler.final_backlog_ms()
         if admitted > 0 and wait > self.cfg.max_final_wait_ms:
             return Decision(False, f"overloaded: a finished turn has waited {wait:.0f} ms for a model "

@@ -266,19 +266,19 @@ class Lane:
         if job in self._queue:
             self._queue.remove(job)
             if dropped:
-                self.dropped += 1
-                if not job.granted.done():
-                    job.granted.set_exception(WorkDropped(f"{self.name}: no live ticket"))
-                    job.granted.exception()  # retrieved: a dropped job may have no waiter left
+                self._dropped(job, "no live ticket")
             self._dispatch()
 
     def _purge(self) -> None:
         for job in [j for j in self._queue if not j.live()]:
             self._queue.remove(job)
-            self.dropped += 1
-            if not job.granted.done():
-                job.granted.set_exception(WorkDropped(f"{self.name}: every ticket was dropped"))
-                job.granted.exception()
+            self._dropped(job, "every ticket was dropped")
+
+    def _dropped(self, job: Job, why: str) -> None:
+        self.dropped += 1
+        if not job.granted.done():
+            job.granted.set_exception(WorkDropped(f"{self.name}: {why}"))
+            job.granted.exception()  # retrieved: a dropped job may have no waiter left
 
     # -- metrics -------------------------------------------------------------------------------
 
