@@ -94,7 +94,7 @@ async def run_conversation(conv, stages: dict, cfg, stats: SpeculationStats, pac
     out = WebSocketAudioOutput(lambda e: None)
     ctx = Context(cfg.context.system_prompt, cfg.context.max_prompt_tokens)
     ctrl = Controller(Stages(stages["vad"].create(), stages["tokenizer"].create(), stages["llm"],
-                             stages["decoder"]), ctx, out, lambda e: events.append((time.monotonic(), e)),
+                             stages["decoder"], stages.get("turn")), ctx, out, lambda e: events.append((time.monotonic(), e)),
                       cfg.controller, SpeculationStats(parent=stats))
     caller = Caller(ctrl, paced)
     barge: list[dict] = []

@@ -1,6 +1,8 @@
 """Controller timing. All durations in milliseconds of audio (the session's audio clock)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -16,9 +18,18 @@ class ControllerConfig(BaseModel):
     speculation: bool = Field(True, description="start replies at the pause (off for A/B runs)")
     eot_hints: bool = Field(True, description="let the transcript shorten/lengthen the end-of-turn wait")
     max_turn_s: float = Field(30.0, gt=0, description="force the end of a turn that runs this long")
+    # The end-of-turn model (the `turn` stage), when there is one: controller/turn_policy.py
+    semantic_turn: bool = Field(True, description="let the end-of-turn model set each pause's wait "
+                                                  "(Realtime: semantic_vad); false: the fixed end_of_turn_ms")
+    eagerness: Literal["low", "medium", "high", "auto"] = Field(
+        "auto", description="how soon a finished-sounding turn is taken (Realtime semantic_vad eagerness)")
+    max_end_of_turn_ms: int = Field(1500, ge=100, description="the longest wait, for a turn that sounds "
+                                                              "unfinished (a cap, as in 'my number is 0 7 …')")
 
     @model_validator(mode="after")
     def _order(self) -> "ControllerConfig":
         if self.end_of_turn_ms <= self.pause_ms:
             raise ValueError("end_of_turn_ms must be longer than pause_ms")
+        if self.max_end_of_turn_ms < self.end_of_turn_ms:
+            raise ValueError("max_end_of_turn_ms must be at least end_of_turn_ms")
         return self

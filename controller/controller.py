@@ -26,7 +26,7 @@ from controller.client_requests import ClientRequests
 from controller.config import ControllerConfig
 from controller.events import (
     ErrorEvent, InputCommitted, InputTranscript, ResponseCreated, ResponseDone, SpeechStarted,
-    SpeechStopped, Speculation, StateChanged, new_id,
+    SpeechStopped, Speculation, StateChanged, TurnJudged, new_id,
 )
 from controller.metrics import SpeculationStats, turn_metrics
 from controller.ports import AudioOutput
@@ -37,7 +37,7 @@ from core.scheduler import Kind, Ticket, current_ticket, working_for
 from decoder.base import Decoder
 from llm.base import LLMClient, Message
 from streaming_tokenizer.base import StreamingTokenizer, UserInput
-from vad.base import FRAME_SAMPLES, VoiceActivity
+from vad.base import FRAME_SAMPLES, TurnCompletion, VoiceActivity
 
 log = logging.getLogger(__name__)
 FRAME_MS = 20
@@ -49,6 +49,7 @@ class Stages:
     tokenizer: StreamingTokenizer
     llm: LLMClient
     decoder: Decoder
+    turn: TurnCompletion | None = None  # the end-of-turn model; None: the fixed wait
 
 
 class Controller(ClientRequests):
@@ -79,6 +80,9 @@ class Controller(ClientRequests):
         self._preroll: deque[np.ndarray] = deque(
             maxlen=max(1, (self.cfg.preroll_ms + 2 * self.cfg.barge_in_ms) // FRAME_MS))
         self._held_frames: list[np.ndarray] = []  # silence during a pause, pushed only on resume
+        # The turn as the end-of-turn model hears it: speech and pauses, the last 8 s.
+        self._turn_audio: deque[np.ndarray] = deque(maxlen=8000 // FRAME_MS)
+        self._judge_task: asyncio.Task | None = None
         self._has_input = False  # the tokenizer holds audio of an uncommitted turn
         self._item_id = new_id("item")
         self._speech_start_ms = 0
@@ -114,9 +118,11 @@ class Controller(ClientRequests):
     def _route_frame(self, frame: np.ndarray) -> None:
         if self.state is State.USER_SPEAKING:
             self.stages.tokenizer.push(frame)
+            self._turn_audio.append(frame)
             self._has_input = True
         elif self.state is State.USER_PAUSED:
             self._held_frames.append(frame)
+            self._turn_audio.append(frame)
         else:  # Silence / BotReplying: keep a little audio so a turn's first syllable survives
             self._preroll.append(frame)
 
@@ -132,13 +138,16 @@ class Controller(ClientRequests):
             case (State.SILENCE, Signal.SPEECH):
                 self._start_user_turn()
             case (State.USER_SPEAKING, Signal.PAUSE):
+                self._judge_pause()
                 self._start_speculation()
             case (State.USER_PAUSED, Signal.SPEECH):
+                self._cancel_task(self._judge_task)
                 self._discard_speculation()
                 for frame in self._held_frames:
                     self.stages.tokenizer.push(frame)
                 self._held_frames.clear()
             case (_, Signal.END_OF_TURN):
+                self._cancel_task(self._judge_task)
                 self._held_frames.clear()
                 self._eot_wall = time.monotonic()
                 self._cancel_task(self._end_task)
@@ -160,6 +169,8 @@ class Controller(ClientRequests):
         for frame in list(self._preroll)[-keep:] if keep else []:
             self.stages.tokenizer.push(frame)
         self._speech_start_ms = max(0, self.t_ms - self.cfg.onset_ms)
+        self._turn_audio.clear()
+        self._turn_audio.extend(list(self._preroll)[-keep:] if keep else [])
         self._preroll.clear()
         self._has_input = True
         self.emit(SpeechStarted(self._item_id, self._speech_start_ms))
@@ -183,6 +194,29 @@ class Controller(ClientRequests):
 
     def _ticket(self, kind: Kind, after_ms: int = 0) -> Ticket:
         return Ticket(self.session_id, kind, time.monotonic() + after_ms / 1000)
+
+    # -- end of turn: how long to wait at this pause -------------------------------------------
+
+    def _judge_pause(self) -> None:
+        """Ask the end-of-turn model about this pause (its answer sets the wait, turn_policy.py).
+        Until it answers the fixed wait holds, so a slow model only costs latency, never an
+        early reply."""
+        self._cancel_task(self._judge_task)
+        if self.stages.turn is None or not self.cfg.semantic_turn or not self._turn_audio:
+            return
+        audio = np.concatenate(self._turn_audio)
+        with working_for(self._ticket(Kind.SPECULATIVE)):
+            self._judge_task = asyncio.create_task(self._judge(audio))
+
+    async def _judge(self, audio: np.ndarray) -> None:
+        try:
+            p = await self.stages.turn.completion(audio)
+        except Exception:  # the fixed wait still ends the turn
+            log.warning("end-of-turn model failed; using the fixed wait", exc_info=True)
+            return
+        if p is not None and self.state is State.USER_PAUSED:
+            wait = self.detector.judged(p)
+            self.emit(TurnJudged(self._item_id, round(p, 3), wait, self.t_ms))
 
     # -- speculation ---------------------------------------------------------------------------
 
@@ -330,6 +364,7 @@ class Controller(ClientRequests):
         self._drop_warm_up()
         self._cancel_task(self._end_task)
         self._cancel_task(self._warm_task)
+        self._cancel_task(self._judge_task)
         for reply in (self._speculation, self._reply):
             if reply is not None:
                 await reply.cancel()

@@ -53,6 +53,15 @@ class Speculation:
 
 
 @dataclass(frozen=True)
+class TurnJudged:
+    """The end-of-turn model scored a pause: P(finished) and the wait it set (ms of silence)."""
+    item_id: str
+    probability: float
+    wait_ms: int
+    t_ms: int
+
+
+@dataclass(frozen=True)
 class ResponseCreated:
     response_id: str
     item_id: str

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from controller.config import ControllerConfig
 from controller.states import Signal, State
+from controller.turn_policy import hinted_wait_ms, model_wait_ms
 
 FRAME_MS = 20
 BRIDGE_MS = 120  # a silence shorter than this does not end a burst of speech
@@ -20,7 +21,8 @@ class TurnDetector:
         self.silence_run_ms = 0  # consecutive silence
         self.last_speech_ms = 0  # audio time of the end of the last speech frame
         self.turn_ms = 0  # length of the current user turn
-        self.end_of_turn_ms = cfg.end_of_turn_ms  # may be moved by a transcript hint
+        self.end_of_turn_ms = cfg.end_of_turn_ms  # this pause's wait: moved by the turn model and hints
+        self.model_spoke = False  # the end-of-turn model has scored this pause
 
     def update(self, state: State, speech: bool, t_ms: int) -> Signal | None:
         if speech:
@@ -39,11 +41,12 @@ class TurnDetector:
         match state:
             case State.SILENCE if self.speech_run_ms >= cfg.onset_ms:
                 self.turn_ms = self.speech_run_ms
-                self.end_of_turn_ms = cfg.end_of_turn_ms
+                self.new_pause()
                 return Signal.SPEECH
             case State.USER_SPEAKING if self.turn_ms >= cfg.max_turn_s * 1000:
                 return Signal.END_OF_TURN
             case State.USER_SPEAKING if self.silence_run_ms >= cfg.pause_ms:
+                self.new_pause()
                 return Signal.PAUSE
             case State.USER_PAUSED if self.speech_run_ms >= cfg.onset_ms:
                 return Signal.SPEECH
@@ -53,25 +56,24 @@ class TurnDetector:
                 # Speech, not one unbroken VAD run: the VAD dips between words, and a real
                 # interruption should not have to wait for a long vowel.
                 self.turn_ms = self.talk_ms
-                self.end_of_turn_ms = cfg.end_of_turn_ms
+                self.new_pause()
                 return Signal.BARGE_IN
         return None
 
+    def new_pause(self) -> None:
+        """Each pause is judged afresh: until the model answers, the fixed wait holds."""
+        self.end_of_turn_ms = self.cfg.end_of_turn_ms
+        self.model_spoke = False
+
+    def judged(self, probability: float) -> int:
+        """The end-of-turn model's P(finished) for the current pause sets its wait."""
+        self.end_of_turn_ms = model_wait_ms(self.cfg, probability)
+        self.model_spoke = True
+        return self.end_of_turn_ms
+
     def hint(self, transcript: str) -> None:
-        """End-of-turn hint: a trailing conjunction or filler means more is coming; a question
-        mark means the thought is finished. Moves this turn's wait, within bounds."""
+        """The pause's transcript: a trailing conjunction or filler means more is coming; without
+        a model, a question mark means the thought is finished (controller/turn_policy.py)."""
         if not self.cfg.eot_hints or not transcript:
             return
-        words = transcript.lower().rstrip(" .…,").split()
-        last = words[-1] if words else ""
-        base = self.cfg.end_of_turn_ms
-        if last in _TRAILING or transcript.rstrip().endswith(("…", "...", ",")):
-            self.end_of_turn_ms = int(base * 1.6)
-        elif transcript.rstrip().endswith(("?", "？")):  # not ".": Whisper ends nearly everything with one
-            self.end_of_turn_ms = max(self.cfg.pause_ms + 100, int(base * 0.8))
-        else:
-            self.end_of_turn_ms = base
-
-
-_TRAILING = {"and", "but", "or", "so", "because", "um", "uh", "the", "a", "to", "of", "with", "then",
-             "那么", "然后", "还有", "就是", "因为", "所以", "和"}
+        self.end_of_turn_ms = hinted_wait_ms(self.cfg, self.end_of_turn_ms, transcript, self.model_spoke)

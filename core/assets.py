@@ -109,6 +109,13 @@ ASSETS: dict[str, Asset] = {
         entry="en_US-joe-medium.onnx",
         license="voice dataset CC0 (rhasspy/piper-voices)",
     ),
+    "smart-turn-v3.2": Asset(  # audio end-of-turn model (vad/smart_turn.py); pipecat's wheel carries it
+        files=(_one("pipecat-ai==1.14.0", "pipecat", "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+                    "smart-turn-v3.2-cpu.onnx",
+                    "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f", 8_679_182),),
+        entry="smart-turn-v3.2-cpu.onnx",
+        license="BSD-2-Clause (pipecat-ai/smart-turn)",
+    ),
 }
 
 

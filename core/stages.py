@@ -35,6 +35,11 @@ REGISTRY: dict[str, dict[str, str]] = {
         "espeak": "decoder.espeak:build",
         "step-audio": "decoder.step_audio:build",
     },
+    "turn": {  # the end-of-turn model (optional: without it the controller's fixed wait applies)
+        "none": "vad.smart_turn:build_none",
+        "smart-turn": "vad.smart_turn:build",
+        "fake": "vad.fake_turn:build",
+    },
 }
 
 
@@ -59,11 +64,16 @@ def build_stage(kind: str, impl: str, options: dict[str, Any], env: BuildEnv) ->
 
 
 def build_all(cfg: Any, env: BuildEnv) -> dict[str, Any]:
-    """`cfg`: anything with vad/tokenizer/llm/decoder sections (core.config.StageConfig)."""
-    return {
+    """`cfg`: anything with vad/tokenizer/llm/decoder sections and optionally turn
+    (core.config.StageConfig)."""
+    stages = {
         kind: build_stage(kind, getattr(cfg, kind).impl, getattr(cfg, kind).options(), env)
         for kind in ("vad", "tokenizer", "llm", "decoder")
     }
+    turn = getattr(cfg, "turn", None)
+    if turn is not None and turn.impl != "none":
+        stages["turn"] = build_stage("turn", turn.impl, turn.options(), env)
+    return stages
 
 
 async def start_all(stages: dict[str, Any]) -> None:

@@ -48,6 +48,7 @@ class Config(BaseModel):
     tokenizer: StageConfig
     llm: StageConfig
     decoder: StageConfig
+    turn: StageConfig = StageConfig(impl="none")  # the end-of-turn model; none: the fixed wait
     context: ContextConfig = ContextConfig()
     controller: ControllerConfig = ControllerConfig()
 

@@ -65,7 +65,7 @@ class TurnDetection(_Lenient):
     create_response: bool | None = None
     interrupt_response: bool | None = None
     idle_timeout_ms: int | None = None
-    eagerness: str | None = None
+    eagerness: Literal["low", "medium", "high", "auto"] | None = None
 
 
 class AudioInputSettings(_Lenient):

@@ -65,7 +65,10 @@ class RealtimeSession:
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
         self.controller_config = cfg.controller.model_copy()  # session.update may change it
         self.settings = p.SessionSettings(instructions=cfg.context.system_prompt)
-        self.settings.turn_detection = self._render_turn_detection("server_vad", {})
+        self.has_turn_model = "turn" in server.stages
+        semantic = self.has_turn_model and self.controller_config.semantic_turn
+        self.settings.turn_detection = self._render_turn_detection(
+            "semantic_vad" if semantic else "server_vad", {"eagerness": self.controller_config.eagerness})
         self.renderer = EventRenderer(self.settings)
         self.input = input_for(self.settings.input_format, self.settings.input_rate)
         self.context = Context(cfg.context.system_prompt, cfg.context.max_prompt_tokens)
@@ -74,7 +77,8 @@ class RealtimeSession:
         if transport == "webrtc":  # OpenAI sends output_audio_buffer.* on WebRTC only
             self.output = self.output_events = OutputBufferEvents(self.output, self.send)
         stages = Stages(vad=server.stages["vad"].create(), tokenizer=server.stages["tokenizer"].create(),
-                        llm=server.stages["llm"], decoder=server.stages["decoder"])
+                        llm=server.stages["llm"], decoder=server.stages["decoder"],
+                        turn=server.stages.get("turn"))
         self.controller = Controller(stages, self.context, self.output, self._on_controller_event,
                                      self.controller_config, server.stats, session_id=self.settings.id)
         server.sessions.add(self)
@@ -211,6 +215,11 @@ class RealtimeSession:
 
     def _update_session(self, event: p.SessionUpdate) -> None:
         new = self.settings.apply(event.session)
+        td = new.turn_detection
+        if td is not None and td["type"] == "semantic_vad" and not self.has_turn_model:
+            raise p.ProtocolError("invalid_value", "turn_detection.type semantic_vad needs an end-of-turn "
+                                  "model, and this server has none (config: turn.impl); use server_vad",
+                                  param="session.turn_detection.type")
         if (new.input_format, new.input_rate) != (self.settings.input_format, self.settings.input_rate):
             self.input = input_for(new.input_format, new.input_rate)
         if isinstance(self.output, WebSocketAudioOutput):
@@ -227,8 +236,12 @@ class RealtimeSession:
         self.send({"type": "session.updated", "session": new.render()})
 
     def _render_turn_detection(self, kind: str, given: dict[str, Any]) -> dict[str, Any]:
-        """Apply server_vad numbers to this session's controller timing; echo what is in force."""
+        """Apply server_vad numbers, or semantic_vad's eagerness (the end-of-turn model sets each
+        pause's wait: controller/turn_policy.py), to this session's controller; echo what is in force."""
         cfg = self.controller_config
+        cfg.semantic_turn = kind == "semantic_vad"
+        if kind == "semantic_vad":
+            cfg.eagerness = given.get("eagerness") or "auto"
         if given.get("threshold") is not None:
             cfg.speech_threshold = given["threshold"]
         if given.get("silence_duration_ms") is not None:
@@ -238,7 +251,7 @@ class RealtimeSession:
         common = {"type": kind, "create_response": given.get("create_response") is not False,
                   "interrupt_response": given.get("interrupt_response") is not False}
         if kind == "semantic_vad":
-            return {**common, "eagerness": given.get("eagerness") or "auto"}
+            return {**common, "eagerness": cfg.eagerness}
         return {**common, "threshold": cfg.speech_threshold, "silence_duration_ms": cfg.end_of_turn_ms,
                 "prefix_padding_ms": cfg.preroll_ms, "idle_timeout_ms": None}
 

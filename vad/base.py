@@ -28,3 +28,14 @@ class VoiceActivityFactory(Protocol):
     """Shared per server: holds the loaded model, hands each session its own detector."""
 
     def create(self) -> VoiceActivity: ...
+
+
+class TurnCompletion(Protocol):
+    """Shared per server: an end-of-turn model. At a pause the controller asks how likely it is
+    that the speaker has finished; its end-of-turn policy (controller/turn_policy.py) turns the
+    answer into how long to wait. Stateless: the session passes the turn's audio each time."""
+
+    async def completion(self, audio: np.ndarray) -> float | None:
+        """P(turn finished) for 16 kHz int16 audio ending now (the turn so far, pause included;
+        the model looks at the last seconds only). None: no opinion (the fixed wait applies)."""
+        ...

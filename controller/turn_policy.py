@@ -1,0 +1,65 @@
+"""How long to wait at a pause before the turn counts as finished: one policy for everything the
+controller knows at that moment.
+
+- The end-of-turn model (the `turn` stage, e.g. Smart Turn) hears whether the speaker sounds
+  finished: P(finished) = p, asked once per pause.
+- The VAD's silence so far is what the wait is measured in (controller/turns.py).
+- The transcript, when the speculative transcription is back, can only make the wait longer
+  (a trailing "and", "um", a comma: more is coming) or, without a model, shorter (a question).
+
+Eagerness (the Realtime API's semantic_vad) picks the threshold and the short wait: `high` takes a
+finished-sounding turn sooner; `low` lets people take their time. Without a model, or with
+`semantic_turn: false` (Realtime server_vad), the fixed end_of_turn_ms applies as before.
+
+Measured trade-off (threshold vs wait vs early replies): docs/turn-taking.md.
+"""
+from __future__ import annotations
+
+from controller.config import ControllerConfig
+
+# eagerness → (threshold on p, the wait when p ≥ threshold, ms). Measured on our corpora (multi-
+# sentence turns with 250–500 ms pauses after complete sentences, docs/turn-taking.md), the model
+# rates those mid-turn pauses "finished" about as often as real ends, so only a wait of ~500 ms
+# keeps replies from starting in them: that is `auto`. `high` trades early replies for speed.
+EAGERNESS: dict[str, tuple[float, int]] = {
+    "high": (0.5, 250),
+    "medium": (0.5, 400),
+    "auto": (0.5, 500),
+    "low": (0.7, 650),
+}
+UNFINISHED_BELOW = 0.05  # a model this sure the speaker is mid-sentence holds the floor longer
+
+
+def model_wait_ms(cfg: ControllerConfig, p: float, eagerness: tuple[float, int] | None = None) -> int:
+    """The wait (ms of silence) for a pause the model scored p.
+
+    Finished (p ≥ threshold): the eagerness's short wait. Clearly unfinished (p < 0.05, e.g.
+    "my number is 0 7 …"): from the fixed wait up to the cap as p falls to 0, longer than a
+    silence rule would ever hold. In between: the fixed wait, as without a model."""
+    threshold, short_ms = eagerness or EAGERNESS[cfg.eagerness]
+    if p >= threshold:
+        return max(cfg.pause_ms + 20, min(short_ms, cfg.end_of_turn_ms))
+    if p >= UNFINISHED_BELOW:
+        return cfg.end_of_turn_ms
+    doubt = 1.0 - p / UNFINISHED_BELOW  # 0 at the bound, 1 at p = 0
+    return int(cfg.end_of_turn_ms + doubt * (cfg.max_end_of_turn_ms - cfg.end_of_turn_ms))
+
+
+def hinted_wait_ms(cfg: ControllerConfig, current_ms: int, transcript: str, model_spoke: bool) -> int:
+    """The wait after the transcript of the pause is known. With a model's answer in force, text
+    only lengthens it (Whisper ends nearly everything with a full stop, so text is weak evidence
+    of an end, but a trailing conjunction is strong evidence of more)."""
+    words = transcript.lower().rstrip(" .…,").split()
+    last = words[-1] if words else ""
+    base = cfg.end_of_turn_ms
+    if last in TRAILING or transcript.rstrip().endswith(("…", "...", ",")):
+        return max(current_ms, int(base * 1.6))
+    if model_spoke:
+        return current_ms
+    if transcript.rstrip().endswith(("?", "？")):  # not ".": Whisper ends nearly everything with one
+        return max(cfg.pause_ms + 100, int(base * 0.8))
+    return base
+
+
+TRAILING = {"and", "but", "or", "so", "because", "um", "uh", "the", "a", "to", "of", "with", "then",
+            "那么", "然后", "还有", "就是", "因为", "所以", "和"}
