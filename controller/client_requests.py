@@ -16,6 +16,7 @@ class ClientRequests:
     async def commit_input(self) -> UserInput | None:
         """input_audio_buffer.commit: the turn ends here; no reply unless server VAD is on."""
         self._discard_speculation()
+        self._settle_interruption()
         if not self._has_input:
             return None
         if self.state in (State.USER_SPEAKING, State.USER_PAUSED):
@@ -37,9 +38,12 @@ class ClientRequests:
         reply, self._reply = self._reply, None
         self._cancel_task(self._end_task)
         if reply is None:
-            return False
+            if self._interrupted is None:
+                return False
+            self._settle_interruption("client_cancelled")
+            return True
         self.output.clear()
-        heard_s = self.output.played_seconds()
+        heard_s = reply.heard_offset_s + self.output.played_seconds()
         heard = reply.heard_text(heard_s)
         self.context.add_assistant(heard, heard_s, reply.item_id)
         self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, "client_cancelled"))
@@ -50,6 +54,7 @@ class ClientRequests:
     def clear_input(self) -> None:
         """input_audio_buffer.clear."""
         self._discard_speculation()
+        self._settle_interruption()
         self.stages.tokenizer.reset()
         self._has_input = False
         self._held_frames.clear()

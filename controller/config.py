@@ -18,6 +18,8 @@ class ControllerConfig(BaseModel):
     speculation: bool = Field(True, description="start replies at the pause (off for A/B runs)")
     eot_hints: bool = Field(True, description="let the transcript shorten/lengthen the end-of-turn wait")
     max_turn_s: float = Field(30.0, gt=0, description="force the end of a turn that runs this long")
+    resume_after_false_interruption: bool = Field(
+        True, description="speech over a reply that carries no words (a cough, 'mm-hm') resumes it")
     # The end-of-turn model (the `turn` stage), when there is one: controller/turn_policy.py
     semantic_turn: bool = Field(True, description="let the end-of-turn model set each pause's wait "
                                                   "(Realtime: semantic_vad); false: the fixed end_of_turn_ms")

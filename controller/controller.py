@@ -25,13 +25,14 @@ from context.history import Context
 from controller.client_requests import ClientRequests
 from controller.config import ControllerConfig
 from controller.events import (
-    ErrorEvent, InputCommitted, InputTranscript, ResponseCreated, ResponseDone, SpeechStarted,
+    ErrorEvent, InputCommitted, InputTranscript, ResponseCreated, ResponseDone, ResponseResumed, SpeechStarted,
     SpeechStopped, Speculation, StateChanged, TurnJudged, new_id,
 )
 from controller.metrics import SpeculationStats, turn_metrics
 from controller.ports import AudioOutput
 from controller.reply import Reply
 from controller.states import Signal, State, next_state
+from controller.turn_policy import is_false_interruption
 from controller.turns import TurnDetector
 from core.scheduler import Kind, Ticket, current_ticket, working_for
 from decoder.base import Decoder
@@ -83,6 +84,9 @@ class Controller(ClientRequests):
         # The turn as the end-of-turn model hears it: speech and pauses, the last 8 s.
         self._turn_audio: deque[np.ndarray] = deque(maxlen=8000 // FRAME_MS)
         self._judge_task: asyncio.Task | None = None
+        # A reply the user spoke over, held until their words show whether they meant it:
+        # (reply, seconds heard, text heard).
+        self._interrupted: tuple[Reply, float, str] | None = None
         self._has_input = False  # the tokenizer holds audio of an uncommitted turn
         self._item_id = new_id("item")
         self._speech_start_ms = 0
@@ -266,6 +270,10 @@ class Controller(ClientRequests):
         if spec is not None:
             spec.ticket.commit()  # most likely the reply: its queued work moves up (dropped if not)
         try:
+            if await self._resume_if_no_words():
+                if spec is not None:
+                    await spec.cancel()
+                return
             user = await self._commit_input() if self._has_input else None
             if spec is not None:
                 await spec.input_ready.wait()
@@ -292,6 +300,7 @@ class Controller(ClientRequests):
             self.signal(Signal.REPLY_DONE, "error")
 
     async def _commit_only(self) -> None:
+        self._settle_interruption()
         try:
             await self._commit_input()
         except Exception as exc:
@@ -312,7 +321,12 @@ class Controller(ClientRequests):
         def build(user: UserInput | None) -> list[Message]:
             if in_context or user is None:  # the input is already the last turn of the history
                 return self.context.messages()
-            return self.context.messages(Message("user", user.prompt_text()))
+            messages = self.context.messages(Message("user", user.prompt_text()))
+            if self._interrupted is not None and self._interrupted[2]:
+                # Speculating on an interruption: the history will hold what was heard of the
+                # interrupted reply before this input (if the interruption is real).
+                messages.insert(-1, Message("assistant", self._interrupted[2]))
+            return messages
 
         return Reply(
             response_id=new_id("resp"),
@@ -346,18 +360,50 @@ class Controller(ClientRequests):
         self.signal(Signal.REPLY_DONE)
 
     def _barge_in(self) -> None:
-        """The user talks over the reply: silence it now, keep only what was heard."""
+        """The user talks over the reply: silence it now. Whether it ends depends on what they
+        say (a cough or an "mm-hm" lets it play on, _end_turn); without that option, it ends
+        here and only what was heard is kept."""
         self.output.clear()  # drop queued audio first: this is what the caller hears stop
         self._cancel_task(self._end_task)
         reply, self._reply = self._reply, None
         if reply is not None:
-            heard_s = self.output.played_seconds()
-            heard = reply.heard_text(heard_s)
-            self.context.add_assistant(heard, heard_s, reply.item_id)
-            self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, "barge_in"))
-            self.emit(turn_metrics(reply, self._eot_wall, self.detector, self._speech_start_ms))
-            asyncio.create_task(reply.cancel())
+            heard_s = reply.heard_offset_s + self.output.played_seconds()
+            self._interrupted = (reply, heard_s, reply.heard_text(heard_s))
+            if self.cfg.resume_after_false_interruption:
+                reply.hold(heard_s)
+            else:
+                self._settle_interruption()
         self._start_user_turn(barge_in=True)
+
+    def _settle_interruption(self, reason: str = "barge_in") -> None:
+        """The interrupted reply ends: the context keeps only what the caller heard."""
+        pending, self._interrupted = self._interrupted, None
+        if pending is None:
+            return
+        reply, heard_s, heard = pending
+        self.context.add_assistant(heard, heard_s, reply.item_id)
+        self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, reason))
+        self.emit(turn_metrics(reply, self._eot_wall, self.detector, self._speech_start_ms))
+        asyncio.create_task(reply.cancel())
+
+    async def _resume_if_no_words(self) -> bool:
+        """End of a turn that began as a barge-in: if it carried no words, drop it and let the
+        interrupted reply play on from where the caller stopped hearing it."""
+        if self._interrupted is None:
+            return False
+        user = await self.stages.tokenizer.finalize() if self._has_input else None
+        if user is not None and not is_false_interruption(user.text):
+            self._settle_interruption()
+            return False
+        reply = self._interrupted[0]
+        self._interrupted = None
+        self.stages.tokenizer.reset()  # the cough is not a turn: nothing enters the context
+        self._has_input = False
+        self._item_id = new_id("item")
+        self.emit(ResponseResumed(reply.response_id, reply.item_id, reply.heard_offset_s, user.text if user else ""))
+        self._reply = reply
+        reply.resume(self.output)
+        return True
 
     async def close(self) -> None:
         self._closed = True
@@ -365,6 +411,9 @@ class Controller(ClientRequests):
         self._cancel_task(self._end_task)
         self._cancel_task(self._warm_task)
         self._cancel_task(self._judge_task)
+        if self._interrupted is not None:
+            reply, self._interrupted = self._interrupted[0], None
+            await reply.cancel()
         for reply in (self._speculation, self._reply):
             if reply is not None:
                 await reply.cancel()

@@ -62,6 +62,16 @@ class TurnJudged:
 
 
 @dataclass(frozen=True)
+class ResponseResumed:
+    """Speech over the reply carried no words (`heard`: what was said, maybe ""): it plays on
+    from `resumed_at_s` of its audio."""
+    response_id: str
+    item_id: str
+    resumed_at_s: float
+    heard: str
+
+
+@dataclass(frozen=True)
 class ResponseCreated:
     response_id: str
     item_id: str

@@ -53,6 +53,8 @@ class Reply:
         self._emit = emit
         self._on_finished = on_finished
         self._held: list[AudioChunk] = []
+        self._replay: list[AudioChunk] = []  # written but not heard when held (text deltas already sent)
+        self.heard_offset_s = 0.0  # audio heard before the last resume (the output counts anew)
         self._out: AudioOutput | None = None
         self._released = asyncio.Event()
         self.input_ready = asyncio.Event()  # set once the input is known (or failed)
@@ -73,6 +75,43 @@ class Reply:
             return
         self._out = out
         out.begin_reply(self.response_id, self.item_id)
+        held, self._held = self._held, []
+        for chunk in held:
+            self._write(chunk)
+        self._released.set()
+
+    def hold(self, heard_s: float) -> None:
+        """A possible interruption: stop handing audio to the output (the caller already stopped
+        hearing it) but keep generating; what was sent and not heard is kept to be played again.
+        `heard_s`: the reply's audio the caller heard, from its start."""
+        if self._out is None:
+            return
+        self._out = None
+        self._released.clear()
+        t, kept = 0.0, []
+        for chunk in self.spoken:
+            if t + chunk.seconds <= heard_s:
+                kept.append(chunk)
+            elif t >= heard_s:
+                self._replay.append(chunk)
+            else:  # cut inside this chunk: the rest plays again
+                cut = int((heard_s - t) * chunk.sample_rate)
+                kept.append(AudioChunk(chunk.pcm[:cut], chunk.sample_rate, chunk.text))
+                self._replay.append(AudioChunk(chunk.pcm[cut:], chunk.sample_rate, ""))
+            t += chunk.seconds
+        self.spoken = kept
+        self.heard_offset_s = heard_s
+
+    def resume(self, out: AudioOutput) -> None:
+        """The interruption carried no words: play on from where the caller stopped hearing."""
+        if self._out is not None:
+            return
+        self._out = out
+        out.begin_reply(self.response_id, self.item_id)
+        replay, self._replay = self._replay, []
+        for chunk in replay:
+            self.spoken.append(chunk)
+            out.write(chunk)
         held, self._held = self._held, []
         for chunk in held:
             self._write(chunk)
@@ -163,8 +202,13 @@ class Reply:
             self.generated.set()
             await self._released.wait()
             self._emit(AudioDone(self.response_id, self.item_id))
-            assert self._out is not None
-            await self._out.drain()
+            while True:  # a hold() (possible interruption) while draining waits for resume()
+                await self._released.wait()
+                out = self._out
+                assert out is not None
+                await out.drain()
+                if self._out is out:
+                    break
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a failing stage ends this reply, never the session

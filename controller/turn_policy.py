@@ -63,3 +63,19 @@ def hinted_wait_ms(cfg: ControllerConfig, current_ms: int, transcript: str, mode
 
 TRAILING = {"and", "but", "or", "so", "because", "um", "uh", "the", "a", "to", "of", "with", "then",
             "那么", "然后", "还有", "就是", "因为", "所以", "和"}
+
+
+# What a listener says to keep the speaker going, not to take the floor.
+BACKCHANNELS = {"mm", "mmm", "mhm", "mm-hm", "mm-hmm", "hm", "hmm", "uh-huh", "uh", "um", "ah", "oh",
+                "yeah", "yes", "yep", "ok", "okay", "right", "sure", "i see",
+                "嗯", "嗯嗯", "哦", "啊", "对", "对对", "好", "是", "是的"}
+
+
+def is_false_interruption(transcript: str) -> bool:
+    """Speech over a reply that carried no words for the agent: nothing (a cough, a noise burst
+    the VAD took for speech) or only backchannels ("mm-hm", "嗯")."""
+    text = transcript.lower().strip()
+    for mark in ".,!?;:…。，！？、\"'":
+        text = text.replace(mark, " ")
+    words = text.split()
+    return not words or " ".join(words) in BACKCHANNELS or all(w in BACKCHANNELS for w in words)

@@ -79,6 +79,10 @@ class EventRenderer:
             case ev.Speculation():
                 return [{"type": "step.speculation", "action": event.action, "audio_ms": event.t_ms,
                          "text": event.text}]
+            case ev.ResponseResumed():  # an extension, like step.speculation
+                return [{"type": "step.response_resumed", "response_id": event.response_id,
+                         "item_id": event.item_id, "audio_start_ms": round(event.resumed_at_s * 1000),
+                         "heard": event.heard}]
             case ev.ResponseCreated():
                 self._transcripts[event.response_id] = ""
                 self._last_item = event.item_id

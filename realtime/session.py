@@ -64,6 +64,10 @@ class RealtimeSession:
         self.closed = False
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
         self.controller_config = cfg.controller.model_copy()  # session.update may change it
+        if transport == "websocket":
+            # A Realtime WebSocket client plays the audio itself: by the protocol it stops at
+            # speech_started and truncates the item, so the reply cannot resume under it.
+            self.controller_config.resume_after_false_interruption = False
         self.settings = p.SessionSettings(instructions=cfg.context.system_prompt)
         self.has_turn_model = "turn" in server.stages
         semantic = self.has_turn_model and self.controller_config.semantic_turn

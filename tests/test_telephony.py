@@ -54,11 +54,12 @@ async def test_barge_in_sends_clear_and_keeps_what_was_heard() -> None:
         await call.speak(tone(0.6, 8000))  # talk over the reply
         clear = await call.wait_for(lambda m: m["event"] == "clear", "clear")
         assert clear["streamSid"] == SID
+        # the interruption (words, so not a cough) is the next user turn; once it ends the cut
+        # reply is settled in the history, and the turn gets its own reply after the clear
+        await call.speak(silence(1.2, 8000))
         await wait_until(lambda: assistant_turns(server), what="the cut reply in the history")
         heard = assistant_turns(server)[0].text
         assert heard != LONG_REPLY.strip() and LONG_REPLY.startswith(heard)  # a prefix: what was played
-        # the interruption is the next user turn, and it gets its own reply after the clear
-        await call.speak(silence(1.2, 8000))
         i_clear = call.received.index(clear)
         first_rid = call.of("mark")[0]["mark"]["name"].split(".")[0]
         later = await call.wait_for(lambda m: m["event"] == "mark" and call.received.index(m) > i_clear

@@ -1,0 +1,119 @@
+"""Speech over a reply that carries no words (a cough, "mm-hm", "嗯") lets it play on from where
+the caller stopped hearing it; words stop it (tests/test_controller.py). Fake stages, audio time."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from context.history import Context
+from controller.config import ControllerConfig
+from controller.controller import Controller, Stages
+from controller.events import ResponseDone, ResponseResumed
+from controller.turn_policy import is_false_interruption
+from decoder.fake import FakeDecoder
+from llm.fake import FakeLLM
+from streaming_tokenizer.base import UserInput
+from streaming_tokenizer.fake import FakeTokenizer
+from tests.fakes import LOUD, QUIET, FakeOutput, frames, wait_until
+from vad.energy import EnergyVad
+
+REPLY = "One two three four. Five six seven eight. Nine ten eleven twelve."
+
+
+class ScriptedTokenizer(FakeTokenizer):
+    """The fake tokenizer, except that the interrupting turn says `script`."""
+
+    script: str | None = None
+
+    async def finalize(self) -> UserInput:
+        user = await super().finalize()
+        return user if self.script is None else UserInput(text=self.script, speech_seconds=user.speech_seconds)
+
+
+def make(resume: bool = True):
+    events: list = []
+    out = FakeOutput(auto_play=False)
+    tok = ScriptedTokenizer()
+    llm = FakeLLM(reply=REPLY, token_delay_s=0.001)
+    cfg = ControllerConfig(resume_after_false_interruption=resume)
+    ctrl = Controller(Stages(EnergyVad(), tok, llm, FakeDecoder()), Context("sys"), out, events.append, cfg)
+    return ctrl, out, tok, llm, events
+
+
+async def reply_playing(ctrl, out, llm) -> float:
+    """A turn, its reply generated; the caller has heard the first clause. Returns that time."""
+    await frames(ctrl, LOUD, 400)
+    await frames(ctrl, QUIET, 700)
+    await wait_until(lambda: llm.streams and llm.streams[0].finished and len(out.chunks) >= 3)
+    out.played = out.chunks[0].seconds + out.chunks[1].seconds / 2  # half-way into the second chunk
+    return out.played
+
+
+@pytest.mark.parametrize("said", ["", "Mm-hm.", "嗯", "okay"])
+async def test_a_wordless_interruption_resumes_the_reply_where_it_was_cut(said: str) -> None:
+    ctrl, out, tok, llm, events = make()
+    heard = await reply_playing(ctrl, out, llm)
+    sent = list(out.chunks)
+    tok.script = said
+    await frames(ctrl, LOUD, 300)  # a cough: a barge-in by length
+    assert ctrl.state.value == "user_speaking" and out.cleared  # the caller hears it stop at once
+    await frames(ctrl, QUIET, 700)
+    await wait_until(lambda: any(isinstance(e, ResponseResumed) for e in events))
+    (resumed,) = [e for e in events if isinstance(e, ResponseResumed)]
+    assert resumed.resumed_at_s == pytest.approx(heard) and resumed.heard == said
+    assert ctrl.state.value == "bot_replying"
+    # What plays next is exactly the audio after the cut, then the rest of the reply.
+    replayed = np.concatenate([c.pcm for c in out.chunks[len(sent):]])
+    unheard = np.concatenate([c.pcm for c in sent])[int(heard * sent[0].sample_rate):]
+    assert np.array_equal(replayed[: len(unheard)], unheard)
+    assert not [e for e in events if isinstance(e, ResponseDone)]
+    out.finish_playing()
+    await wait_until(lambda: ctrl.state.value == "silence")
+    (done,) = [e for e in events if isinstance(e, ResponseDone)]
+    assert done.status == "completed" and done.text == REPLY
+    assert [t.role for t in ctrl.context.turns] == ["user", "assistant"]  # the cough is no turn
+    assert ctrl.context.turns[1].text == REPLY
+    tok.script = None
+    before = len(llm.streams)
+    await frames(ctrl, LOUD, 400)  # and the conversation goes on
+    await frames(ctrl, QUIET, 700)
+    await wait_until(lambda: len(llm.streams) > before and llm.streams[-1].finished)
+    assert [m.role for m in llm.streams[-1].messages] == ["system", "user", "assistant", "user"]
+
+
+async def test_without_the_option_any_barge_in_ends_the_reply_at_once() -> None:
+    ctrl, out, tok, llm, events = make(resume=False)
+    await reply_playing(ctrl, out, llm)
+    tok.script = ""
+    await frames(ctrl, LOUD, 300)
+    done = [e for e in events if isinstance(e, ResponseDone)]
+    assert done and done[0].status == "cancelled" and done[0].text.startswith("One two")
+    await frames(ctrl, QUIET, 700)
+    assert not [e for e in events if isinstance(e, ResponseResumed)]
+
+
+async def test_a_resumed_reply_interrupted_for_real_keeps_all_it_played() -> None:
+    ctrl, out, tok, llm, events = make()
+    await reply_playing(ctrl, out, llm)
+    tok.script = ""
+    await frames(ctrl, LOUD, 300)
+    await frames(ctrl, QUIET, 700)
+    await wait_until(lambda: any(isinstance(e, ResponseResumed) for e in events))
+    out.played = 0.5  # half a second after the resume...
+    tok.script = "Stop please"
+    await frames(ctrl, LOUD, 300)
+    await frames(ctrl, QUIET, 700)
+    await wait_until(lambda: [e for e in events if isinstance(e, ResponseDone)])
+    (done,) = [e for e in events if isinstance(e, ResponseDone)]
+    assert done.status == "cancelled" and done.reason == "barge_in"
+    first_chunks = ctrl.context.turns[1].speech_seconds
+    heard_before = [e for e in events if isinstance(e, ResponseResumed)][0].resumed_at_s
+    assert first_chunks == pytest.approx(heard_before + 0.5)  # the heard time spans the resume
+
+
+@pytest.mark.parametrize("text, wordless", [
+    ("", True), (" . ", True), ("Mm-hm.", True), ("Uh-huh", True), ("嗯。", True), ("Yeah, okay.", True),
+    ("Wait", False), ("No, stop.", False), ("Okay, but what about Paris?", False), ("等一下", False),
+])
+def test_what_counts_as_wordless(text: str, wordless: bool) -> None:
+    assert is_false_interruption(text) is wordless
