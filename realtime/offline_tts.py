@@ -59,16 +59,16 @@ async def run_tts(cfg: Config, text: str, out_path: str, voice: str | None = Non
         if prompt_wav is not None:
             raise OfflineError(f"decoder {impl} cannot clone a voice from a prompt recording; the Step-Audio "
                                "decoder can (--config configs/step-audio.yaml)", 2)
-        honoured = _honour_speed(impl, tagged, options)
-        ignored = [t for t in tagged.tags if t not in honoured]
-        record.update(honoured_tags=honoured, ignored_tags=ignored)
-        if ignored:
-            progress(f"step-realtime: tts: ignored tags the embedded voice cannot honour: {_shown(ignored)}")
         spoken = tagged.body
         if not spoken.strip():
             raise OfflineError("--text has tags but nothing to say", 2)
         if voice is not None:
             options["voice"] = _embedded_voice(impl, voice)
+        honoured = _honour_speed(impl, tagged, options)
+        ignored = [t for t in tagged.tags if t not in honoured]
+        record.update(honoured_tags=honoured, ignored_tags=ignored)
+        if ignored:
+            progress(f"step-realtime: tts: ignored tags the embedded voice cannot honour: {_shown(ignored)}")
     out = Path(out_path)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
