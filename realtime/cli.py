@@ -50,9 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     tts.add_argument("--out", required=True, metavar="WAV")
     for offline in (chat, tts):
         offline.add_argument("--config", default=DEFAULT_CONFIG)
-        offline.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                             help="override a config value, e.g. --set decoder.device=cpu (YAML value)")
         offline.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    for command in (serve, check, chat, tts):
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                             help="override a config value, e.g. --set decoder.device=cpu (a YAML value)")
     return parser
 
 
