@@ -100,12 +100,14 @@ class Context:
                 return True
         return False
 
-    def messages(self, current: Message | None = None) -> list[Message]:
+    def messages(self, current: Message | None = None, replaces: str = "") -> list[Message]:
         """The prompt: system prompt, as many recent turns as fit the budget, then `current`.
 
         Oldest turns go first; the system prompt and the current input always stay. System items
         join the system prompt (in order) rather than sitting mid-conversation, because many chat
-        templates accept a system message only first.
+        templates accept a system message only first. `replaces`: the item id of the history turn
+        that `current` stands for (a spoken turn kept as its transcript, sent as audio tokens); it
+        is left out of the history.
         """
         system_items = [turn.text for turn in self.turns if turn.role == "system"]
         system = "\n\n".join(text for text in [self.system_prompt, *system_items] if text)
@@ -114,7 +116,7 @@ class Context:
             budget -= count_text_tokens(current.content)
         kept: list[Message] = []
         for turn in reversed(self.turns):
-            if not turn.text or turn.role == "system":
+            if not turn.text or turn.role == "system" or (replaces and turn.item_id == replaces):
                 continue
             cost = count_text_tokens(turn.text) + 4  # role header
             if cost > budget:

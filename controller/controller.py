@@ -88,6 +88,7 @@ class Controller(ClientRequests):
         # (reply, seconds heard, text heard).
         self._interrupted: tuple[Reply, float, str] | None = None
         self._has_input = False  # the tokenizer holds audio of an uncommitted turn
+        self._committed: tuple[str, UserInput] | None = None  # the last input committed: (item id, input)
         self._item_id = new_id("item")
         self._speech_start_ms = 0
         self._speculation: Reply | None = None
@@ -315,18 +316,26 @@ class Controller(ClientRequests):
         self.emit(InputCommitted(self._item_id))
         self.emit(InputTranscript(self._item_id, user.text))
         self.context.add_user(user.text, user.speech_seconds, self._item_id)
+        self._committed = (self._item_id, user)
         return user
 
     def _new_reply(self, user_input, in_context: bool = False, ticket: Ticket | None = None) -> Reply:
         def build(user: UserInput | None) -> list[Message]:
-            if in_context or user is None:  # the input is already the last turn of the history
-                return self.context.messages()
-            messages = self.context.messages(Message("user", user.prompt_text()))
-            if self._interrupted is not None and self._interrupted[2]:
-                # Speculating on an interruption: the history will hold what was heard of the
-                # interrupted reply before this input (if the interruption is real).
-                messages.insert(-1, Message("assistant", self._interrupted[2]))
-            return messages
+            if not in_context and user is not None:
+                messages = self.context.messages(Message("user", user.prompt_text()))
+                if self._interrupted is not None and self._interrupted[2]:
+                    # Speculating on an interruption: the history will hold what was heard of
+                    # the interrupted reply before this input (if the interruption is real).
+                    messages.insert(-1, Message("assistant", self._interrupted[2]))
+                return messages
+            # The input is already the last turn of the history, as its transcript. A spoken turn
+            # with audio tokens (Step-Audio) is heard as those tokens; only past turns are text.
+            last = self.context.turns[-1] if self.context.turns else None
+            if self._committed is not None and last is not None and last.item_id == self._committed[0]:
+                item_id, committed = self._committed
+                if committed.audio_tokens:
+                    return self.context.messages(Message("user", committed.prompt_text()), replaces=item_id)
+            return self.context.messages()
 
         return Reply(
             response_id=new_id("resp"),

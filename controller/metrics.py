@@ -45,6 +45,9 @@ def turn_metrics(reply, eot_wall: float | None, detector, speech_start_ms: int) 
         "asr_ms": _ms(reply.t_start, reply.t_input),
         "llm_ttft_ms": _ms(reply.t_input, reply.t_first_token),
         "tts_first_audio_ms": _ms(reply.t_first_token, reply.t_first_audio),
+        # Whole-reply durations (the offline `chat` command reports them; /metrics shows medians).
+        "llm_ms": _ms(reply.t_input, getattr(reply, "t_last_token", None)),
+        "tts_ms": _ms(reply.t_first_token, getattr(reply, "t_audio_done", None)),
         "eot_to_first_audio_ms": _ms(eot_wall, first),
         "speech_ms": float(max(0, detector.last_speech_ms - speech_start_ms)),
     }

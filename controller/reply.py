@@ -45,6 +45,8 @@ class Reply:
         self.t_input: float | None = None  # transcript ready
         self.t_first_token: float | None = None
         self.t_first_audio: float | None = None  # first chunk synthesized (maybe held)
+        self.t_last_token: float | None = None  # the LLM's stream ended
+        self.t_audio_done: float | None = None  # the decoder's last chunk
         self.t_first_played: float | None = None  # first chunk handed to the output
         self._user_input = user_input
         self._build_messages = build_messages
@@ -175,6 +177,7 @@ class Reply:
                     self.t_first_token = time.monotonic()
                 self.text += piece
                 yield piece
+            self.t_last_token = time.monotonic()
         finally:
             # Closing the LLM's iterator closes its HTTP stream: the server stops generating.
             await pieces.aclose()  # type: ignore[attr-defined]
@@ -199,6 +202,7 @@ class Reply:
                         self._write(chunk)
             finally:
                 await audio.aclose()  # type: ignore[attr-defined]
+            self.t_audio_done = time.monotonic()
             self.generated.set()
             await self._released.wait()
             self._emit(AudioDone(self.response_id, self.item_id))

@@ -1,4 +1,4 @@
-"""step-realtime: serve | models | check-config.
+"""step-realtime: serve | chat | tts | models | check-config | bench.
 
 Config problems print one line (file, option, why) and exit 2, without a traceback.
 """
@@ -9,6 +9,8 @@ import asyncio
 import logging
 import signal
 import sys
+
+import yaml
 
 from realtime.config import Config, ConfigError, load_config
 from core.stages import REGISTRY
@@ -30,6 +32,28 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file (and, with --build, build its stages)")
     check.add_argument("--config", default=DEFAULT_CONFIG)
     check.add_argument("--build", action="store_true", help="also build every stage (loads the models)")
+    chat = sub.add_parser("chat", help="recorded questions in, spoken answers out: one conversation, a turn per file",
+                          description="Each --in file is one user turn of one conversation (history kept), through "
+                                      "the same pipeline as a call. Writes DIR/reply_NN.wav and a JSON line per turn "
+                                      "(stdout and DIR/turns.jsonl).")
+    chat.add_argument("--in", dest="inputs", action="append", required=True, metavar="AUDIO",
+                      help="a recorded question (WAV, or any format ffmpeg reads; any rate, mono or stereo); repeat "
+                           "for the next turns")
+    chat.add_argument("--out-dir", required=True, metavar="DIR")
+    chat.add_argument("--timeout", type=float, default=600.0, help="seconds one turn may take (default 600)")
+    tts = sub.add_parser("tts", help="speak a text with the configured decoder (Step-Audio: tags, voices, cloning)")
+    tts.add_argument("--text", required=True, help="e.g. \"(高兴1)今天天气真好\"; leading (tags) as Step-Audio-TTS-3B reads them")
+    who = tts.add_mutually_exclusive_group()
+    who.add_argument("--voice", help="step-audio: a speaker of decoder.speaker_dir; piper: a voice name or .onnx path")
+    who.add_argument("--prompt-wav", help="clone the voice of this recording (Step-Audio decoder; with --prompt-text)")
+    tts.add_argument("--prompt-text", help="what the prompt recording says")
+    tts.add_argument("--out", required=True, metavar="WAV")
+    for offline in (chat, tts):
+        offline.add_argument("--config", default=DEFAULT_CONFIG)
+        offline.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    for command in (serve, check, chat, tts):
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                             help="override a config value, e.g. --set decoder.device=cpu (a YAML value)")
     return parser
 
 
@@ -39,6 +63,14 @@ def _load(args: argparse.Namespace) -> Config:
         overrides["server.host"] = args.host
     if getattr(args, "port", None) is not None:
         overrides["server.port"] = args.port
+    for item in getattr(args, "overrides", []):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. decoder.device=cpu")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            overrides[key.strip()] = value
     cfg = load_config(args.config, overrides)
     for kind in REGISTRY:
         impl = getattr(cfg, kind).impl
@@ -61,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(cfg, args)
         if args.command == "models":
             return _models(cfg)
+        if args.command in ("chat", "tts"):
+            return _offline(cfg, args)
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         _run(_serve(cfg))
         return 0
@@ -103,14 +137,34 @@ def _models(cfg: Config) -> int:
     return 0
 
 
-def _run(coro) -> None:
+def _offline(cfg: Config, args: argparse.Namespace) -> int:
+    """The offline commands (realtime/offline.py, realtime/offline_tts.py): one line and exit 2 for
+    bad input (a missing or unreadable file, an unknown voice), exit 1 when the run fails."""
+    from realtime.offline import OfflineError
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "chat":
+            from realtime.offline import run_chat
+
+            records = _run(run_chat(cfg, args.inputs, args.out_dir, timeout_s=args.timeout))
+            return 0 if all(r["status"] == "completed" for r in records) else 1
+        from realtime.offline_tts import run_tts
+
+        _run(run_tts(cfg, args.text, args.out, args.voice, args.prompt_wav, args.prompt_text))
+        return 0
+    except OfflineError as exc:
+        print(f"step-realtime: {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _run(coro):
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coro)
-        return
+        return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro)
+        return runner.run(coro)
 
 
 async def _serve(cfg: Config) -> None:

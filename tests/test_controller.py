@@ -309,3 +309,34 @@ async def test_barge_in_speech_reaches_the_tokenizer_from_its_start():
     assert ctrl.state.value == "user_speaking"
     assert tok.voiced_frames == 15  # all of the interrupting speech, not just what came after
     await ctrl.close()
+
+
+class AudioTokenTokenizer(FakeTokenizer):
+    """Step-Audio-like: the input is audio tokens, with a transcript for the history."""
+
+    async def finalize(self) -> UserInput:
+        user = await super().finalize()
+        return UserInput(user.text, audio_tokens=tuple(range(self.voiced_frames)), speech_seconds=user.speech_seconds)
+
+
+@pytest.mark.parametrize("how", ["server_vad_without_speculation", "commit_then_response_create"])
+async def test_a_fresh_reply_hears_the_turn_as_audio_tokens_and_the_past_as_text(how):
+    """Only a committed speculation used to send the audio tokens; a reply started at the end of
+    the turn (or after a client commit) sent the transcript instead."""
+    ctrl, out, llm, ctx, events = make(ControllerConfig(speculation=False), tokenizer=AudioTokenTokenizer())
+    for turn in range(2):
+        if how == "server_vad_without_speculation":
+            await frames(ctrl, LOUD, 400)
+            await frames(ctrl, QUIET, 700)
+        else:
+            ctrl.turn_detection = False
+            await frames(ctrl, LOUD, 400)
+            await ctrl.commit_input()
+            ctrl.create_response()
+        await wait_until(lambda: ctrl.state.value == "silence" and len(llm.streams) == turn + 1)
+    first, second = llm.streams[0].messages, llm.streams[1].messages
+    assert first[-1].content.startswith("<audio_0><audio_1>") and first[-1].role == "user"
+    assert [m.role for m in second] == ["system", "user", "assistant", "user"]
+    assert second[1].content == ctx.turns[0].text and not second[1].content.startswith("<audio_")  # past: text
+    assert second[-1].content.startswith("<audio_0>")  # the current turn: tokens, not also its transcript
+    assert [t.role for t in ctx.turns] == ["user", "assistant", "user", "assistant"]

@@ -89,5 +89,9 @@ def build_decoder(opts: Options, scheduler=None) -> StepAudioDecoder:
                        max_chunk_tokens=opts.max_chunk_tokens, lookahead_tokens=opts.lookahead_tokens,
                        max_context_tokens=opts.max_context_tokens, fade_frames=opts.fade_frames,
                        steps=opts.steps, speed=opts.speed)
-    return StepAudioDecoder(common, source, encode, music=music, speaker=opts.speaker, stream=cfg,
-                            volume=opts.volume, seed=opts.seed, workers=opts.workers, scheduler=scheduler)
+    decoder = StepAudioDecoder(common, source, encode, music=music, speaker=opts.speaker, stream=cfg,
+                               volume=opts.volume, seed=opts.seed, workers=opts.workers, scheduler=scheduler)
+    # A second, lazy loader for clone_voice(): the start-up one above is dropped once the speakers
+    # are loaded, and a server that never clones never loads the tokenizer for this.
+    decoder.prompt_codes = _CodesOnce(opts.tokenizer_model_dir, opts.device).get()
+    return decoder

@@ -101,3 +101,16 @@ def load_speakers(directory: Path, campplus: CampPlus | None, mel_conf: dict,
             raise ValueError(f"speaker {name!r}: the speech tokenizer gave no codes for {wav} (silent or too short)")
         speakers[name] = Speaker(name, text, codes, make_prompt(audio, rate, codes, campplus, mel_conf))
     return speakers
+
+
+def clone_speaker(models, audio: np.ndarray, rate: int, prompt_text: str, wav_to_codes: WavToCodes) -> Speaker:
+    """A voice cloned from a prompt recording, as the reference's tts.py does with its clone_dict:
+    prompt codes from the speech tokenizer, the flow prompt from the recording's mel and CAM++
+    embedding (`models`: the CosyVoiceModels whose campplus.onnx is used). Its name is "": the
+    reference blanks the speaker for a clone, so the system prompt names no speaker."""
+    campplus_path = Path(models.model_dir) / "campplus.onnx"
+    campplus = CampPlus(campplus_path) if campplus_path.exists() else None
+    codes = list(wav_to_codes(audio, rate))
+    if not codes:
+        raise ValueError("the speech tokenizer gave no codes for the prompt recording (silent or too short)")
+    return Speaker("", prompt_text, codes, make_prompt(audio, rate, codes, campplus, models.hp.mel))

@@ -24,7 +24,7 @@ from decoder.base import AudioChunk
 from decoder.clauses import clauses
 from decoder.step_audio import tags as tagmod
 from decoder.step_audio.loader import CosyVoiceModels
-from decoder.step_audio.speakers import Speaker
+from decoder.step_audio.speakers import Speaker, WavToCodes, clone_speaker
 from decoder.step_audio.streaming import Prompt, ReplySynth, StreamConfig
 from decoder.step_audio.tts_prompt import build_prompt_ids, system_prompt
 
@@ -58,6 +58,8 @@ class StepAudioDecoder:
         # Flow + HiFT steps of all sessions, most urgent first (the scheduler's "tts" lane).
         self._lane = (scheduler or Scheduler()).lane("tts", workers, executor=self._pool)
         self._replies = 0
+        # Prompt codes of a recording (the speech tokenizer), for clone_voice(); set by the factory.
+        self.prompt_codes: WavToCodes | None = None
 
     async def _prompt_ids(self, tagged: tagmod.TaggedText, spk: Speaker | None, spk_name: str) -> list[int]:
         texts = ["\n", "human\n", "assistant\n", "system\n" + system_prompt(tagged, spk_name), "\n" + tagged.text]
@@ -67,25 +69,54 @@ class StepAudioDecoder:
         return build_prompt_ids(encoded.__getitem__, tagged, spk_name,
                                 spk.prompt_text if spk else "", spk.prompt_codes if spk else ())
 
-    def _voice_for(self, tagged: tagmod.TaggedText) -> tuple[Voice, Speaker | None]:
+    @property
+    def voices(self) -> list[str]:
+        """The speakers of decoder.speaker_dir (what `speaker` / speak(voice=...) may name)."""
+        return sorted(self.common.speakers)
+
+    def _voice_for(self, tagged: tagmod.TaggedText, name: str | None = None,
+                   clone: Speaker | None = None) -> tuple[Voice, Speaker | None]:
         voice = self.common
         if tagged.music:
             if self.music is None:
                 log.warning("(%s) needs the CosyVoice-300M-25Hz-Music model; using the common one", tagged.music)
             else:
                 voice = self.music
-        spk = voice.speakers.get(f"{self.speaker}{tagged.music}") or voice.speakers.get(self.speaker)
+        if clone is not None:
+            return voice, clone
+        name = self.speaker if name is None else name
+        spk = voice.speakers.get(f"{name}{tagged.music}") or voice.speakers.get(name)
         return voice, spk
 
     def _pcm(self, wav: torch.Tensor) -> np.ndarray:
         x = wav.numpy() * self.volume
         return (np.clip(x, -1.0, 1.0) * 32767).astype(np.int16)
 
-    async def _speak(self, clause: str) -> AsyncIterator[AudioChunk]:
+    async def speak(self, text: str, voice: str | None = None, clone: Speaker | None = None) -> AsyncIterator[AudioChunk]:
+        """The whole text as ONE TTS-3B generation, as the reference's tts.py does (the offline
+        `tts` command): its leading tags apply to all of it, whereas synthesize() cuts a reply
+        into clauses for latency and a clause's tags apply to that clause only. `voice` names a
+        speaker of speaker_dir instead of the configured one; `clone` is a voice made from a
+        prompt recording (clone_voice())."""
+        if voice is not None and voice not in self.common.speakers:
+            raise KeyError(voice)
+        async with aclosing(self._speak(text, voice, clone)) as audio:
+            async for chunk in audio:
+                yield chunk
+
+    def clone_voice(self, audio: np.ndarray, rate: int, prompt_text: str) -> Speaker:
+        """A voice cloned from a prompt recording (float mono audio at any rate) and what it says.
+        Needs the speech tokenizer for the prompt codes (tokenizer_model_dir); loaded on first use."""
+        if self.prompt_codes is None:
+            raise ValueError("cloning a voice from a prompt recording needs the Step-Audio speech tokenizer: "
+                             "set decoder.tokenizer_model_dir (the Step-Audio-Tokenizer directory)")
+        return clone_speaker(self.common.models, audio, rate, prompt_text, self.prompt_codes)
+
+    async def _speak(self, clause: str, name: str | None = None, clone: Speaker | None = None) -> AsyncIterator[AudioChunk]:
         tagged = tagmod.parse(clause)
         if tagged.unknown:
             log.info("unknown instruction tags %s (passed to the model as written)", tagged.unknown)
-        voice, spk = self._voice_for(tagged)
+        voice, spk = self._voice_for(tagged, name, clone)
         ids = await self._prompt_ids(tagged, spk, spk.name if spk else "")
         hp = voice.models.hp
         prompt = spk.flow_prompt if spk else Prompt.empty(hp.flow.spk_embed_dim, hp.flow.output_size)
