@@ -10,7 +10,8 @@ cost for a 2-5 s turn. CTranslate2 accepts a shorter window, so turns up to ~28 
 window of max(encoder_window_s, speech + 2 s); on our test sentences that is ~5x faster at the
 same WER (docs/models.md). A short window occasionally makes the greedy decoder loop (repeat the
 sentence); a loop is detected (a repeated token trigram, or hitting the token budget) and that
-turn is re-done with faster-whisper's own transcribe() on the full window.
+turn is re-done in the same window with repeated 4-grams forbidden (and cut at the budget). The
+full window (faster-whisper's own transcribe()) is only for turns too long for a short one.
 
 Capacity: every session's transcriptions queue in the scheduler's "asr" lane (core/scheduler.py:
 the end of a turn before a speculation, a speculation before a warm-up); those waiting with the
@@ -80,6 +81,7 @@ class WhisperEngine:
                                     "en" if multilingual else None)
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
         self.window_runs = 0  # how often each path ran, for tests and benchmarks
+        self.loop_retries = 0
         self.full_runs = 0
 
     def window_of(self, samples: int) -> int:
@@ -104,6 +106,16 @@ class WhisperEngine:
         if window:
             assert all(self.window_of(len(a)) == window for a, _ in items), "one window size per batch"
             results = self._transcribe_window(items, window)
+            redo = [i for i, (text, _) in enumerate(results) if text is None]
+            if redo:
+                # Redo a looping decode in the same window with repeats forbidden: ~0.3 s, where the
+                # full 30 s window (with language detection) held the one ASR worker, and every
+                # caller's turn behind it, for ~5 s (the p95 spikes of docs/benchmarks.md).
+                self.loop_retries += len(redo)
+                self.lane.counters["loop_retries"] = self.loop_retries
+                again = self._transcribe_window([items[i] for i in redo], window, no_repeat_ngram=4)
+                for i, result in zip(redo, again):
+                    results[i] = result
         return [(text, lang) if text is not None else self._transcribe_full(audio, lang)
                 for (audio, _), (text, lang) in zip(items, results)]
 
@@ -117,9 +129,10 @@ class WhisperEngine:
         text = " ".join(seg.text.strip() for seg in segments)  # the generator runs the decoder
         return text.strip(), info.language
 
-    def _transcribe_window(self, items: Sequence[tuple[np.ndarray, str | None]],
-                           window: int) -> list[tuple[str | None, str | None]]:
-        """(None, language) for a turn whose decoder looped: the caller redoes it on the full window."""
+    def _transcribe_window(self, items: Sequence[tuple[np.ndarray, str | None]], window: int,
+                           no_repeat_ngram: int = 0) -> list[tuple[str | None, str | None]]:
+        """(None, language) for a turn whose decoder looped: the caller redoes it with
+        `no_repeat_ngram`, and then a result past the token budget is cut at the budget."""
         from faster_whisper.transcribe import get_ctranslate2_storage
 
         self.window_runs += len(items)
@@ -140,12 +153,15 @@ class WhisperEngine:
         # give it room past the budget and call anything longer than the budget a loop.
         max_length = min(self.model.max_length, 2 * (len(prompts[0]) + max(budgets)) + 8)
         decoded = self.model.model.generate(encoded, prompts, beam_size=1, max_length=max_length,
-                                            suppress_blank=True, suppress_tokens=self._suppress)
+                                            suppress_blank=True, suppress_tokens=self._suppress,
+                                            no_repeat_ngram_size=no_repeat_ngram)
         results: list[tuple[str | None, str | None]] = []
         for result, budget, language in zip(decoded, budgets, languages):
             ids = [t for t in result.sequences_ids[0] if t < tok.eot]
-            if len(ids) > budget or _repeats(ids):
-                log.debug("short-window decode looped (%d tokens); using the full window", len(ids))
+            if no_repeat_ngram:
+                results.append((tok.decode(ids[:budget]).strip(), language))
+            elif len(ids) > budget or _repeats(ids):
+                log.debug("short-window decode looped (%d tokens); redoing it without repeats", len(ids))
                 results.append((None, language))
             else:
                 results.append((tok.decode(ids).strip(), language))

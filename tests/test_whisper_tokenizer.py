@@ -245,16 +245,31 @@ async def test_full_window_path(model_cache):
 
 
 @pytest.mark.integration
-async def test_a_looping_short_window_decode_is_redone_on_the_full_window(whisper, monkeypatch):
+async def test_a_looping_short_window_decode_is_redone_without_repeats(whisper, monkeypatch):
+    """A loop is redone in the same short window with repeats forbidden, never on the full 30 s
+    window (which held the only ASR worker for seconds)."""
+    import streaming_tokenizer.whisper as module
+
+    calls = []
+    real = module._repeats
+    monkeypatch.setattr(module, "_repeats", lambda ids: not calls.append(1) and len(calls) == 1 or real(ids))
+    engine = whisper.engine
+    window_runs, full_runs, retries = engine.window_runs, engine.full_runs, engine.loop_retries
+    _, result = await _transcribe(whisper, piper(SENTENCES[1]))  # the first decode "loops"
+    assert wer(SENTENCES[1], result.text) <= 0.2, result.text
+    assert (engine.window_runs, engine.full_runs, engine.loop_retries) == (window_runs + 2, full_runs, retries + 1)
+    assert engine.lane.snapshot()["counters"]["loop_retries"] == engine.loop_retries  # shown in /metrics
+
+
+@pytest.mark.integration
+async def test_a_decode_that_still_runs_past_its_budget_is_cut_there(whisper, monkeypatch):
     import streaming_tokenizer.whisper as module
 
     monkeypatch.setattr(module, "token_budget", lambda seconds: 3)  # any sentence "loops"
     engine = whisper.engine
-    window_runs, full_runs = engine.window_runs, engine.full_runs
+    full_runs = engine.full_runs
     _, result = await _transcribe(whisper, piper(SENTENCES[1]))
-    assert wer(SENTENCES[1], result.text) <= 0.2, result.text
-    assert (engine.window_runs, engine.full_runs) == (window_runs + 1, full_runs + 1)
-    assert engine.lane.snapshot()["counters"]["full_window_runs"] == engine.full_runs  # shown in /metrics
+    assert 0 < len(result.text.split()) <= 3 and engine.full_runs == full_runs
 
 
 @pytest.mark.integration
