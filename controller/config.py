@@ -18,6 +18,8 @@ class ControllerConfig(BaseModel):
     speculation: bool = Field(True, description="start replies at the pause (off for A/B runs)")
     eot_hints: bool = Field(True, description="let the transcript shorten/lengthen the end-of-turn wait")
     max_turn_s: float = Field(30.0, gt=0, description="force the end of a turn that runs this long")
+    take_back_turns: bool = Field(True, description="speech before any of the reply was heard resumes the "
+                                                    "user's turn (the end of turn was premature)")
     resume_after_false_interruption: bool = Field(
         True, description="speech over a reply that carries no words (a cough, 'mm-hm') resumes it")
     # The end-of-turn model (the `turn` stage), when there is one: controller/turn_policy.py

@@ -26,7 +26,7 @@ from controller.client_requests import ClientRequests
 from controller.config import ControllerConfig
 from controller.events import (
     ErrorEvent, InputCommitted, InputTranscript, ResponseCreated, ResponseDone, ResponseResumed, SpeechStarted,
-    SpeechStopped, Speculation, StateChanged, TurnJudged, new_id,
+    SpeechStopped, Speculation, StateChanged, TurnJudged, TurnTakenBack, new_id,
 )
 from controller.metrics import SpeculationStats, turn_metrics
 from controller.ports import AudioOutput
@@ -87,6 +87,7 @@ class Controller(ClientRequests):
         # A reply the user spoke over, held until their words show whether they meant it:
         # (reply, seconds heard, text heard).
         self._interrupted: tuple[Reply, float, str] | None = None
+        self._may_take_back = False  # the server ended the turn and nothing of the reply was heard yet
         self._has_input = False  # the tokenizer holds audio of an uncommitted turn
         self._committed: tuple[str, UserInput] | None = None  # the last input committed: (item id, input)
         self._item_id = new_id("item")
@@ -111,11 +112,14 @@ class Controller(ClientRequests):
             self.stages.tokenizer.push(frame)
             self._has_input = True
             return
+        self.detector.reply_unheard = self._reply_unheard()
         signal = self.detector.update(self.state, prob >= self.cfg.speech_threshold, self.t_ms)
+        if signal is Signal.END_OF_TURN and self.state is State.USER_PAUSED:
+            self._may_take_back = self.cfg.take_back_turns and self.auto_respond
         self._route_frame(frame)
         if signal is Signal.END_OF_TURN and not self.auto_respond:
             signal = Signal.COMMIT
-        if signal is Signal.BARGE_IN and not self.interruptible:
+        if signal in (Signal.BARGE_IN, Signal.TAKE_BACK) and not self.interruptible:
             signal = None
         if signal is not None:
             self.signal(signal)
@@ -164,6 +168,8 @@ class Controller(ClientRequests):
                 self._end_task = asyncio.create_task(self._commit_only())
             case (State.BOT_REPLYING, Signal.BARGE_IN):
                 self._barge_in()
+            case (State.BOT_REPLYING, Signal.TAKE_BACK):
+                self._take_back_turn()
             case (State.BOT_REPLYING, Signal.REPLY_DONE):
                 pass
 
@@ -384,6 +390,37 @@ class Controller(ClientRequests):
                 self._settle_interruption()
         self._start_user_turn(barge_in=True)
 
+    def _reply_unheard(self) -> bool:
+        """Still nothing of this turn's reply has reached the caller's ears (so speech now means
+        the user had only paused). Once audio plays, speech over it is a barge-in."""
+        if not self._may_take_back or self.state is not State.BOT_REPLYING:
+            return False
+        if self._reply is not None and self._reply.playing and self.output.played_seconds() > 0:
+            self._may_take_back = False
+        return self._may_take_back
+
+    def _take_back_turn(self) -> None:
+        """The end of turn was premature: withdraw the reply before anyone heard it and carry on
+        with the same turn (the tokenizer still holds its audio; the frames since the pause are
+        added, silence included, so the transcript reads as one utterance)."""
+        self._may_take_back = False
+        self._cancel_task(self._end_task)  # closes the LLM stream of a reply still being prepared
+        reply, self._reply = self._reply, None
+        if reply is not None:
+            self.output.clear()
+            self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", "", "turn_resumed"))
+            asyncio.create_task(reply.cancel())
+        old_item = self._item_id
+        committed = self.context.delete(old_item)
+        self._item_id = new_id("item")
+        for frame in self._preroll:
+            self.stages.tokenizer.push(frame)
+            self._turn_audio.append(frame)
+        self._preroll.clear()
+        self._has_input = True
+        self.emit(TurnTakenBack(old_item, committed, self._item_id, self.t_ms))
+        self.emit(SpeechStarted(self._item_id, self._speech_start_ms))
+
     def _settle_interruption(self, reason: str = "barge_in") -> None:
         """The interrupted reply ends: the context keeps only what the caller heard."""
         pending, self._interrupted = self._interrupted, None
@@ -406,6 +443,7 @@ class Controller(ClientRequests):
             return False
         reply = self._interrupted[0]
         self._interrupted = None
+        self._may_take_back = False  # the caller has heard this reply: speech over it is a barge-in
         self.stages.tokenizer.reset()  # the cough is not a turn: nothing enters the context
         self._has_input = False
         self._item_id = new_id("item")

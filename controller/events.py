@@ -62,6 +62,17 @@ class TurnJudged:
 
 
 @dataclass(frozen=True)
+class TurnTakenBack:
+    """The user went on speaking before any of the reply was heard: the end of turn is withdrawn
+    (`item_id`, if it was committed, leaves the conversation) and the turn continues as
+    `new_item_id`."""
+    item_id: str
+    committed: bool
+    new_item_id: str
+    t_ms: int
+
+
+@dataclass(frozen=True)
 class ResponseResumed:
     """Speech over the reply carried no words (`heard`: what was said, maybe ""): it plays on
     from `resumed_at_s` of its audio."""

@@ -5,7 +5,9 @@
                              └──────speech─────────┘ (speculation discarded)    │
                              └──────────────────────barge_in────────────────────┘
 
-Speech during BotReplying that is too short (a backchannel, a cough) is not a barge-in.
+Speech during BotReplying that is too short (a backchannel, a cough) is not a barge-in. Speech
+that starts before any of the reply was heard takes the end of turn back (take_back): the user
+had only paused, and the turn goes on as if the reply had never been started.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class Signal(str, Enum):
     BARGE_IN = "barge_in"  # long enough speech while the bot talks
     REPLY_DONE = "reply_done"  # the reply finished playing, or was cancelled
     COMMIT = "commit"  # end of turn when the client answers itself (create_response: false)
+    TAKE_BACK = "take_back"  # the user went on before hearing any of the reply: the turn resumes
 
 
 S, G = State, Signal
@@ -41,6 +44,7 @@ TRANSITIONS: dict[tuple[State, Signal], State] = {
     (S.USER_PAUSED, G.COMMIT): S.SILENCE,
     (S.USER_SPEAKING, G.COMMIT): S.SILENCE,
     (S.BOT_REPLYING, G.BARGE_IN): S.USER_SPEAKING,
+    (S.BOT_REPLYING, G.TAKE_BACK): S.USER_SPEAKING,
     (S.BOT_REPLYING, G.REPLY_DONE): S.SILENCE,
     (S.BOT_REPLYING, G.END_OF_TURN): S.BOT_REPLYING,  # a new reply replaces the current one
 }

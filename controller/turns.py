@@ -23,6 +23,7 @@ class TurnDetector:
         self.turn_ms = 0  # length of the current user turn
         self.end_of_turn_ms = cfg.end_of_turn_ms  # this pause's wait: moved by the turn model and hints
         self.model_spoke = False  # the end-of-turn model has scored this pause
+        self.reply_unheard = False  # set by the controller: nothing of the reply was played yet
 
     def update(self, state: State, speech: bool, t_ms: int) -> Signal | None:
         if speech:
@@ -52,6 +53,8 @@ class TurnDetector:
                 return Signal.SPEECH
             case State.USER_PAUSED if self.silence_run_ms >= self.end_of_turn_ms:
                 return Signal.END_OF_TURN
+            case State.BOT_REPLYING if self.reply_unheard and self.speech_run_ms >= cfg.onset_ms:
+                return Signal.TAKE_BACK  # a pause, not the end: nothing was heard, nothing to interrupt
             case State.BOT_REPLYING if self.talk_ms >= cfg.barge_in_ms:
                 # Speech, not one unbroken VAD run: the VAD dips between words, and a real
                 # interruption should not have to wait for a long vowel.

@@ -79,6 +79,10 @@ class EventRenderer:
             case ev.Speculation():
                 return [{"type": "step.speculation", "action": event.action, "audio_ms": event.t_ms,
                          "text": event.text}]
+            case ev.TurnTakenBack():  # the user had only paused: the turn goes on as a new item
+                out = [{"type": "conversation.item.deleted", "item_id": event.item_id}] if event.committed else []
+                return out + [{"type": "step.turn_taken_back", "item_id": event.item_id,
+                               "new_item_id": event.new_item_id, "audio_ms": event.t_ms}]
             case ev.ResponseResumed():  # an extension, like step.speculation
                 return [{"type": "step.response_resumed", "response_id": event.response_id,
                          "item_id": event.item_id, "audio_start_ms": round(event.resumed_at_s * 1000),

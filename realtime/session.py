@@ -101,6 +101,9 @@ class RealtimeSession:
     def _on_controller_event(self, event: object) -> None:
         if isinstance(event, ev.TurnMetrics):
             self.server.recent_turns.append(event)
+        if isinstance(event, ev.TurnTakenBack) and event.committed:  # the item left the conversation
+            turns = self.context.turns
+            self.renderer.forget_item(event.item_id, turns[-1].item_id if turns else None)
         for out in self.renderer.render(event):
             self.send(out)
         if isinstance(event, ev.ResponseDone) and self.output_events is not None:

@@ -189,7 +189,8 @@ async def test_backchannel_does_not_interrupt():
     await frames(ctrl, LOUD, 400)
     await frames(ctrl, QUIET, 700)
     await wait_until(lambda: out.chunks)
-    await frames(ctrl, LOUD, 120)  # "mm-hm"
+    out.played = 0.1  # the caller hears the reply...
+    await frames(ctrl, LOUD, 120)  # ..."mm-hm"
     await frames(ctrl, QUIET, 200)
     assert ctrl.state.value == "bot_replying"
     assert not [e for e in events if isinstance(e, ResponseDone)]
@@ -302,6 +303,7 @@ async def test_barge_in_speech_reaches_the_tokenizer_from_its_start():
     await frames(ctrl, LOUD, 400)
     await frames(ctrl, QUIET, 700)
     await wait_until(lambda: out.chunks)
+    out.played = 0.1  # heard: speech now is a barge-in, not a taken-back turn
     for ms in (100, 100, 100):  # words with short gaps: detected only after 250 ms of speech
         await frames(ctrl, LOUD, ms)
         if ctrl.state.value == "bot_replying":
