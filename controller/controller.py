@@ -88,6 +88,7 @@ class Controller(ClientRequests):
         # (reply, seconds heard, text heard).
         self._interrupted: tuple[Reply, float, str] | None = None
         self._may_take_back = False  # the server ended the turn and nothing of the reply was heard yet
+        self._turn_voiced_ms = 0  # speech (by the VAD) in the current user turn
         self._has_input = False  # the tokenizer holds audio of an uncommitted turn
         self._committed: tuple[str, UserInput] | None = None  # the last input committed: (item id, input)
         self._item_id = new_id("item")
@@ -113,7 +114,10 @@ class Controller(ClientRequests):
             self._has_input = True
             return
         self.detector.reply_unheard = self._reply_unheard()
-        signal = self.detector.update(self.state, prob >= self.cfg.speech_threshold, self.t_ms)
+        speech = prob >= self.cfg.speech_threshold
+        if speech and self.state in (State.USER_SPEAKING, State.USER_PAUSED):
+            self._turn_voiced_ms += FRAME_MS
+        signal = self.detector.update(self.state, speech, self.t_ms)
         if signal is Signal.END_OF_TURN and self.state is State.USER_PAUSED:
             self._may_take_back = self.cfg.take_back_turns and self.auto_respond
         self._route_frame(frame)
@@ -175,6 +179,7 @@ class Controller(ClientRequests):
 
     def _start_user_turn(self, barge_in: bool = False) -> None:
         self._item_id = new_id("item")
+        self._turn_voiced_ms = self.detector.talk_ms if barge_in else self.detector.speech_run_ms
         self.stages.tokenizer.reset()
         keep = len(self._preroll) if barge_in else self.cfg.preroll_ms // FRAME_MS + self.cfg.onset_ms // FRAME_MS
         for frame in list(self._preroll)[-keep:] if keep else []:
@@ -438,7 +443,7 @@ class Controller(ClientRequests):
         if self._interrupted is None:
             return False
         user = await self.stages.tokenizer.finalize() if self._has_input else None
-        if user is not None and not is_false_interruption(user.text):
+        if user is not None and not is_false_interruption(user.text, self._turn_voiced_ms):
             self._settle_interruption()
             return False
         reply = self._interrupted[0]

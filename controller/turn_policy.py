@@ -71,11 +71,23 @@ BACKCHANNELS = {"mm", "mmm", "mhm", "mm-hm", "mm-hmm", "hm", "hmm", "uh-huh", "u
                 "嗯", "嗯嗯", "哦", "啊", "对", "对对", "好", "是", "是的"}
 
 
-def is_false_interruption(transcript: str) -> bool:
-    """Speech over a reply that carried no words for the agent: nothing (a cough, a noise burst
-    the VAD took for speech) or only backchannels ("mm-hm", "嗯")."""
+# Short words that do take the floor: never mistaken for a cough.
+FLOOR_WORDS = {"no", "nope", "stop", "wait", "hold", "sorry", "what", "why", "how", "who", "where", "when",
+               "hey", "excuse", "pardon", "but", "actually", "cancel", "help",
+               "不", "不是", "不对", "停", "等", "等等", "等一下", "什么", "为什么", "喂"}
+SHORT_SOUND_MS = 700  # voiced speech shorter than this, with a word or two, may be a noise Whisper named
+
+
+def is_false_interruption(transcript: str, voiced_ms: int | None = None) -> bool:
+    """Speech over a reply that carried no words for the agent: nothing, only backchannels
+    ("mm-hm", "嗯"), or a short sound that ASR turned into a word or two that do not take the
+    floor (Whisper hears "I" in a cough and "Emma" in a piper "mm-hmm"; "No." and "Wait!" are
+    always real)."""
     text = transcript.lower().strip()
     for mark in ".,!?;:…。，！？、\"'":
         text = text.replace(mark, " ")
     words = text.split()
-    return not words or " ".join(words) in BACKCHANNELS or all(w in BACKCHANNELS for w in words)
+    if not words or " ".join(words) in BACKCHANNELS or all(w in BACKCHANNELS for w in words):
+        return True
+    short = voiced_ms is not None and voiced_ms < SHORT_SOUND_MS and len(words) <= 2
+    return short and not any(w in FLOOR_WORDS or w.rstrip("-") in FLOOR_WORDS for w in words)

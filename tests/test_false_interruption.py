@@ -2,13 +2,15 @@
 the caller stopped hearing it; words stop it (tests/test_controller.py). Fake stages, audio time."""
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
 from context.history import Context
 from controller.config import ControllerConfig
 from controller.controller import Controller, Stages
-from controller.events import ResponseDone, ResponseResumed
+from controller.events import ResponseDone, ResponseResumed, StateChanged
 from controller.turn_policy import is_false_interruption
 from decoder.fake import FakeDecoder
 from llm.fake import FakeLLM
@@ -111,9 +113,77 @@ async def test_a_resumed_reply_interrupted_for_real_keeps_all_it_played() -> Non
     assert first_chunks == pytest.approx(heard_before + 0.5)  # the heard time spans the resume
 
 
+@pytest.mark.parametrize("text, voiced_ms, wordless", [
+    ("I", 400, True), ("Emma Chen.", 500, True), ("I", 900, False), ("No.", 400, False), ("Wait!", 300, False),
+    ("停", 300, False), ("Stop it", 500, False), ("Tell me more", 500, False), ("I", None, False),
+])
+def test_a_short_sound_named_as_a_word_or_two_is_wordless(text: str, voiced_ms, wordless: bool) -> None:
+    assert is_false_interruption(text, voiced_ms) is wordless
+
+
 @pytest.mark.parametrize("text, wordless", [
     ("", True), (" . ", True), ("Mm-hm.", True), ("Uh-huh", True), ("嗯。", True), ("Yeah, okay.", True),
     ("Wait", False), ("No, stop.", False), ("Okay, but what about Paris?", False), ("等一下", False),
 ])
 def test_what_counts_as_wordless(text: str, wordless: bool) -> None:
     assert is_false_interruption(text) is wordless
+
+
+# -- with the real VAD and ASR, on synthesized sounds ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_ears(tmp_path_factory):
+    """Silero VAD and Whisper base, as in the embedded default."""
+    from core.stages import BuildEnv, build_stage
+
+    env = BuildEnv(tmp_path_factory.mktemp("models"))
+    return build_stage("vad", "silero", {}, env), build_stage("tokenizer", "whisper", {"language": "en"}, env)
+
+
+def cough(seconds: float = 0.45) -> np.ndarray:
+    """A cough-like burst: loud broadband noise with a fast attack and a decay."""
+    from tests.speech_util import noise
+
+    burst = noise(seconds, -12, seed=3).astype(np.float64)
+    envelope = np.exp(-np.arange(len(burst)) / (0.12 * 16000))
+    return (burst * envelope).astype(np.int16)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sound, resumes", [("mm-hm", True), ("cough", True), ("words", False)])
+async def test_real_sounds_over_a_reply(real_ears, sound: str, resumes: bool) -> None:
+    from tests.speech_util import frames as frames_of, piper, silence
+
+    vad_factory, asr = real_ears
+    events: list = []
+    out = FakeOutput(auto_play=False)
+    llm = FakeLLM(reply=REPLY, token_delay_s=0.001)
+    cfg = ControllerConfig(pause_ms=70, end_of_turn_ms=650)
+    ctrl = Controller(Stages(vad_factory.create(), asr.create(), llm, FakeDecoder()), Context("sys"), out,
+                      events.append, cfg)
+
+    async def say(pcm: np.ndarray) -> None:
+        for f in frames_of(pcm):
+            ctrl.push_audio(f)
+            await asyncio.sleep(0)
+
+    try:
+        await say(np.concatenate([silence(0.3), piper("Can you tell me a long story?"), silence(1.0)]))
+        await wait_until(lambda: ctrl.state.value == "bot_replying" and len(out.chunks) >= 3, timeout=60)
+        out.played = out.chunks[0].seconds
+        over = {"mm-hm": piper("Mm-hmm."), "cough": cough(), "words": piper("Wait, stop, tell me a joke.")}[sound]
+        await say(np.concatenate([over, silence(1.2)]))
+        barged = "barge_in" in [e.reason for e in events if isinstance(e, StateChanged)]
+        if not barged:  # the VAD did not take it for speech at all: nothing to recover from
+            assert sound == "cough" and not [e for e in events if isinstance(e, ResponseDone)]
+            return
+        await wait_until(lambda: any(isinstance(e, (ResponseResumed, ResponseDone)) for e in events), timeout=60)
+        resumed = [e for e in events if isinstance(e, ResponseResumed)]
+        assert bool(resumed) is resumes, [e for e in events if isinstance(e, ResponseDone)]
+        if resumes:
+            assert ctrl.state.value == "bot_replying" and len(ctrl.context.turns) == 1
+        else:
+            done = [e for e in events if isinstance(e, ResponseDone)]
+            assert done[0].status == "cancelled" and done[0].reason == "barge_in"
+    finally:
+        await ctrl.close()
