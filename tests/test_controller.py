@@ -169,8 +169,8 @@ async def test_barge_in_stops_playback_cancels_generation_and_keeps_what_was_hea
     assert out.cleared > cleared_before  # queued audio dropped, not drained: the caller hears it stop
     # Whether it ends depends on the words: until the interrupting turn ends, it is only held.
     assert not [e for e in events if isinstance(e, ResponseDone)]
-    await frames(ctrl, LOUD, 200)
-    await frames(ctrl, QUIET, 700)  # words ("w0 w1"): a real interruption
+    await frames(ctrl, LOUD, 600)
+    await frames(ctrl, QUIET, 700)  # words ("w0 w1 w2 w3"), 0.86 s of them: a real interruption
     await wait_until(lambda: [e for e in events if isinstance(e, ResponseDone)])
     done = [e for e in events if isinstance(e, ResponseDone)]
     assert done[0].status == "cancelled" and done[0].reason == "barge_in"
