@@ -68,11 +68,17 @@ class TurnDetection(_Lenient):
     eagerness: str | None = None
 
 
+class EchoCancellation(_Lenient):
+    """Our extension (OpenAI has no such field): server-side echo cancellation of the input."""
+    type: Literal["aec3"]
+
+
 class AudioInputSettings(_Lenient):
     format: AudioFormat | None = None
     turn_detection: TurnDetection | None = None
     transcription: dict | None = None
     noise_reduction: dict | None = None
+    echo_cancellation: EchoCancellation | None = None
 
 
 class AudioOutputSettings(_Lenient):
@@ -239,6 +245,7 @@ class SessionSettings:
     output_format: str = "audio/pcm"
     voice: str | dict = "default"
     turn_detection: dict | None = field(default_factory=lambda: {"type": "server_vad"})
+    echo_cancellation: bool = False  # rendered as {"type": "aec3"} or null
 
     def apply(self, update: SessionIn) -> "SessionSettings":
         """A copy with the update applied; raises ProtocolError and changes nothing on a bad value."""
@@ -259,6 +266,8 @@ class SessionSettings:
             if "turn_detection" in audio_in.model_fields_set:
                 td = audio_in.turn_detection
                 new.turn_detection = None if td is None else td.model_dump(exclude_none=True)
+            if "echo_cancellation" in audio_in.model_fields_set:
+                new.echo_cancellation = audio_in.echo_cancellation is not None
         if audio_out is not None:
             if audio_out.format is not None:
                 new.output_rate = _format_rate(audio_out.format, "session.audio.output.format")
@@ -281,6 +290,7 @@ class SessionSettings:
                     "turn_detection": self.turn_detection,
                     "transcription": None,
                     "noise_reduction": None,
+                    "echo_cancellation": {"type": "aec3"} if self.echo_cancellation else None,
                 },
                 "output": {"format": self.render_output_format(), "voice": self.voice},
             },
