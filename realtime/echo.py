@@ -98,7 +98,7 @@ class EchoCanceller:
             self._reset()
 
     def _reset(self) -> None:
-        self._apm = AudioProcessor(sample_rate=self.rate, echo_cancellation=True) if self.enabled else None
+        self._apm: AudioProcessor | None = None  # made at the first inbound audio (~0.3 ms)
         self._ref = Reference(self.rate)
         self._block = self.rate // 100  # AEC3 works in 10 ms blocks
         self._pending = np.zeros(0, dtype=np.int16)  # inbound audio short of a whole block
@@ -107,21 +107,23 @@ class EchoCanceller:
 
     def played(self, pcm: np.ndarray, rate: int, start_s: float) -> None:
         """Output audio at `rate` that starts playing at the caller at `start_s` on the clock."""
-        if self._apm is not None and len(pcm):
+        if self.enabled and len(pcm):
             self._ref.add(pcm, rate, start_s)
-            if self._cursor is None:  # no inbound audio to pair it with yet: don't hoard
-                self._ref.prune(round((self._clock() - KEEP_S) * self.rate))
+            # what inbound audio has not claimed by now it never will (a caller who sends none)
+            self._ref.prune(round((self._clock() - KEEP_S) * self.rate))
 
     def clear(self) -> None:
         """The output was cut now: the rest of the reference will not play."""
-        if self._apm is not None:
+        if self.enabled:
             self._ref.cut(round(self._clock() * self.rate))
 
     def cancel(self, near: np.ndarray) -> np.ndarray:
         """Inbound int16 audio at `rate`, just arrived → the same with the echo removed. Whole 10 ms
         blocks go through; a remainder waits for the next call (20 ms frames have none)."""
-        if self._apm is None:
+        if not self.enabled:
             return near
+        if self._apm is None:
+            self._apm = AudioProcessor(sample_rate=self.rate, echo_cancellation=True)
         buf = np.concatenate([self._pending, near]) if len(self._pending) else near
         first = round(self._clock() * self.rate) - len(buf)  # where buf's first sample was, by arrival
         if self._cursor is None or abs(self._cursor - first) > RESYNC_S * self.rate:
@@ -137,6 +139,6 @@ class EchoCanceller:
 
     def _dithered(self, pcm: np.ndarray) -> np.ndarray:
         """±1 LSB of noise: on digital silence (no reply playing, a muted caller) AEC3 runs 10-15×
-        slower (1-1.6 ms a block instead of 0.1: denormal arithmetic, we think); -90 dBFS is inaudible."""
+        slower (1-1.6 ms a block instead of 0.1; denormal arithmetic, presumably); -90 dBFS is inaudible."""
         noisy = pcm.astype(np.int32) + self._dither.integers(-1, 2, len(pcm), dtype=np.int32)
         return np.clip(noisy, -32768, 32767).astype(np.int16)

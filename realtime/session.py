@@ -70,7 +70,7 @@ class RealtimeSession:
         self.controller_config = cfg.controller.model_copy()  # session.update may change it
         self.settings = p.SessionSettings(instructions=cfg.context.system_prompt)
         self.settings.turn_detection = self._render_turn_detection("server_vad", {})
-        self.settings.echo_cancellation = getattr(cfg.server.echo_cancellation, transport)
+        self.settings.echo_cancellation = getattr(cfg.server.echo_cancellation, transport, False)
         self.renderer = EventRenderer(self.settings)
         self.echo = EchoCanceller(self.settings.echo_cancellation, clock=server.clock)
         self.set_input(input_for(self.settings.input_format, self.settings.input_rate))
