@@ -90,7 +90,8 @@ class WebSocketAudioOutput:
         if self._t_first is None:
             self._t_first = now
         self._sent_s += len(pcm) / self.rate
-        start, self._play_end = max(self._play_end, now), max(self._play_end, now) + len(pcm) / self.rate
+        start = max(self._play_end, now)  # it plays from when it arrives, or when the audio before it ends
+        self._play_end = start + len(pcm) / self.rate
         if self.echo is not None:
             self.echo.played(pcm, self.rate, start)
         response_id, item_id = self._ids
