@@ -68,8 +68,7 @@ class TurnDetection(_Lenient):
     eagerness: str | None = None
 
 
-class EchoCancellation(_Lenient):
-    """Our extension (OpenAI has no such field): server-side echo cancellation of the input."""
+class EchoCancellation(_Lenient):  # our extension (OpenAI has none): server-side AEC of the input
     type: Literal["aec3"]
 
 
@@ -278,18 +277,13 @@ class SessionSettings:
 
     def render(self) -> dict[str, Any]:
         return {
-            "type": "realtime",
-            "object": "realtime.session",
-            "id": self.id,
-            "model": self.model,
-            "output_modalities": ["audio"],
-            "instructions": self.instructions,
+            "type": "realtime", "object": "realtime.session", "id": self.id, "model": self.model,
+            "output_modalities": ["audio"], "instructions": self.instructions,
             "audio": {
                 "input": {
                     "format": render_format(self.input_format, self.input_rate),
                     "turn_detection": self.turn_detection,
-                    "transcription": None,
-                    "noise_reduction": None,
+                    "transcription": None, "noise_reduction": None,
                     "echo_cancellation": {"type": "aec3"} if self.echo_cancellation else None,
                 },
                 "output": {"format": self.render_output_format(), "voice": self.voice},
