@@ -3,7 +3,9 @@
 Three sources: base64 PCM16 from Realtime `input_audio_buffer.append` (24 kHz by default), base64
 G.711 μ-law/A-law at 8 kHz (Realtime `audio/pcmu`/`audio/pcma`, telephony), and av.AudioFrame from a WebRTC track (Opus decoded by aiortc: 48 kHz, often stereo). Both are
 resampled with a streaming resampler (state kept across chunks, so no clicks at chunk edges) and
-cut into exact 320-sample frames; a partial frame waits for the next chunk.
+cut into exact 320-sample frames; a partial frame waits for the next chunk. A session's echo
+canceller (realtime/echo.py), when on, runs at 8 kHz on telephone-band input before it is
+resampled, else on the 16 kHz frames.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 import soxr
 
 from realtime import g711
+from realtime.echo import EchoCanceller
 from vad.base import FRAME_SAMPLES, SAMPLE_RATE
 
 # PCM input rates we resample from. OpenAI's GA API only names 24000; the rest are for
@@ -43,8 +46,18 @@ class Framer:
         self._pending = np.zeros(0, dtype=np.int16)
 
 
+def cancel_echo(echo: EchoCanceller | None, frames: list[np.ndarray]) -> list[np.ndarray]:
+    """16 kHz frames through the echo canceller (if on), as one arrival."""
+    if echo is None or not echo.enabled or echo.rate != SAMPLE_RATE or not frames:
+        return frames
+    clean = echo.cancel(np.concatenate(frames))
+    return [clean[i:i + FRAME_SAMPLES] for i in range(0, len(clean), FRAME_SAMPLES)]
+
+
 class PcmInput:
     """Base64 PCM16 little-endian mono at `rate` → 16 kHz frames."""
+
+    echo: EchoCanceller | None = None  # set by the session
 
     def __init__(self, rate: int = 24_000, quality: str = "HQ") -> None:
         if rate not in SUPPORTED_PCM_RATES:
@@ -61,9 +74,13 @@ class PcmInput:
         return np.frombuffer(raw, dtype="<i2").astype(np.int16)
 
     def frames(self, samples: np.ndarray) -> list[np.ndarray]:
+        at_input_rate = self.echo is not None and self.echo.enabled and self.echo.rate == self.rate
+        if at_input_rate:  # telephone band: cancel where the audio is, before upsampling
+            samples = self.echo.cancel(samples)
         if self._resampler is not None and len(samples):
             samples = self._resampler.resample_chunk(samples)
-        return self._framer.push(samples)
+        frames = self._framer.push(samples)
+        return frames if at_input_rate else cancel_echo(self.echo, frames)
 
     def append(self, audio_b64: str) -> list[np.ndarray]:
         return self.frames(self.decode(audio_b64))
@@ -104,15 +121,16 @@ def _b64decode(audio_b64: str) -> bytes:
 class WebRtcInput:
     """av.AudioFrame (any rate/layout/format aiortc hands us) → 16 kHz mono frames."""
 
-    def __init__(self) -> None:
+    def __init__(self, echo: EchoCanceller | None = None) -> None:
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         self._framer = Framer()
+        self.echo = echo
 
     def frames(self, frame: av.AudioFrame) -> list[np.ndarray]:
         out: list[np.ndarray] = []
         for converted in self._resampler.resample(frame):
             out.extend(self._framer.push(converted.to_ndarray().reshape(-1).astype(np.int16)))
-        return out
+        return cancel_echo(self.echo, out)
 
 
 def encode_pcm16(samples: np.ndarray) -> str:

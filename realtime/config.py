@@ -20,6 +20,15 @@ class IceServer(BaseModel):
     credential: str | None = None
 
 
+class EchoCancellationConfig(BaseModel):
+    """Server-side echo cancellation (realtime/echo.py) by transport; session.update can change it
+    per session (audio.input.echo_cancellation)."""
+    model_config = ConfigDict(extra="forbid")
+    telephony: bool = Field(True, description="phone lines: handsets and speakerphones cancel little echo")
+    websocket: bool = Field(False, description="Realtime WebSocket clients (many capture with their own AEC)")
+    webrtc: bool = Field(False, description="browsers cancel echo themselves")
+
+
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
@@ -30,6 +39,7 @@ class ServerConfig(BaseModel):
     max_event_bytes: int = Field(2_000_000, ge=1024, description="largest client JSON event")
     max_sdp_bytes: int = Field(65_536, ge=1024)
     cache_dir: str = Field("~/.cache/step-realtime", description="assembled embedded models")
+    echo_cancellation: EchoCancellationConfig = EchoCancellationConfig()
     ice_servers: list[str | IceServer] = Field(
         default_factory=list, description="STUN/TURN servers for WebRTC: URLs, or {urls, username, credential} "
                                           "for TURN (none: host candidates only)")

@@ -7,6 +7,9 @@ is exactly what was sent, and clear() silences the caller at the next frame.
 
 Both ignore writes between clear() and the next begin_reply(): a cancelled reply can still
 produce one chunk before its task sees the cancellation, and that chunk must not play.
+
+Each hands what it sends to the session's echo canceller (`echo`, realtime/echo.py) with the time
+it starts playing at the caller, and tells it when the rest was cut.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from decoder.base import AudioChunk
 from realtime.audio import encode_delta
+from realtime.echo import EchoCanceller
 
 
 class Resampler:
@@ -51,6 +55,8 @@ class Resampler:
 
 
 class WebSocketAudioOutput:
+    echo: EchoCanceller | None = None  # set by the session
+
     def __init__(self, send: Callable[[dict[str, Any]], None], rate: int = 24_000,
                  clock: Callable[[], float] = time.monotonic, fmt: str = "audio/pcm") -> None:
         self._send = send
@@ -64,6 +70,7 @@ class WebSocketAudioOutput:
         self._t_first: float | None = None
         self._frozen: float | None = None  # played_seconds at clear()
         self._cleared = asyncio.Event()
+        self._play_end = 0.0  # when the client runs out of audio, if it plays what it gets in real time
 
     def begin_reply(self, response_id: str, item_id: str) -> None:
         self._ids = (response_id, item_id)
@@ -79,9 +86,14 @@ class WebSocketAudioOutput:
     def _send_pcm(self, pcm: np.ndarray) -> None:
         if not len(pcm) or self._ids is None:
             return
+        now = self._clock()
         if self._t_first is None:
-            self._t_first = self._clock()
+            self._t_first = now
         self._sent_s += len(pcm) / self.rate
+        start = max(self._play_end, now)  # it plays from when it arrives, or when the audio before it ends
+        self._play_end = start + len(pcm) / self.rate
+        if self.echo is not None:
+            self.echo.played(pcm, self.rate, start)
         response_id, item_id = self._ids
         self._send({"type": "response.output_audio.delta", "response_id": response_id, "item_id": item_id,
                     "output_index": 0, "content_index": 0, "delta": encode_delta(pcm, self._format)})
@@ -89,7 +101,10 @@ class WebSocketAudioOutput:
     def clear(self) -> None:
         self._frozen = self.played_seconds()
         self._ids = None
+        self._play_end = 0.0
         self._cleared.set()
+        if self.echo is not None:  # the client is told to stop (speech_started, response.done)
+            self.echo.clear()
 
     def played_seconds(self) -> float:
         if self._frozen is not None:
@@ -119,6 +134,7 @@ class WebRTCAudioOutput(MediaStreamTrack):
     RATE = 48_000
     FRAME = 960  # 20 ms
     MAX_LAG_S = 0.2  # behind schedule by more than this (a stalled loop): resync, don't burst
+    echo: EchoCanceller | None = None  # set by the session; its clock must be time.monotonic
 
     def __init__(self) -> None:
         super().__init__()
@@ -157,6 +173,8 @@ class WebRTCAudioOutput(MediaStreamTrack):
         self._pending = np.zeros(0, dtype=np.int16)
         self._active = False
         self._idle.set()
+        if self.echo is not None:
+            self.echo.clear()
 
     def played_seconds(self) -> float:
         return self._played / self.RATE
@@ -184,6 +202,8 @@ class WebRTCAudioOutput(MediaStreamTrack):
             self._played += self.FRAME
             if not self._frames:
                 self._idle.set()
+            if self.echo is not None:
+                self.echo.played(pcm, self.RATE, self._start + self._pts / self.RATE)
         else:
             pcm = self._silence
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")

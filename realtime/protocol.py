@@ -68,11 +68,16 @@ class TurnDetection(_Lenient):
     eagerness: Literal["low", "medium", "high", "auto"] | None = None
 
 
+class EchoCancellation(_Lenient):  # our extension (OpenAI has none): server-side AEC of the input
+    type: Literal["aec3"]
+
+
 class AudioInputSettings(_Lenient):
     format: AudioFormat | None = None
     turn_detection: TurnDetection | None = None
     transcription: dict | None = None
     noise_reduction: dict | None = None
+    echo_cancellation: EchoCancellation | None = None
 
 
 class AudioOutputSettings(_Lenient):
@@ -239,6 +244,7 @@ class SessionSettings:
     output_format: str = "audio/pcm"
     voice: str | dict = "default"
     turn_detection: dict | None = field(default_factory=lambda: {"type": "server_vad"})
+    echo_cancellation: bool = False  # rendered as {"type": "aec3"} or null
 
     def apply(self, update: SessionIn) -> "SessionSettings":
         """A copy with the update applied; raises ProtocolError and changes nothing on a bad value."""
@@ -259,6 +265,8 @@ class SessionSettings:
             if "turn_detection" in audio_in.model_fields_set:
                 td = audio_in.turn_detection
                 new.turn_detection = None if td is None else td.model_dump(exclude_none=True)
+            if "echo_cancellation" in audio_in.model_fields_set:
+                new.echo_cancellation = audio_in.echo_cancellation is not None
         if audio_out is not None:
             if audio_out.format is not None:
                 new.output_rate = _format_rate(audio_out.format, "session.audio.output.format")
@@ -269,18 +277,14 @@ class SessionSettings:
 
     def render(self) -> dict[str, Any]:
         return {
-            "type": "realtime",
-            "object": "realtime.session",
-            "id": self.id,
-            "model": self.model,
-            "output_modalities": ["audio"],
-            "instructions": self.instructions,
+            "type": "realtime", "object": "realtime.session", "id": self.id, "model": self.model,
+            "output_modalities": ["audio"], "instructions": self.instructions,
             "audio": {
                 "input": {
                     "format": render_format(self.input_format, self.input_rate),
                     "turn_detection": self.turn_detection,
-                    "transcription": None,
-                    "noise_reduction": None,
+                    "transcription": None, "noise_reduction": None,
+                    "echo_cancellation": {"type": "aec3"} if self.echo_cancellation else None,
                 },
                 "output": {"format": self.render_output_format(), "voice": self.voice},
             },

@@ -3,13 +3,15 @@
 The transport (realtime/ws.py, realtime/webrtc.py, realtime/telephony.py) hands in client JSON
 (handle_text) and/or audio frames (push_frames); it takes server JSON out of `outbox` and sends it.
 Client mistakes become `error` events; the session carries on. On WebRTC the output is wrapped to
-report output_audio_buffer.* events (realtime/output_buffer.py).
+report output_audio_buffer.* events (realtime/output_buffer.py). The session's echo canceller
+(realtime/echo.py) sits between its output (the reference) and its input (the audio cleaned).
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,8 +29,9 @@ from core.load import LoadMonitor
 from core.scheduler import Scheduler
 from realtime import protocol as p
 from realtime.admission import Admission, Reservation
-from realtime.audio import AudioFormatError, input_for
+from realtime.audio import AudioFormatError, PcmInput, input_for
 from realtime.config import Config
+from realtime.echo import EchoCanceller, aec_rate
 from realtime.events_out import EventRenderer
 from realtime.output_buffer import OutputBufferEvents
 from realtime.outputs import WebSocketAudioOutput
@@ -48,6 +51,7 @@ class ServerContext:
     recent_turns: deque = field(default_factory=lambda: deque(maxlen=200))  # TurnMetrics
     admission: Admission = field(init=False)
     ready: bool = False  # the stages are up
+    clock: Callable[[], float] = time.monotonic  # when output audio plays (a simulated one in tests)
 
     def __post_init__(self) -> None:
         self.monitor = LoadMonitor(self.scheduler, self.config.server.admission)
@@ -73,10 +77,13 @@ class RealtimeSession:
         semantic = self.has_turn_model and self.controller_config.semantic_turn
         self.settings.turn_detection = self._render_turn_detection(
             "semantic_vad" if semantic else "server_vad", {"eagerness": self.controller_config.eagerness})
+        self.settings.echo_cancellation = getattr(cfg.server.echo_cancellation, transport, False)
         self.renderer = EventRenderer(self.settings)
-        self.input = input_for(self.settings.input_format, self.settings.input_rate)
+        self.echo = EchoCanceller(self.settings.echo_cancellation, clock=server.clock)
+        self.set_input(input_for(self.settings.input_format, self.settings.input_rate))
         self.context = Context(cfg.context.system_prompt, cfg.context.max_prompt_tokens)
         self.output = make_output(self)
+        self.output.echo = self.echo  # the reference: what the output plays, when it plays
         self.output_events: OutputBufferEvents | None = None
         if transport == "webrtc":  # OpenAI sends output_audio_buffer.* on WebRTC only
             self.output = self.output_events = OutputBufferEvents(self.output, self.send)
@@ -110,6 +117,12 @@ class RealtimeSession:
             self.output_events.response_done(event.response_id)
 
     # -- in ------------------------------------------------------------------------------------
+
+    def set_input(self, source: PcmInput) -> None:
+        """The decoder of client audio; the echo canceller runs at its rate (realtime/echo.py)."""
+        self.input = source
+        source.echo = self.echo
+        self.echo.configure(rate=aec_rate(source.rate))
 
     def push_frames(self, frames: list[np.ndarray]) -> None:
         if not self.closed:
@@ -228,7 +241,8 @@ class RealtimeSession:
                                   "model, and this server has none (config: turn.impl); use server_vad",
                                   param="session.turn_detection.type")
         if (new.input_format, new.input_rate) != (self.settings.input_format, self.settings.input_rate):
-            self.input = input_for(new.input_format, new.input_rate)
+            self.set_input(input_for(new.input_format, new.input_rate))
+        self.echo.configure(enabled=new.echo_cancellation)
         if isinstance(self.output, WebSocketAudioOutput):
             self.output.rate, self.output.format = new.output_rate, new.output_format  # from the next reply on
         self.context.system_prompt = new.instructions

@@ -10,7 +10,8 @@ the audio before it has played), `dtmf`, `stop`. We send `media` (base64 μ-law,
 Twilio plays what we send in real time and tells us, by echoing marks, how far it got; so what the
 caller heard is known to the chunk (interpolated in between), and a reply is over when its last
 mark comes back. Malformed input closes the call with a reason (code 1003/1008); other calls are
-untouched.
+untouched. Phones cancel little echo, so by default the session's echo canceller is on: the
+caller's audio is cleaned at 8 kHz with what we sent, as it plays, for the reference.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from decoder.base import AudioChunk
 from realtime import g711
 from realtime.audio import AudioFormatError, G711Input
+from realtime.echo import EchoCanceller
 from realtime.outputs import Resampler
 from realtime.session import RealtimeSession, ServerContext
 from realtime.admission import serve_admitted
@@ -41,6 +43,8 @@ MARK_GRACE_S = 1.0  # a bridge that never echoes marks: treat the audio as playe
 
 class TwilioAudioOutput:
     """AudioOutput → Twilio `media` + `mark` messages (μ-law 8 kHz), `clear` on clear()."""
+
+    echo: EchoCanceller | None = None  # set by the session
 
     def __init__(self, send: Callable[[dict[str, Any]], None], clock: Callable[[], float] = time.monotonic) -> None:
         self._send = send
@@ -84,7 +88,10 @@ class TwilioAudioOutput:
         self._pending.append((name, self._sent_s, now))
         if self._t_ack is None:
             self._t_ack = now
-        self._play_end = max(self._play_end, now) + seconds
+        start = max(self._play_end, now)
+        self._play_end = start + seconds
+        if self.echo is not None:  # the reference is what the caller hears: μ-law, decoded
+            self.echo.played(g711.decode(data, g711.MULAW), g711.RATE, start)
 
     def on_mark(self, name: str) -> None:
         """Twilio played everything up to this mark. Marks of older or cleared replies are ignored."""
@@ -108,6 +115,8 @@ class TwilioAudioOutput:
         self._pending.clear()
         self._play_end = 0.0
         self._settled.set()
+        if self.echo is not None:
+            self.echo.clear()
 
     def played_seconds(self) -> float:
         if self._frozen is not None:
@@ -176,9 +185,9 @@ class TwilioCall:
     def __init__(self, server: ServerContext, ws: web.WebSocketResponse, reservation=None) -> None:
         self.ws = ws
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.output = TwilioAudioOutput(self.outbox.put_nowait)
+        self.output = TwilioAudioOutput(self.outbox.put_nowait, server.clock)
         self.session = RealtimeSession(server, "telephony", lambda s: self.output, reservation)
-        self.input = G711Input(g711.MULAW)
+        self.session.set_input(G711Input(g711.MULAW))
         self.call_sid: str | None = None
         self.max_bytes = server.config.server.max_event_bytes
 
@@ -231,7 +240,7 @@ class TwilioCall:
         if media.track != "inbound":  # both_tracks streams also carry what we send: not the caller
             return
         try:
-            self.session.push_frames(self.input.append(media.payload))
+            self.session.push_frames(self.session.input.append(media.payload))
         except AudioFormatError as exc:
             raise CallError(f"media.payload: {exc}") from None
 

@@ -200,7 +200,7 @@ class WebRtcCall:
             channel.send(data)
 
     async def _read_audio(self, track) -> None:
-        convert = WebRtcInput()
+        convert = WebRtcInput(self.session.echo)
         try:
             while True:
                 frame = await track.recv()

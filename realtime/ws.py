@@ -39,7 +39,8 @@ async def _serve(request: web.Request, server, reservation) -> web.WebSocketResp
     ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=4 * max_bytes + 65_536, heartbeat=30)
     await ws.prepare(request)
     request.app[SOCKETS_KEY].add(ws)
-    session = RealtimeSession(server, "websocket", lambda s: WebSocketAudioOutput(s.send), reservation)
+    session = RealtimeSession(server, "websocket", lambda s: WebSocketAudioOutput(s.send, clock=server.clock),
+                              reservation)
     if request.query.get("model"):
         session.settings.model = request.query["model"]
     log.info("session %s: websocket from %s", session.id, request.remote)
