@@ -80,7 +80,7 @@ HEARD_S = 0.5  # a barge-in or speech start within this long of the caller's voi
 class Counts:
     replies: int = 0  # response.done, any status
     interruptions: int = 0  # the caller talked over a reply ...
-    barge_ins: int = 0  # ... and the reply stopped for it (response.done, turn_detected)
+    barge_ins: int = 0  # ... and the reply stopped for it (a barge-in: its audio cleared)
     false_barge_ins: int = 0  # replies stopped while the caller was silent: by their own echo
     echo_turns: int = 0  # speech_started while the caller was silent (false barge-ins included)
     echo_in: float = 0.0  # energy of the echo-only input the canceller got (after the first reply) ...
@@ -157,14 +157,16 @@ class SimulatedCall:
             event = json.loads(self.session.outbox.get_nowait())
             if event["type"] == "response.done":
                 self.counts.replies += 1
-                if (event["response"].get("status_details") or {}).get("reason") == "turn_detected":
-                    if caller_heard:
-                        self.counts.barge_ins += 1
-                        if self.t_interrupt is not None:
-                            self.counts.barge_in_ms.append(round((self.clock.t - self.t_interrupt) * 1000))
-                            self.t_interrupt = None
-                    else:
-                        self.counts.false_barge_ins += 1
+            # The reply is cut (its audio cleared) the moment the barge-in is detected; whether it
+            # then ends or resumes (a wordless interruption) is decided later, at response.done.
+            elif event["type"] == "step.state" and event["reason"] == "barge_in":
+                if caller_heard:
+                    self.counts.barge_ins += 1
+                    if self.t_interrupt is not None:
+                        self.counts.barge_in_ms.append(round((self.clock.t - self.t_interrupt) * 1000))
+                        self.t_interrupt = None
+                else:
+                    self.counts.false_barge_ins += 1
             elif event["type"] == "input_audio_buffer.speech_started" and not caller_heard:
                 self.counts.echo_turns += 1
 
