@@ -13,6 +13,7 @@ Frames are handled synchronously (cheap); all model work runs in tasks that can 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections import deque
@@ -363,6 +364,9 @@ class Controller(ClientRequests):
     def _play(self, reply: Reply, speculative: bool) -> None:
         self._reply = reply
         reply.speculative = speculative
+        # The turn it answers, as it was now: a reply may finish after the next turn began (a
+        # wordless interruption resumed it), and its figures belong to its own turn.
+        reply.turn_facts = (self._eot_wall, copy.copy(self.detector), self._speech_start_ms)
         self.emit(ResponseCreated(reply.response_id, reply.item_id))
         self.output.clear()
         reply.play(self.output)
@@ -376,7 +380,7 @@ class Controller(ClientRequests):
             self.emit(ErrorEvent("reply_failed", f"{type(reply.error).__name__}: {reply.error}"))
         self.context.add_assistant(reply.spoken_text(), reply.spoken_seconds(), reply.item_id)
         self.emit(ResponseDone(reply.response_id, reply.item_id, status, reply.spoken_text()))
-        self.emit(turn_metrics(reply, self._eot_wall, self.detector, self._speech_start_ms))
+        self.emit(turn_metrics(reply, *reply.turn_facts))
         self.signal(Signal.REPLY_DONE)
 
     def _barge_in(self) -> None:
@@ -434,7 +438,7 @@ class Controller(ClientRequests):
         reply, heard_s, heard = pending
         self.context.add_assistant(heard, heard_s, reply.item_id)
         self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, reason))
-        self.emit(turn_metrics(reply, self._eot_wall, self.detector, self._speech_start_ms))
+        self.emit(turn_metrics(reply, *reply.turn_facts))
         asyncio.create_task(reply.cancel())
 
     async def _resume_if_no_words(self) -> bool:

@@ -41,7 +41,7 @@ def turn_metrics(reply, eot_wall: float | None, detector, speech_start_ms: int) 
     been had the reply started only at the confirmed end of turn (same stage timings)."""
     first = reply.t_first_played
     values: dict[str, float | None] = {
-        "end_of_turn_delay_ms": float(detector.end_of_turn_ms),
+        "end_of_turn_delay_ms": float(detector.end_of_turn_ms) if detector is not None else None,
         "asr_ms": _ms(reply.t_start, reply.t_input),
         "llm_ttft_ms": _ms(reply.t_input, reply.t_first_token),
         "tts_first_audio_ms": _ms(reply.t_first_token, reply.t_first_audio),
@@ -49,7 +49,7 @@ def turn_metrics(reply, eot_wall: float | None, detector, speech_start_ms: int) 
         "llm_ms": _ms(reply.t_input, getattr(reply, "t_last_token", None)),
         "tts_ms": _ms(reply.t_first_token, getattr(reply, "t_audio_done", None)),
         "eot_to_first_audio_ms": _ms(eot_wall, first),
-        "speech_ms": float(max(0, detector.last_speech_ms - speech_start_ms)),
+        "speech_ms": float(max(0, detector.last_speech_ms - speech_start_ms)) if detector is not None else None,
     }
     if reply.speculative and eot_wall is not None and reply.t_first_audio is not None:
         pipeline = reply.t_first_audio - reply.t_start

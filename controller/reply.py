@@ -57,6 +57,7 @@ class Reply:
         self._held: list[AudioChunk] = []
         self._replay: list[AudioChunk] = []  # written but not heard when held (text deltas already sent)
         self.heard_offset_s = 0.0  # audio heard before the last resume (the output counts anew)
+        self.turn_facts: tuple = (None, None, 0)  # (end-of-turn wall time, detector, speech start) when played
         self._out: AudioOutput | None = None
         self._released = asyncio.Event()
         self.input_ready = asyncio.Event()  # set once the input is known (or failed)

@@ -10,7 +10,7 @@ import pytest
 from context.history import Context
 from controller.config import ControllerConfig
 from controller.controller import Controller, Stages
-from controller.events import ResponseDone, ResponseResumed, StateChanged
+from controller.events import ResponseDone, ResponseResumed, StateChanged, TurnMetrics
 from controller.turn_policy import is_false_interruption
 from decoder.fake import FakeDecoder
 from llm.fake import FakeLLM
@@ -73,6 +73,8 @@ async def test_a_wordless_interruption_resumes_the_reply_where_it_was_cut(said: 
     await wait_until(lambda: ctrl.state.value == "silence")
     (done,) = [e for e in events if isinstance(e, ResponseDone)]
     assert done.status == "completed" and done.text == REPLY
+    (metrics,) = [e for e in events if isinstance(e, TurnMetrics)]  # its own turn's figures, not the cough's
+    assert metrics.values["eot_to_first_audio_ms"] >= 0
     assert [t.role for t in ctrl.context.turns] == ["user", "assistant"]  # the cough is no turn
     assert ctrl.context.turns[1].text == REPLY
     tok.script = None
