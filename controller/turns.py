@@ -23,6 +23,7 @@ class TurnDetector:
         self.turn_ms = 0  # length of the current user turn
         self.end_of_turn_ms = cfg.end_of_turn_ms  # this pause's wait: moved by the turn model and hints
         self.model_spoke = False  # the end-of-turn model has scored this pause
+        self.transcript: str | None = None  # this pause's transcript, once known
         self.reply_unheard = False  # set by the controller: nothing of the reply was played yet
 
     def update(self, state: State, speech: bool, t_ms: int) -> Signal | None:
@@ -67,11 +68,15 @@ class TurnDetector:
         """Each pause is judged afresh: until the model answers, the fixed wait holds."""
         self.end_of_turn_ms = self.cfg.end_of_turn_ms
         self.model_spoke = False
+        self.transcript: str | None = None
 
     def judged(self, probability: float) -> int:
-        """The end-of-turn model's P(finished) for the current pause sets its wait."""
+        """The end-of-turn model's P(finished) for the current pause sets its wait (a transcript
+        that came first may still lengthen it)."""
         self.end_of_turn_ms = model_wait_ms(self.cfg, probability)
         self.model_spoke = True
+        if self.transcript and self.cfg.eot_hints:
+            self.end_of_turn_ms = hinted_wait_ms(self.cfg, self.end_of_turn_ms, self.transcript, True)
         return self.end_of_turn_ms
 
     def hint(self, transcript: str) -> None:
@@ -79,4 +84,5 @@ class TurnDetector:
         a model, a question mark means the thought is finished (controller/turn_policy.py)."""
         if not self.cfg.eot_hints or not transcript:
             return
+        self.transcript = transcript
         self.end_of_turn_ms = hinted_wait_ms(self.cfg, self.end_of_turn_ms, transcript, self.model_spoke)

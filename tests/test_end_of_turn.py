@@ -42,6 +42,17 @@ def test_transcript_hints_only_lengthen_a_models_wait() -> None:
     assert hinted_wait_ms(CFG, 650, "Is it raining?", model_spoke=False) < 650  # no model: as before
 
 
+def test_a_trailing_word_heard_before_the_model_answers_still_counts() -> None:
+    from controller.turns import TurnDetector
+
+    detector = TurnDetector(CFG)
+    detector.new_pause()
+    detector.hint("I want a pizza and")  # the transcript came back first
+    assert detector.judged(0.99) == int(650 * 1.6)  # "finished" by intonation, but "and…"
+    detector.new_pause()
+    assert detector.judged(0.99) == EAGERNESS["auto"][1]
+
+
 def make(turn: FakeTurnModel | None, cfg: ControllerConfig = CFG):
     events: list = []
     stages = Stages(EnergyVad(), FakeTokenizer(), FakeLLM(reply="Sure.", token_delay_s=0.001), FakeDecoder(),
