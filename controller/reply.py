@@ -60,6 +60,10 @@ class Reply:
         self.turn_facts: tuple = (None, None, 0)  # (end-of-turn wall time, detector, speech start) when played
         self._out: AudioOutput | None = None
         self._released = asyncio.Event()
+        # Cleared while held (a possible interruption): synthesis stops pulling text, so a reply
+        # that turns out to be cut costs no more TTS than its decoder's lookahead.
+        self._may_generate = asyncio.Event()
+        self._may_generate.set()
         self.input_ready = asyncio.Event()  # set once the input is known (or failed)
         self.speculative = False
         # What the model work of this reply is for (core.scheduler): the stages read it from the
@@ -91,6 +95,7 @@ class Reply:
             return
         self._out = None
         self._released.clear()
+        self._may_generate.clear()
         t, kept = 0.0, []
         for chunk in self.spoken:
             if t + chunk.seconds <= heard_s:
@@ -119,6 +124,7 @@ class Reply:
         for chunk in held:
             self._write(chunk)
         self._released.set()
+        self._may_generate.set()
 
     async def cancel(self) -> None:
         self.ticket.drop()  # queued model work of this reply goes before it runs
@@ -195,6 +201,7 @@ class Reply:
             audio = self._decoder.synthesize(self._text(self._llm.stream(messages)))
             try:
                 async for chunk in audio:
+                    await self._may_generate.wait()
                     if self.t_first_audio is None:
                         self.t_first_audio = time.monotonic()
                     if self._out is None:

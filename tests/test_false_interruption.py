@@ -189,3 +189,28 @@ async def test_real_sounds_over_a_reply(real_ears, sound: str, resumes: bool) ->
             assert done[0].status == "cancelled" and done[0].reason == "barge_in"
     finally:
         await ctrl.close()
+
+
+async def test_a_held_reply_stops_generating_until_it_resumes() -> None:
+    """While the interruption's words are unknown the reply takes no more text (so a real
+    interruption costs no more synthesis than the decoder's lookahead); resumed, it goes on."""
+    events: list = []
+    out = FakeOutput(auto_play=False)
+    tok = ScriptedTokenizer()
+    llm = FakeLLM(reply=" ".join(f"word{i}." for i in range(400)), token_delay_s=0.002)
+    ctrl = Controller(Stages(EnergyVad(), tok, llm, FakeDecoder()), Context("sys"), out, events.append,
+                      ControllerConfig())
+    await frames(ctrl, LOUD, 400)
+    await frames(ctrl, QUIET, 700)
+    await wait_until(lambda: len(out.chunks) >= 3)
+    out.played = out.chunks[0].seconds
+    tok.script = ""
+    await frames(ctrl, LOUD, 300)  # barge-in: the reply is held
+    stream = llm.streams[-1]
+    await asyncio.sleep(0.05)
+    sent = stream.pieces_sent
+    await asyncio.sleep(0.3)  # 150 token delays: a generating reply would take them all
+    assert stream.pieces_sent - sent <= 2 and not stream.finished
+    await frames(ctrl, QUIET, 700)  # no words: resumed
+    await wait_until(lambda: stream.pieces_sent > sent + 20)
+    await ctrl.close()
