@@ -185,11 +185,12 @@ class Controller(ClientRequests, TurnTaking):
         self._turn_voiced_ms = self.detector.talk_ms if barge_in else self.detector.speech_run_ms
         self.stages.tokenizer.reset()
         keep = len(self._preroll) if barge_in else self.cfg.preroll_ms // FRAME_MS + self.cfg.onset_ms // FRAME_MS
-        for frame in list(self._preroll)[-keep:] if keep else []:
+        kept = list(self._preroll)[-keep:] if keep else []
+        for frame in kept:
             self.stages.tokenizer.push(frame)
         self._speech_start_ms = max(0, self.t_ms - self.cfg.onset_ms)
         self._turn_audio.clear()
-        self._turn_audio.extend(list(self._preroll)[-keep:] if keep else [])
+        self._turn_audio.extend(kept)
         self._preroll.clear()
         self._has_input = True
         self.emit(SpeechStarted(self._item_id, self._speech_start_ms))
