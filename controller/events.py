@@ -70,6 +70,7 @@ class TurnTakenBack:
     committed: bool
     new_item_id: str
     t_ms: int
+    response_id: str | None = None  # the withdrawn reply, if it had started
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,8 @@ class TurnTaking:
             self._turn_audio.append(frame)
         self._preroll.clear()
         self._has_input = True
-        self.emit(TurnTakenBack(old_item, committed, self._item_id, self.t_ms))
+        self.emit(TurnTakenBack(old_item, committed, self._item_id, self.t_ms,
+                                reply.response_id if reply is not None else None))
         self.emit(SpeechStarted(self._item_id, self._speech_start_ms))
 
     def _settle_interruption(self, reason: str = "barge_in") -> None:

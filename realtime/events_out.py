@@ -12,7 +12,8 @@ from controller import events as ev
 from realtime.protocol import SessionSettings, error_event
 
 # response.done status_details.reason for the controller's cancel reasons.
-_CANCEL_REASONS = {"barge_in": "turn_detected", "client_cancelled": "client_cancelled"}
+_CANCEL_REASONS = {"barge_in": "turn_detected", "turn_resumed": "turn_detected",  # our step.turn_taken_back says which
+                   "client_cancelled": "client_cancelled"}
 _PART = {"output_index": 0, "content_index": 0}
 
 
@@ -82,7 +83,8 @@ class EventRenderer:
             case ev.TurnTakenBack():  # the user had only paused: the turn goes on as a new item
                 out = [{"type": "conversation.item.deleted", "item_id": event.item_id}] if event.committed else []
                 return out + [{"type": "step.turn_taken_back", "item_id": event.item_id,
-                               "new_item_id": event.new_item_id, "audio_ms": event.t_ms}]
+                               "new_item_id": event.new_item_id, "response_id": event.response_id,
+                               "audio_ms": event.t_ms}]
             case ev.ResponseResumed():  # an extension, like step.speculation
                 return [{"type": "step.response_resumed", "response_id": event.response_id,
                          "item_id": event.item_id, "audio_start_ms": round(event.resumed_at_s * 1000),

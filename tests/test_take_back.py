@@ -42,6 +42,7 @@ async def test_speech_before_the_reply_is_heard_takes_the_turn_back() -> None:
     assert ctrl.state.value == "user_speaking"
     (back,) = [e for e in events if isinstance(e, TurnTakenBack)]
     assert back.item_id == first_item and back.committed and back.new_item_id == ctrl._item_id
+    assert back.response_id == [e for e in events if isinstance(e, ResponseDone)][0].response_id
     assert not ctrl.context.turns  # the withdrawn input left the history
     assert [e.reason for e in events if isinstance(e, ResponseDone)] == ["turn_resumed"]
     await wait_until(lambda: llm.streams[0].closed_early or llm.streams[0].finished)
@@ -80,5 +81,7 @@ def test_the_realtime_client_sees_the_item_deleted_and_the_turn_go_on() -> None:
     out = renderer.render(TurnTakenBack("item_a", True, "item_b", 1200))
     assert out[0] == {"type": "conversation.item.deleted", "item_id": "item_a"}
     assert out[1]["type"] == "step.turn_taken_back" and out[1]["new_item_id"] == "item_b"
+    done = renderer.render(ResponseDone("resp_1", "item_x", "cancelled", "", "turn_resumed"))
+    assert done[-1]["response"]["status_details"]["reason"] == "turn_detected"  # the API's own reason
     assert [o["type"] for o in renderer.render(TurnTakenBack("item_c", False, "item_d", 1))] == [
         "step.turn_taken_back"]

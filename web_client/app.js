@@ -155,6 +155,22 @@ function handleEvent(ev) {
       setText(r.li, r.text);
       break;
     }
+    case "conversation.item.deleted": { // e.g. a turn taken back: it goes on as a new item
+      const li = userItems.get(ev.item_id);
+      if (li) li.remove();
+      userItems.delete(ev.item_id);
+      break;
+    }
+    case "step.turn_taken_back": // the user went on before hearing the reply: it is withdrawn
+      if (ev.response_id && replies.has(ev.response_id)) {
+        replies.get(ev.response_id).li.remove();
+        replies.delete(ev.response_id);
+      }
+      log("turn_taken_back", `${ev.item_id} → ${ev.new_item_id}`);
+      break;
+    case "step.response_resumed": // a cough or an "mm-hm" over the reply: it plays on
+      log("response_resumed", `${ev.response_id} at ${ev.audio_start_ms} ms`);
+      break;
     case "response.done": {
       const r = reply(ev.response.id);
       const status = ev.response.status || "completed";
