@@ -29,6 +29,13 @@ class EchoCancellationConfig(BaseModel):
     webrtc: bool = Field(False, description="browsers cancel echo themselves")
 
 
+class AudioSocketConfig(BaseModel):
+    """Asterisk AudioSocket calls (realtime/telephony/audiosocket.py): a TCP port of their own."""
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = Field(9092, ge=0, le=65535, description="0: any free port (tests)")
+
+
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
@@ -40,6 +47,7 @@ class ServerConfig(BaseModel):
     max_sdp_bytes: int = Field(65_536, ge=1024)
     cache_dir: str = Field("~/.cache/step-realtime", description="assembled embedded models")
     echo_cancellation: EchoCancellationConfig = EchoCancellationConfig()
+    audiosocket: AudioSocketConfig | None = Field(None, description="Asterisk AudioSocket listener; off by default")
     ice_servers: list[str | IceServer] = Field(
         default_factory=list, description="STUN/TURN servers for WebRTC: URLs, or {urls, username, credential} "
                                           "for TURN (none: host candidates only)")

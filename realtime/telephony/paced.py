@@ -44,6 +44,11 @@ class PacedAudioOutput:
         self._idle.set()
         self._task: asyncio.Task | None = None
 
+    def set_rate(self, rate: int) -> None:
+        """The carrier's rate, known from its first message (before any reply)."""
+        self.rate, self.frame = rate, round(rate * FRAME_S)
+        self._resample = Resampler(rate)
+
     def start(self) -> asyncio.Task:
         self._task = asyncio.create_task(self._pace(), name="step-tel-paced")
         return self._task
