@@ -36,6 +36,13 @@ class AudioSocketConfig(BaseModel):
     port: int = Field(9092, ge=0, le=65535, description="0: any free port (tests)")
 
 
+class RecordingsConfig(BaseModel):
+    """Phone calls recorded (stereo WAV, caller left, agent right) with a JSON transcript, per call."""
+    model_config = ConfigDict(extra="forbid")
+    dir: str = Field(description="where <time>-<session id>.wav/.json are written at each call's end")
+    max_mb: float = Field(50.0, gt=0, description="a recording stops growing at this size (~55 min at 8 kHz)")
+
+
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
@@ -48,6 +55,7 @@ class ServerConfig(BaseModel):
     cache_dir: str = Field("~/.cache/step-realtime", description="assembled embedded models")
     echo_cancellation: EchoCancellationConfig = EchoCancellationConfig()
     audiosocket: AudioSocketConfig | None = Field(None, description="Asterisk AudioSocket listener; off by default")
+    recordings: RecordingsConfig | None = Field(None, description="phone call recordings; off by default")
     ice_servers: list[str | IceServer] = Field(
         default_factory=list, description="STUN/TURN servers for WebRTC: URLs, or {urls, username, credential} "
                                           "for TURN (none: host candidates only)")

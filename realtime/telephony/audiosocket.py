@@ -65,7 +65,7 @@ class AudioSocketCall(PhoneCall):
                 raise CallError(f"audio of {len(payload)} bytes: expected whole 16-bit samples, "
                                 f"320 bytes per 20 ms, at most {MAX_AUDIO_BYTES}")
             pcm = np.frombuffer(payload, dtype="<i2").astype(np.int16)
-            self.session.push_frames(self.session.input.frames(pcm))
+            self.hear(pcm)
         elif kind == DTMF:
             if len(payload) != 1:
                 raise CallError(f"the DTMF message carries 1 byte, not {len(payload)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from controller.ports import AudioOutput
 from realtime.admission import serve_admitted
 from realtime.audio import PcmInput
 from realtime.session import RealtimeSession, ServerContext
+from realtime.telephony.recording import CallRecorder, ReferenceTee
 from realtime.ws import SERVER_KEY, SOCKETS_KEY
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,32 @@ class PhoneCall:
         self.session = RealtimeSession(server, "telephony", lambda s: self.output, reservation)
         self.session.set_input(source)
         self.call_id: str | None = None
+        self.recorder: CallRecorder | None = None
+        rec = server.config.server.recordings
+        if rec is not None:
+            name = f"{time.strftime('%Y%m%dT%H%M%S')}-{self.session.id}"
+            self.recorder = CallRecorder(rec.dir, rec.max_mb, name, source.rate, server.clock)
+            self.output.echo = ReferenceTee(self.session.echo, self.recorder)
         self.parameters: dict[str, str] = {}  # the carrier's call context
+
+    def hear(self, pcm) -> None:
+        """The caller's audio (int16 at the input's rate) → the recording and the session."""
+        if self.recorder is not None:
+            self.recorder.caller(pcm, self.session.input.rate)
+        self.session.push_frames(self.session.input.frames(pcm))
+
+    async def finish(self) -> None:
+        """The call is over: its recording and transcript are written (errors only logged)."""
+        if self.recorder is None:
+            return
+        while not self.session.outbox.empty():  # what the event task had not read yet
+            self.recorder.event(json.loads(self.session.outbox.get_nowait()))
+        info = {"session_id": self.session.id, "call_id": self.call_id, "parameters": self.parameters}
+        try:
+            await asyncio.to_thread(self.recorder.write, info)
+            log.info("session %s: recorded to %s.wav", self.session.id, self.recorder.path)
+        except OSError as exc:
+            log.error("session %s: the recording could not be written: %s", self.session.id, exc)
 
     def dtmf(self, digit: str) -> None:
         """A keypress: the Realtime event and a note in the model's context (not a barge-in)."""
@@ -66,6 +93,8 @@ class PhoneCall:
         """The Realtime JSON events have no reader on a phone line; errors are worth a log line."""
         while True:
             event = json.loads(await self.session.outbox.get())
+            if self.recorder is not None:
+                self.recorder.event(event)
             if event["type"] == "error":
                 log.warning("session %s: %s", self.session.id, event["error"].get("message"))
 
@@ -163,6 +192,7 @@ async def end_call(call: PhoneCall, tasks: list[asyncio.Task]) -> None:
     for task in tasks:  # after the hangup or a bad message nothing more is worth sending
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await call.finish()
 
 
 def close_reason(reason: str) -> bytes:

@@ -119,7 +119,7 @@ class TelnyxCall(WebSocketCall):
         if media.track != "inbound":  # both_tracks also carries what we send: not the caller
             return
         try:
-            self.session.push_frames(self.session.input.append(media.payload))
+            self.hear(self.session.input.decode(media.payload))
         except AudioFormatError as exc:
             raise CallError(f"media.payload: {exc}") from None
 

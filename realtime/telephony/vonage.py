@@ -77,7 +77,7 @@ class VonageCall(WebSocketCall):
             raise CallError(f"audio frames are {frame_bytes} bytes (20 ms of L16 at {self.rate} Hz); "
                             f"got {len(data)}")
         pcm = np.frombuffer(data, dtype="<i2").astype(np.int16)
-        self.session.push_frames(self.session.input.frames(pcm))
+        self.hear(pcm)
         return True
 
 
