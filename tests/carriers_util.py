@@ -55,11 +55,17 @@ class FakeCaller:
         except asyncio.TimeoutError:
             raise AssertionError(f"timed out waiting for {what}") from None
 
-    async def speak(self, pcm: np.ndarray) -> None:
-        """int16 at `rate`, in 20 ms frames, as fast as possible."""
+    async def speak(self, pcm: np.ndarray, realtime: bool = False) -> float:
+        """int16 at `rate`, in 20 ms frames, as fast as possible or paced like a live call.
+        Returns when (loop clock) its first frame went."""
         step = self.rate // 50
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
         for i in range(0, len(pcm) - step + 1, step):
+            if realtime:
+                await asyncio.sleep(max(0.0, t0 + i / self.rate - loop.time()))
             await self.send_audio(pcm[i:i + step])
+        return t0
 
     async def send_audio(self, frame: np.ndarray) -> None:
         raise NotImplementedError

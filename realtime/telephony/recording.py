@@ -1,9 +1,9 @@
 """Call recordings and transcripts (opt-in: config server.recordings {dir, max_mb}).
 
-A stereo WAV per call, caller left and agent right, both on the call's clock: the caller's audio
-runs on as a continuous stream from its first arrival (a carrier sends it in real time; a gap over
-RESYNC_S re-anchors it), the agent's is placed where it started playing at the caller (the time
-the outputs hand the echo canceller), and a barge-in silences the agent's track from that moment,
+A stereo WAV per call, caller left and agent right, both on the call's clock as the server sees
+it: the caller's audio where it arrived (kept a continuous stream: a carrier sends it in real
+time), the agent's where it started playing at the caller (the time the outputs hand the echo
+canceller); network delays either way are the carrier's and unknown here; and a barge-in silences the agent's track from that moment,
 so the recording sounds as the call did. Next to it a JSON transcript: per turn, when it started
 and ended on the same clock, what the caller was heard to say, what the agent generated and what
 of it was heard. Both are written when the call ends; a recording stops growing at max_mb.
@@ -64,12 +64,17 @@ class CallRecorder:
         self._end = max(self._end, end)
 
     def caller(self, pcm: np.ndarray, rate: int) -> None:
-        """The caller's audio as it arrived."""
-        arrived = round((self._clock() - self.t0) * self.rate) - round(len(pcm) * self.rate / rate)
+        """The caller's audio, placed where it arrived: a continuous stream (a carrier sends it in
+        real time), re-anchored after a gap, and pulled earlier, 5% at most, toward arrivals that
+        come sooner than its place (a late start: the first frames waited for the session)."""
+        n = round(len(pcm) * self.rate / rate)
+        arrived = max(0, round((self._clock() - self.t0) * self.rate))
         if self._caller_at is None or abs(arrived - self._caller_at) > RESYNC_S * self.rate:
             self._caller_at = arrived
+        elif arrived < self._caller_at:
+            self._caller_at -= min(self._caller_at - arrived, max(1, n // 20))
         self._place(0, self._caller_at, pcm, rate)
-        self._caller_at += round(len(pcm) * self.rate / rate)
+        self._caller_at += n
 
     # The outputs' reference interface (realtime/echo.py): what plays at the caller, and when.
     def played(self, pcm: np.ndarray, rate: int, start_s: float) -> None:
