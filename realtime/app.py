@@ -27,7 +27,7 @@ from aiohttp import web
 
 from core.stages import BuildEnv, build_all, close_all as close_all_stages, start_all as start_all_stages
 from realtime import telephony, webrtc
-from realtime.telephony import audiosocket, telnyx, vonage
+from realtime.telephony import audiosocket, control, telnyx, vonage
 from realtime.config import Config
 from realtime.session import ServerContext
 from realtime.ws import SERVER_KEY, SOCKETS_KEY, close_all, realtime_ws
@@ -55,6 +55,7 @@ def create_app(config: Config, stages: dict | None = None) -> web.Application:
     app.router.add_get("/v1/telephony/twilio", telephony.twilio_ws)
     app.router.add_get("/v1/telephony/telnyx", telnyx.telnyx_ws)
     app.router.add_get("/v1/telephony/vonage", vonage.vonage_ws)
+    control.add_routes(app)  # /v1/telephony/calls/{session_id}/hangup, /transfer
     app.router.add_get("/", web_client)
     app.router.add_get("/{name:[A-Za-z0-9_./-]+}", web_client)
     app.on_startup.append(_start_stages)

@@ -40,11 +40,19 @@ def message(kind: int, payload: bytes = b"") -> bytes:
 class AudioSocketCall(PhoneCall):
     def __init__(self, server: ServerContext, writer: asyncio.StreamWriter, reservation=None) -> None:
         self.writer = writer
+        self.ended: str | None = None  # our own hangup, by call control
         output = PacedAudioOutput(RATE, self._send_frame, None, server.clock)
         super().__init__(server, output, PcmInput(RATE, quality="MQ"), reservation)
 
     def _send_frame(self, pcm: np.ndarray) -> None:
         self.outbox.put_nowait(message(AUDIO, pcm.astype("<i2").tobytes()))
+
+    async def end(self, reason: str) -> None:
+        """Our hangup: 0x00, then the socket closes (the read loop ends on it)."""
+        self.ended = reason
+        self.writer.write(message(HANGUP))
+        await self.writer.drain()
+        self.writer.close()
 
     def handle(self, kind: int, payload: bytes) -> bool:
         """One message; False when the call is over. Raises CallError for bad input."""
@@ -153,6 +161,8 @@ class AudioSocketServer:
             reason = "server error"
         finally:
             await end_call(call, tasks)
+        if call.ended is not None or writer.is_closing():
+            return
         if reason is not None:
             log.warning("session %s: closing the call: %s", call.session.id, reason)
             writer.write(message(ERROR, reason.encode()[:1000]))

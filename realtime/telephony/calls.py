@@ -20,6 +20,7 @@ from controller.ports import AudioOutput
 from realtime.admission import serve_admitted
 from realtime.audio import PcmInput
 from realtime.session import RealtimeSession, ServerContext
+from realtime.telephony.control import CALLS
 from realtime.telephony.recording import CallRecorder, ReferenceTee
 from realtime.ws import SERVER_KEY, SOCKETS_KEY
 
@@ -46,6 +47,7 @@ class PhoneCall:
         self.session.set_input(source)
         self.call_id: str | None = None
         self.recorder: CallRecorder | None = None
+        CALLS[self.session.id] = self  # for call control (control.py)
         rec = server.config.server.recordings
         if rec is not None:
             name = f"{time.strftime('%Y%m%dT%H%M%S')}-{self.session.id}"
@@ -89,6 +91,10 @@ class PhoneCall:
         instructions = f"{self.session.settings.instructions}\n\nAbout this phone call:\n{lines}"
         self.session.settings.instructions = self.session.context.system_prompt = instructions
 
+    async def end(self, reason: str) -> None:
+        """End the call from our side (call control: hang up, transferred)."""
+        raise NotImplementedError
+
     async def discard_events(self) -> None:
         """The Realtime JSON events have no reader on a phone line; errors are worth a log line."""
         while True:
@@ -121,6 +127,9 @@ class WebSocketCall(PhoneCall):
 
     def on_json(self, data: dict) -> bool:
         raise NotImplementedError
+
+    async def end(self, reason: str) -> None:
+        await self.ws.close(code=WSCloseCode.OK, message=close_reason(reason))
 
     def on_binary(self, data: bytes) -> bool:
         raise CallError("binary frames are not part of this protocol; send JSON text")
