@@ -11,6 +11,7 @@
   GET  /v1/telephony/telnyx            phone calls over Telnyx media streaming (WebSocket, G.711)
   GET  /v1/telephony/vonage            phone calls over Vonage WebSocket audio (L16 16 kHz)
   (TCP server.audiosocket.port)        phone calls over Asterisk AudioSocket, if configured
+  POST /v1/telephony/calls/{id}/hangup, /transfer   call control (realtime/telephony/control.py)
 
 Stages are built once per server from the config (core.stages.build_all) and shared by all
 sessions; each session gets its own VAD and tokenizer from their factories.
