@@ -156,3 +156,14 @@ async def test_call_parameters_reach_the_instructions_and_hangups_end_calls() ->
             await call.wait(lambda: call.closed_with is not None, "the close")
             assert {"kind": 0x00, "payload": b""} in call.controls
         await wait_until(lambda: not server_context(server).sessions, what="session cleanup")
+
+
+async def test_vonage_at_8khz_gets_320_byte_frames() -> None:
+    async with running_server(config(**{"llm.echo": True})) as server, vonage_call(server, start=False) as call:
+        call.rate = 8000
+        await call.send({**VONAGE_CONNECTED, "content-type": "audio/l16;rate=8000"})
+        await call.speak(utterance(8000))
+        await wait_until(lambda: assistant_turns(server), what="the reply")
+        assert call.audio and all(len(a) == 160 for _, a in call.audio)  # 20 ms at 8 kHz
+        session = next(iter(server_context(server).sessions))
+        assert session.input.rate == 8000 and session.context.turns[0].text.startswith("w0")
