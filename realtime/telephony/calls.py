@@ -1,7 +1,7 @@
 """What every phone call shares, whatever the carrier: one call is one Realtime session.
 
 A carrier module (twilio.py, telnyx.py, vonage.py, audiosocket.py) only translates its wire format:
-caller audio → `session.push_frames`, keypresses → `dtmf()`, our audio → its messages (through an
+caller audio → `hear()`, keypresses → `dtmf()`, our audio → its messages (through an
 AudioOutput). The session, its controller, echo canceller and admission place are the same code as
 every other transport. Bad input raises CallError: that call ends with the reason, no other does.
 """
