@@ -87,3 +87,10 @@ class ClientRequests:
     def delete_item(self, item_id: str) -> bool:
         """conversation.item.delete: the item leaves the history. False if there is no such item."""
         return self.context.delete(item_id)
+
+    def note_dtmf(self, digit: str) -> str:
+        """A telephone keypress: a note in the history the next reply sees. Not speech, so no
+        barge-in and no reply of its own."""
+        item_id = new_id("item")
+        self.context.add_message("system", f"The caller pressed {digit} on the phone keypad.", item_id)
+        return item_id

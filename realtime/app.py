@@ -8,6 +8,10 @@
   POST /v1/realtime/calls              OpenAI Realtime over WebRTC (SDP offer → answer)
   POST /v1/realtime/calls/{id}/hangup
   GET  /v1/telephony/twilio            phone calls over Twilio Media Streams (WebSocket, μ-law)
+  GET  /v1/telephony/telnyx            phone calls over Telnyx media streaming (WebSocket, G.711)
+  GET  /v1/telephony/vonage            phone calls over Vonage WebSocket audio (L16 16 kHz)
+  (TCP server.audiosocket.port)        phone calls over Asterisk AudioSocket, if configured
+  POST /v1/telephony/calls/{id}/hangup, /transfer   call control (realtime/telephony/control.py)
 
 Stages are built once per server from the config (core.stages.build_all) and shared by all
 sessions; each session gets its own VAD and tokenizer from their factories.
@@ -24,6 +28,7 @@ from aiohttp import web
 
 from core.stages import BuildEnv, build_all, close_all as close_all_stages, start_all as start_all_stages
 from realtime import telephony, webrtc
+from realtime.telephony import audiosocket, control, telnyx, vonage
 from realtime.config import Config
 from realtime.session import ServerContext
 from realtime.ws import SERVER_KEY, SOCKETS_KEY, close_all, realtime_ws
@@ -49,9 +54,13 @@ def create_app(config: Config, stages: dict | None = None) -> web.Application:
     app.router.add_post("/v1/realtime/calls", webrtc.create_call)
     app.router.add_post("/v1/realtime/calls/{call_id}/hangup", webrtc.hangup)
     app.router.add_get("/v1/telephony/twilio", telephony.twilio_ws)
+    app.router.add_get("/v1/telephony/telnyx", telnyx.telnyx_ws)
+    app.router.add_get("/v1/telephony/vonage", vonage.vonage_ws)
+    control.add_routes(app)  # /v1/telephony/calls/{session_id}/hangup, /transfer
     app.router.add_get("/", web_client)
     app.router.add_get("/{name:[A-Za-z0-9_./-]+}", web_client)
     app.on_startup.append(_start_stages)
+    audiosocket.install(app)
     app.on_shutdown.append(_end_sessions)
     app.on_cleanup.append(_close_stages)
     return app

@@ -29,6 +29,41 @@ class EchoCancellationConfig(BaseModel):
     webrtc: bool = Field(False, description="browsers cancel echo themselves")
 
 
+class AudioSocketConfig(BaseModel):
+    """Asterisk AudioSocket calls (realtime/telephony/audiosocket.py): a TCP port of their own."""
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = Field(9092, ge=0, le=65535, description="0: any free port (tests)")
+
+
+class RecordingsConfig(BaseModel):
+    """Phone calls recorded (stereo WAV, caller left, agent right) with a JSON transcript, per call."""
+    model_config = ConfigDict(extra="forbid")
+    dir: str = Field(description="where <time>-<session id>.wav/.json are written at each call's end")
+    max_mb: float = Field(50.0, gt=0, description="a recording stops growing at this size (~55 min at 8 kHz)")
+
+
+class TwilioApiConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    account_sid: str
+    auth_token: str
+    api_base: str = "https://api.twilio.com"
+
+
+class TelnyxApiConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    api_key: str
+    api_base: str = "https://api.telnyx.com"
+
+
+class CarriersConfig(BaseModel):
+    """The carriers' REST APIs, for call control (hang up, transfer: realtime/telephony/control.py)."""
+    model_config = ConfigDict(extra="forbid")
+    twilio: TwilioApiConfig | None = None
+    telnyx: TelnyxApiConfig | None = None
+    public_url: str | None = Field(None, description="https://this-server, for Twilio to fetch a warm transfer's whisper")
+
+
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
@@ -40,6 +75,9 @@ class ServerConfig(BaseModel):
     max_sdp_bytes: int = Field(65_536, ge=1024)
     cache_dir: str = Field("~/.cache/step-realtime", description="assembled embedded models")
     echo_cancellation: EchoCancellationConfig = EchoCancellationConfig()
+    audiosocket: AudioSocketConfig | None = Field(None, description="Asterisk AudioSocket listener; off by default")
+    recordings: RecordingsConfig | None = Field(None, description="phone call recordings; off by default")
+    carriers: CarriersConfig | None = None
     ice_servers: list[str | IceServer] = Field(
         default_factory=list, description="STUN/TURN servers for WebRTC: URLs, or {urls, username, credential} "
                                           "for TURN (none: host candidates only)")

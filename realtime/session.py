@@ -1,6 +1,6 @@
 """One Realtime session: a Controller with its own VAD, tokenizer and context, fed by a transport.
 
-The transport (realtime/ws.py, realtime/webrtc.py, realtime/telephony.py) hands in client JSON
+The transport (realtime/ws.py, realtime/webrtc.py, realtime/telephony/) hands in client JSON
 (handle_text) and/or audio frames (push_frames); it takes server JSON out of `outbox` and sends it.
 Client mistakes become `error` events; the session carries on. On WebRTC the output is wrapped to
 report output_audio_buffer.* events (realtime/output_buffer.py). The session's echo canceller
@@ -128,6 +128,14 @@ class RealtimeSession:
         if not self.closed:
             for frame in frames:
                 self.controller.push_audio(frame)
+
+    def dtmf(self, digit: str) -> None:
+        """A keypad press (telephony): the Realtime event, and a note in the context for the next
+        reply. Not speech, so a reply that is playing goes on."""
+        if not self.closed:
+            self.send({"type": "input_audio_buffer.dtmf_event_received", "event": digit,
+                       "received_at": int(time.time())})
+            self.controller.note_dtmf(digit)
 
     async def handle_text(self, raw: str | bytes) -> None:
         """One client event. Never raises for a client mistake: it answers with an error event."""

@@ -75,10 +75,25 @@ async def test_stop_ends_the_call() -> None:
         await call.send({"event": "media", "streamSid": SID, "media": {"track": "outbound", "payload": "!!"}})
         await call.send({"event": "stop", "streamSid": SID, "stop": {"accountSid": "AC1", "callSid": "CA1"}})
         await wait_until(lambda: call.ws.closed, what="the close")
-        # dtmf and the outbound track were ignored; stop ended the call normally
+        # the keypress went to the session, the outbound track was ignored; stop ended the call normally
         assert call.ws.close_code == aiohttp.WSCloseCode.OK, call.close_reason
         assert call.close_reason == "call ended"
         await wait_until(lambda: not server_context(server).sessions, what="session cleanup")
+
+
+async def test_custom_parameters_and_keypresses_reach_the_session() -> None:
+    start = {**START, "start": {**START["start"], "customParameters": {"caller": "Ada", "account": "42"}}}
+    async with running_server() as server, twilio_call(server, start=False) as call:
+        await call.send(start)
+        await wait_until(lambda: server_context(server).sessions, what="the session")
+        session = next(iter(server_context(server).sessions))
+        await wait_until(lambda: "caller: Ada" in session.context.system_prompt, what="the parameters")
+        assert "account: 42" in session.settings.instructions
+        await call.send({"event": "dtmf", "streamSid": SID, "dtmf": {"track": "inbound_track", "digit": "#"}})
+        await wait_until(lambda: any("pressed #" in t.text for t in session.context.turns), what="the keypress")
+        await call.send({"event": "dtmf", "streamSid": SID, "dtmf": {"digit": "x"}})
+        await wait_until(lambda: call.ws.closed, what="the close")
+        assert "not a keypad key" in call.close_reason
 
 
 BAD_START = {**START, "start": {**START["start"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 16000,

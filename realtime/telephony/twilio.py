@@ -4,7 +4,7 @@ Media Streams is the de-facto telephony bridge (Twilio's `<Connect><Stream>`, an
 is spoken by many SIP gateways). One connection is one call is one session through the same
 controller as the other transports. The caller's side sends `connected`, `start` (streamSid,
 mediaFormat audio/x-mulaw 8000 Hz mono), `media` (base64 μ-law, 20 ms), `mark` (echoing ours once
-the audio before it has played), `dtmf`, `stop`. We send `media` (base64 μ-law, 20 ms each), a
+the audio before it has played), `dtmf` (→ the session's DTMF event), `stop`. We send `media` (base64 μ-law, 20 ms each), a
 `mark` after each decoder chunk, and `clear` on barge-in, which makes Twilio drop what it holds.
 
 Twilio plays what we send in real time and tells us, by echoing marks, how far it got; so what the
@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from decoder.base import AudioChunk
@@ -32,9 +31,8 @@ from realtime import g711
 from realtime.audio import AudioFormatError, G711Input
 from realtime.echo import EchoCanceller
 from realtime.outputs import Resampler
-from realtime.session import RealtimeSession, ServerContext
-from realtime.admission import serve_admitted
-from realtime.ws import SERVER_KEY, SOCKETS_KEY
+from realtime.session import ServerContext
+from realtime.telephony.calls import CallError, WebSocketCall, websocket_route
 
 log = logging.getLogger(__name__)
 FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
@@ -154,20 +152,13 @@ class MediaFormat(_Lenient):
 class StartInfo(_Lenient):
     stream_sid: str | None = Field(None, alias="streamSid", min_length=1)
     call_sid: str | None = Field(None, alias="callSid")
+    custom_parameters: dict[str, Any] = Field(default_factory=dict, alias="customParameters")
     media_format: MediaFormat = Field(alias="mediaFormat")
 
 
 class Media(_Lenient):
     payload: str
     track: str = "inbound"
-
-
-class CallError(Exception):
-    """Input that ends the call: closed with this code and reason."""
-
-    def __init__(self, reason: str, code: int = WSCloseCode.UNSUPPORTED_DATA) -> None:
-        super().__init__(reason)
-        self.code = code
 
 
 def _field(data: dict, key: str, model: type[BaseModel]) -> Any:
@@ -179,32 +170,20 @@ def _field(data: dict, key: str, model: type[BaseModel]) -> Any:
         raise CallError(f"{data.get('event')}: {where}: {err['msg']}") from None
 
 
-class TwilioCall:
+class TwilioCall(WebSocketCall):
     """One Media Streams connection: messages in → the session; the output's messages → out."""
 
     def __init__(self, server: ServerContext, ws: web.WebSocketResponse, reservation=None) -> None:
-        self.ws = ws
-        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.output = TwilioAudioOutput(self.outbox.put_nowait, server.clock)
-        self.session = RealtimeSession(server, "telephony", lambda s: self.output, reservation)
-        self.session.set_input(G711Input(g711.MULAW))
+        outbox: asyncio.Queue = asyncio.Queue()
+        super().__init__(server, ws, TwilioAudioOutput(outbox.put_nowait, server.clock), G711Input(g711.MULAW),
+                         reservation)
+        self.outbox = outbox
         self.call_sid: str | None = None
-        self.max_bytes = server.config.server.max_event_bytes
 
-    def handle(self, msg) -> bool:
-        """One WebSocket message; False when the call is over. Raises CallError for bad input."""
-        if msg.type == WSMsgType.BINARY:
-            raise CallError("binary frames are not part of Media Streams; send JSON text")
-        if msg.type != WSMsgType.TEXT:
-            return msg.type not in (WSMsgType.ERROR, WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
-        if len(msg.data) > self.max_bytes:
-            raise CallError(f"message is over {self.max_bytes} bytes", WSCloseCode.MESSAGE_TOO_BIG)
-        try:
-            data = json.loads(msg.data)
-        except (ValueError, RecursionError):
-            raise CallError("message is not valid JSON") from None
-        if not isinstance(data, dict) or not isinstance(data.get("event"), str):
-            raise CallError("message must be a JSON object with an 'event'")
+    def on_binary(self, data: bytes) -> bool:
+        raise CallError("binary frames are not part of Media Streams; send JSON text")
+
+    def on_json(self, data: dict) -> bool:
         match data["event"]:
             case "connected":
                 pass
@@ -216,10 +195,13 @@ class TwilioCall:
                 mark = data.get("mark")
                 if isinstance(mark, dict) and isinstance(mark.get("name"), str):
                     self.output.on_mark(mark["name"])
+            case "dtmf":
+                dtmf = data.get("dtmf")
+                self.dtmf(dtmf.get("digit") if isinstance(dtmf, dict) else None)
             case "stop":
                 log.info("session %s: call %s stopped", self.session.id, self.call_sid)
                 return False
-            case other:  # dtmf, and whatever Twilio adds later: not ours to refuse
+            case other:  # whatever Twilio adds later: not ours to refuse
                 log.debug("session %s: ignoring %r", self.session.id, other)
         return True
 
@@ -231,6 +213,8 @@ class TwilioCall:
         if not isinstance(sid, str) or not sid:
             raise CallError("start: no streamSid")
         self.output.stream_sid, self.call_sid = sid, start.call_sid
+        self.call_id = start.call_sid or sid
+        self.add_parameters(start.custom_parameters)  # <Parameter>s of the TwiML <Stream>
         log.info("session %s: call %s, stream %s", self.session.id, start.call_sid, sid)
 
     def _media(self, data: dict) -> None:
@@ -240,56 +224,9 @@ class TwilioCall:
         if media.track != "inbound":  # both_tracks streams also carry what we send: not the caller
             return
         try:
-            self.session.push_frames(self.session.input.append(media.payload))
+            self.hear(self.session.input.decode(media.payload))
         except AudioFormatError as exc:
             raise CallError(f"media.payload: {exc}") from None
 
-    async def send_loop(self) -> None:
-        try:
-            while True:
-                await self.ws.send_str(json.dumps(await self.outbox.get()))
-        except (ConnectionError, RuntimeError):
-            log.debug("session %s: send failed, caller gone", self.session.id)
 
-    async def discard_events(self) -> None:
-        """The Realtime JSON events have no reader on a phone line; errors are worth a log line."""
-        while True:
-            event = json.loads(await self.session.outbox.get())
-            if event["type"] == "error":
-                log.warning("session %s: %s", self.session.id, event["error"].get("message"))
-
-
-async def twilio_ws(request: web.Request) -> web.StreamResponse:
-    server = request.app[SERVER_KEY]
-    return await serve_admitted(server.admission, lambda reservation: _serve(request, server, reservation))
-
-
-async def _serve(request: web.Request, server, reservation) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(max_msg_size=4 * server.config.server.max_event_bytes + 65_536, heartbeat=30)
-    await ws.prepare(request)
-    request.app[SOCKETS_KEY].add(ws)
-    call = TwilioCall(server, ws, reservation)
-    log.info("session %s: telephony stream from %s", call.session.id, request.remote)
-    tasks = [asyncio.create_task(call.send_loop(), name=f"step-tel-send-{call.session.id}"),
-             asyncio.create_task(call.discard_events(), name=f"step-tel-events-{call.session.id}")]
-    close_code, reason = WSCloseCode.OK, "call ended"
-    try:
-        async for msg in ws:
-            if not call.handle(msg):
-                break
-    except CallError as exc:
-        close_code, reason = exc.code, str(exc)
-        log.warning("session %s: closing the call: %s", call.session.id, reason)
-    except Exception:  # a bug ends this call only
-        log.exception("session %s: handling a Media Streams message failed", call.session.id)
-        close_code, reason = WSCloseCode.INTERNAL_ERROR, "server error"
-    finally:
-        await call.session.close()
-        for task in tasks:  # after `stop` or a bad message nothing more is worth sending
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if not ws.closed:
-            # A close reason is at most 123 bytes: cut it on a character boundary.
-            await ws.close(code=close_code, message=reason.encode()[:120].decode("utf-8", "ignore").encode())
-        log.info("session %s: closed", call.session.id)
-    return ws
+twilio_ws = websocket_route(TwilioCall, "Twilio")
