@@ -23,14 +23,14 @@ from bench.corpus import Conversation
 from bench.measure import Refused, TurnRecord, analyze, refused_records
 from bench.mic import ScriptOptions
 
-CALLER_MODULES = {"webrtc": "bench.caller_webrtc", "ws": "bench.caller_ws"}
+CALLER_MODULES = {"webrtc": "bench.caller_webrtc", "ws": "bench.caller_ws", "twilio": "bench.caller_twilio"}
 STAGGER_S = 0.37  # between callers' first calls in a level: they do not all speak in lockstep
 CALLERS_PER_PROC = 4  # --caller-procs auto: one caller process per this many callers
 MAX_RETRY_S = 30.0  # a Retry-After longer than this is cut to it
 
 
 def caller_module(transport: str):
-    """bench.caller_ws / bench.caller_webrtc, imported only when used (aiortc is heavy)."""
+    """bench.caller_ws / caller_webrtc / caller_twilio, imported only when used (aiortc is heavy)."""
     return importlib.import_module(CALLER_MODULES[transport])
 
 
