@@ -30,9 +30,10 @@ from controller.events import (
     SpeechStopped, Speculation, StateChanged, TurnJudged, TurnTakenBack, new_id,
 )
 from controller.metrics import SpeculationStats, turn_metrics
-from controller.ports import AudioOutput
+from controller.ports import AudioOutput, ToolRunner
 from controller.reply import Reply
 from controller.states import Signal, State, next_state
+from controller.tools import ToolCalls
 from controller.turn_policy import is_false_interruption
 from controller.turns import TurnDetector
 from core.scheduler import Kind, Ticket, current_ticket, working_for
@@ -54,7 +55,7 @@ class Stages:
     turn: TurnCompletion | None = None  # the end-of-turn model; None: the fixed wait
 
 
-class Controller(ClientRequests):
+class Controller(ClientRequests, ToolCalls):
     def __init__(
         self,
         stages: Stages,
@@ -64,8 +65,10 @@ class Controller(ClientRequests):
         config: ControllerConfig | None = None,
         stats: SpeculationStats | None = None,
         session_id: str = "",
+        tool_runner: ToolRunner | None = None,
     ) -> None:
         self.cfg = config or ControllerConfig()
+        self._init_tools(tool_runner)  # controller/tools.py
         self.session_id = session_id  # names this session's model work in the scheduler
         self.stages = stages
         self.context = context
@@ -329,6 +332,7 @@ class Controller(ClientRequests):
         self.emit(InputTranscript(self._item_id, user.text))
         self.context.add_user(user.text, user.speech_seconds, self._item_id)
         self._committed = (self._item_id, user)
+        self._tool_rounds = 0  # a new user turn: the server may answer tool calls again
         return user
 
     def _new_reply(self, user_input, in_context: bool = False, ticket: Ticket | None = None) -> Reply:
@@ -349,7 +353,10 @@ class Controller(ClientRequests):
                     return self.context.messages(Message("user", committed.prompt_text()), replaces=item_id)
             return self.context.messages()
 
+        tools, tool_choice = self.offered_tools()
         return Reply(
+            tools=tools,
+            tool_choice=tool_choice,
             response_id=new_id("resp"),
             item_id=new_id("item"),
             user_input=user_input,
@@ -379,8 +386,11 @@ class Controller(ClientRequests):
         if reply.error:
             self.emit(ErrorEvent("reply_failed", f"{type(reply.error).__name__}: {reply.error}"))
         self.context.add_assistant(reply.spoken_text(), reply.spoken_seconds(), reply.item_id)
-        self.emit(ResponseDone(reply.response_id, reply.item_id, status, reply.spoken_text()))
+        calls = self._finished_calls(reply, completed=not reply.error)
+        self.emit(ResponseDone(reply.response_id, reply.item_id, status, reply.spoken_text(), calls=calls))
         self.emit(turn_metrics(reply, *reply.turn_facts))
+        if not reply.error and self._answer_calls(calls):
+            return  # server-side tools run; a follow-up reply speaks their result (controller/tools.py)
         self.signal(Signal.REPLY_DONE)
 
     def _barge_in(self) -> None:
@@ -389,6 +399,7 @@ class Controller(ClientRequests):
         here and only what was heard is kept."""
         self.output.clear()  # drop queued audio first: this is what the caller hears stop
         self._cancel_task(self._end_task)
+        self._interrupt_tools("barge-in")
         reply, self._reply = self._reply, None
         if reply is not None:
             heard_s = reply.heard_offset_s + self.output.played_seconds()
@@ -437,7 +448,8 @@ class Controller(ClientRequests):
             return
         reply, heard_s, heard = pending
         self.context.add_assistant(heard, heard_s, reply.item_id)
-        self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, reason))
+        self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, reason,
+                               calls=self._finished_calls(reply, completed=False)))
         self.emit(turn_metrics(reply, *reply.turn_facts))
         asyncio.create_task(reply.cancel())
 
@@ -467,6 +479,7 @@ class Controller(ClientRequests):
         self._cancel_task(self._end_task)
         self._cancel_task(self._warm_task)
         self._cancel_task(self._judge_task)
+        self._cancel_tools()
         if self._interrupted is not None:
             reply, self._interrupted = self._interrupted[0], None
             await reply.cancel()
