@@ -26,7 +26,6 @@ from controller.states import State
 from llm.base import ToolCall
 
 log = logging.getLogger(__name__)
-MAX_TOOL_ROUNDS = 3  # server-answered rounds per user turn; the last follow-up is offered no tools
 
 
 class ToolCalls:
@@ -39,6 +38,7 @@ class ToolCalls:
         self.tool_choice = "auto"
         self.tool_runner = runner
         self._tool_rounds = 0
+        self._next_tools: tuple[list[dict], str | dict] | None = None  # response.create's override, once
         self._tool_task: asyncio.Task | None = None
         self._running_calls: list[FunctionCallItem] = []
         self._tool_tasks: set[asyncio.Task] = set()  # kept referenced until done, interrupted or not
@@ -49,15 +49,22 @@ class ToolCalls:
 
     def offered_tools(self) -> tuple[list[dict], str | dict | None]:
         """The tools in chat-completions form and the tool choice, for the next reply."""
-        if self._tool_rounds >= MAX_TOOL_ROUNDS or self.tool_choice == "none":
+        client_tools, choice = self._next_tools or (self.client_tools, self.tool_choice)
+        self._next_tools = None
+        if self._tool_rounds >= self.cfg.max_tool_rounds or choice == "none":
             return [], None
-        realtime = self.client_tools + (self.tool_runner.specs() if self.tool_runner is not None else [])
+        realtime = client_tools + (self.tool_runner.specs() if self.tool_runner is not None else [])
         tools = [{"type": "function", "function": {k: t[k] for k in ("name", "description", "parameters") if t.get(k)}}
                  for t in realtime]
-        choice = self.tool_choice
         if isinstance(choice, dict):  # Realtime {type: function, name} → chat {type, function: {name}}
             choice = {"type": "function", "function": {"name": choice.get("name")}}
         return tools, choice
+
+    def override_tools(self, tools: list[dict] | None, tool_choice: str | dict | None) -> None:
+        """response.create's `tools` / `tool_choice`: for the next response only."""
+        if tools is not None or tool_choice is not None:
+            self._next_tools = (self.client_tools if tools is None else tools,
+                                self.tool_choice if tool_choice is None else tool_choice)
 
     def _finished_calls(self, reply, completed: bool) -> tuple[FunctionCallItem, ...]:
         """The reply's calls as output items; those of a completed reply join the history."""

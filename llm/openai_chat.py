@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.scheduler import Scheduler, WorkDropped
 from llm.base import Message, ToolCallDelta, chat_message
 from llm.llama_server import LlamaServer
+from llm.tool_text import calls_in_text
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class Options(BaseModel):
     temperature: float = Field(0.6, ge=0, le=2)
     timeout: float = Field(30.0, gt=0, description="seconds, per request (connect and each read)")
     max_retries: int = Field(0, ge=0, description="retries cost a turn's latency: none by default")
+    text_tool_calls: bool = Field(True, description="a reply that is only a tool call written as JSON text "
+                                                    "(small models do that) becomes a tool call (llm/tool_text.py)")
     warm_prefix: bool = Field(True, description="at the start of each user turn, send the conversation so far "
                                                 "(1 token) so the server's prompt cache holds it")
     concurrency: int | None = Field(None, ge=1, description="requests in flight at once (the scheduler's \"llm\" "
@@ -128,8 +131,12 @@ class OpenAIChatClient:
         request = self._client.chat.completions.create(
             model=self.options.model, messages=[chat_message(m) for m in messages],
             stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature, **extra)
-        async for piece in stream_text(request, self.base_url or "the LLM server", _pieces_of):
-            yield piece
+        pieces = stream_text(request, self.base_url or "the LLM server", _pieces_of)
+        if tools and self.options.text_tool_calls:
+            pieces = calls_in_text(pieces, [t["function"]["name"] for t in tools])
+        async with aclosing(pieces) as pieces:
+            async for piece in pieces:
+                yield piece
 
     async def warm(self, history: Sequence[Message]) -> None:
         """Evaluate `history` + an empty user message, generating one token, so that the server

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from realtime import g711
 from realtime.audio import SUPPORTED_PCM_RATES
-from realtime.tool_protocol import FunctionTool, function_tools
+from realtime.tool_protocol import FunctionTool, checked_tool_choice, function_tools, response_tools  # noqa: F401
 
 DEFAULT_RATE = 24_000
 
@@ -99,7 +99,7 @@ class SessionIn(_Lenient):
     output_modalities: list[Literal["audio", "text"]] | None = None
     audio: AudioSettings | None = None
     tools: list[FunctionTool] | None = None
-    tool_choice: Literal["auto", "none", "required"] | dict | None = None
+    tool_choice: str | dict | None = None
 
 
 class ClientEvent(_Lenient):
@@ -265,11 +265,7 @@ class SessionSettings:
         if update.tools is not None:
             new.tools = function_tools(update.tools)
         if update.tool_choice is not None:
-            choice = update.tool_choice
-            if isinstance(choice, dict) and (choice.get("type") != "function" or not choice.get("name")):
-                raise ProtocolError("invalid_value", "tool_choice must be auto, none, required or "
-                                    "{type: function, name}", "session.tool_choice")
-            new.tool_choice = choice
+            new.tool_choice = checked_tool_choice(update.tool_choice, "session.tool_choice")
         if update.output_modalities is not None and "audio" not in update.output_modalities:
             raise ProtocolError("unsupported_modalities", "this server always answers with audio",
                                 "session.output_modalities")

@@ -165,6 +165,7 @@ class RealtimeSession:
                 if ctl.state is State.BOT_REPLYING:
                     raise p.ProtocolError("conversation_already_has_active_response",
                                           "a response is in progress; cancel it first", None, event.event_id)
+                ctl.override_tools(*p.response_tools(event))
                 ctl.create_response()
             case p.ResponseCancel():
                 if not await ctl.cancel_response():

@@ -35,6 +35,23 @@ def function_tools(tools: list[FunctionTool]) -> list[dict]:
     return out
 
 
+def response_tools(event) -> tuple[list[dict] | None, str | dict | None]:
+    """response.create's `response.tools` / `response.tool_choice` (None: the session's)."""
+    options = event.response or {}
+    tools = options.get("tools")
+    if tools is not None:
+        tools = function_tools([FunctionTool.model_validate(t) for t in tools])
+    choice = options.get("tool_choice")
+    return tools, None if choice is None else checked_tool_choice(choice, "response.tool_choice")
+
+
+def checked_tool_choice(choice, param: str) -> str | dict:
+    if choice in ("auto", "none", "required") or (
+            isinstance(choice, dict) and choice.get("type") == "function" and choice.get("name")):
+        return choice
+    raise _problem("invalid_value", "tool_choice must be auto, none, required or {type: function, name}", param)
+
+
 def _problem(code: str, message: str, param: str | None = None) -> Exception:
     from realtime.protocol import ProtocolError  # protocol.py imports this module
 

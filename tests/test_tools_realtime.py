@@ -209,3 +209,28 @@ async def test_barge_in_during_a_server_tool_cancels_the_answer_not_the_side_eff
             # no follow-up answer for the tool's result was ever created
             assert len(c.of_type("response.created")) == 2
     assert tool_fixtures.CALLS == [("slow_side_effect", {"seconds": 1.0})]
+
+
+async def test_response_create_overrides_tools_for_one_response_and_bad_tools_are_refused() -> None:
+    async with running_server(tool_config()) as server:
+        async with ws_client(server) as c:
+            await c.send({"type": "session.update", "session": {"tools": [WEATHER], "audio": {"input": {
+                "turn_detection": None}}}})
+            await c.next("session.updated")
+            for bad, param in (({"tools": [{"type": "mcp", "server_label": "x"}]}, "session.tools.0.type"),
+                               ({"tool_choice": "sometimes"}, "session.tool_choice"),
+                               ({"tools": [WEATHER, WEATHER]}, "session.tools")):
+                await c.send({"type": "session.update", "session": bad})
+                assert (await c.next("error"))["error"]["param"] == param
+            await c.send({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "weather?"}]}})
+            await c.send({"type": "response.create", "response": {"tool_choice": "none"}})
+            done = await c.next("response.done")
+            assert [o["type"] for o in done["response"]["output"]] == ["message"]  # no tools offered
+            await c.send({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "and now?"}]}})
+            await c.send({"type": "response.create"})  # the session's tools again
+            done = await c.next("response.done")
+            assert [o["type"] for o in done["response"]["output"]] == ["message", "function_call"]
+    llm = fake_llm(server)
+    assert [bool(s.tools) for s in llm.streams] == [False, True]
