@@ -234,3 +234,23 @@ async def test_response_create_overrides_tools_for_one_response_and_bad_tools_ar
             assert [o["type"] for o in done["response"]["output"]] == ["message", "function_call"]
     llm = fake_llm(server)
     assert [bool(s.tools) for s in llm.streams] == [False, True]
+
+
+async def test_a_discarded_speculation_runs_no_server_tool() -> None:
+    tool_fixtures.CALLS.clear()
+    config = server_tools({"type": "python", "function": "tests.tool_fixtures:get_weather"},
+                          **{"llm.token_delay_s": 0.002, "controller.speculation": True})
+    async with running_server(config) as server:
+        async with ws_client(server) as c:
+            llm = fake_llm(server)
+            await c.send_audio(tone(0.8))
+            await c.send_audio(silence(0.35))
+            await c.next("step.speculation", action="started")
+            await wait_until(lambda: llm.streams and llm.streams[0].pieces_sent >= 1, what="speculation at the call")
+            await asyncio.sleep(0.3)
+            assert tool_fixtures.CALLS == [] and not c.of_type("step.tool_call")
+            await c.send_audio(utterance(0.6))
+            await c.next("step.speculation", action="discarded")
+            await c.next("response.done")
+            await c.next("response.done")  # the follow-up with the result
+    assert tool_fixtures.CALLS == [("get_weather", {"city": "Paris", "unit": "celsius"})]
