@@ -1,0 +1,79 @@
+"""What happens when the caller speaks over a reply: a barge-in settles as what was heard, a
+wordless one lets the reply resume, speech before any of it was heard takes the turn back.
+
+A mixin of controller.controller.Controller (it uses the controller's state, stages and context);
+the transitions that call these are in controller.py.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from controller.events import ResponseDone, ResponseResumed, SpeechStarted, TurnTakenBack, new_id
+from controller.metrics import turn_metrics
+from controller.states import State
+from controller.turn_policy import is_false_interruption
+
+
+class Interruptions:
+    def _reply_unheard(self) -> bool:
+        """Still nothing of this turn's reply has reached the caller's ears (so speech now means
+        the user had only paused). Once audio plays, speech over it is a barge-in."""
+        if not self._may_take_back or self.state is not State.BOT_REPLYING:
+            return False
+        if self._reply is not None and self._reply.playing and self.output.played_seconds() > 0:
+            self._may_take_back = False
+        return self._may_take_back
+
+    def _take_back_turn(self) -> None:
+        """The end of turn was premature: withdraw the reply before anyone heard it and carry on
+        with the same turn (the tokenizer still holds its audio; the frames since the pause are
+        added, silence included, so the transcript reads as one utterance)."""
+        self._may_take_back = False
+        self._cancel_task(self._end_task)  # closes the LLM stream of a reply still being prepared
+        reply, self._reply = self._reply, None
+        if reply is not None:
+            self.output.clear()
+            self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", "", "turn_resumed"))
+            asyncio.create_task(reply.cancel())
+        old_item = self._item_id
+        committed = self.context.delete(old_item)
+        self._item_id = new_id("item")
+        for frame in self._preroll:
+            self.stages.tokenizer.push(frame)
+            self._turn_audio.append(frame)
+        self._preroll.clear()
+        self._has_input = True
+        self.emit(TurnTakenBack(old_item, committed, self._item_id, self.t_ms))
+        self.emit(SpeechStarted(self._item_id, self._speech_start_ms))
+
+    def _settle_interruption(self, reason: str = "barge_in") -> None:
+        """The interrupted reply ends: the context keeps only what the caller heard."""
+        pending, self._interrupted = self._interrupted, None
+        if pending is None:
+            return
+        reply, heard_s, heard = pending
+        self.context.add_assistant(heard, heard_s, reply.item_id)
+        self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, reason,
+                               calls=self._finished_calls(reply, completed=False)))
+        self.emit(turn_metrics(reply, *reply.turn_facts))
+        asyncio.create_task(reply.cancel())
+
+    async def _resume_if_no_words(self) -> bool:
+        """End of a turn that began as a barge-in: if it carried no words, drop it and let the
+        interrupted reply play on from where the caller stopped hearing it."""
+        if self._interrupted is None:
+            return False
+        user = await self.stages.tokenizer.finalize() if self._has_input else None
+        if user is not None and not is_false_interruption(user.text, self._turn_voiced_ms):
+            self._settle_interruption()
+            return False
+        reply = self._interrupted[0]
+        self._interrupted = None
+        self._may_take_back = False  # the caller has heard this reply: speech over it is a barge-in
+        self.stages.tokenizer.reset()  # the cough is not a turn: nothing enters the context
+        self._has_input = False
+        self._item_id = new_id("item")
+        self.emit(ResponseResumed(reply.response_id, reply.item_id, reply.heard_offset_s, user.text if user else ""))
+        self._reply = reply
+        reply.resume(self.output)
+        return True
