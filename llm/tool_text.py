@@ -3,8 +3,11 @@
 Qwen2.5-Coder-0.5B, asked with tools, answers with the call as a JSON block (```json {"name":
 ..., "arguments": {...}} ```) rather than inside <tool_call> tags, so llama-server's parser
 passes it on as text — which would be read aloud. When tools were offered and a reply *starts*
-like a call (`{`, a ``` fence or <tool_call>), it is held to its end and, if it is a call of an
-offered tool, becomes a tool call; anything else is passed on as text, unchanged.
+like a call (`{`, a ``` fence or <tool_call>), it is held to its end and, if it opens with a call
+({"name": …, "arguments": {…}}), becomes a tool call — what follows the call (the model explaining
+it) is dropped, and a call of a tool not offered still becomes a call, which the controller
+answers with an error rather than the caller hearing JSON read aloud. Anything else is passed on
+as text, unchanged.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from collections.abc import AsyncIterator, Iterable
 from llm.base import ToolCallDelta
 
 _OPENERS = ("{", "[", "```", "<tool_call>")
-_WRAPPERS = re.compile(r"^\s*(?:```(?:json)?|<tool_call>)\s*|\s*(?:```|</tool_call>)\s*$")
+_OPENING = re.compile(r"^\s*(?:```(?:json)?|<tool_call>)?\s*")
 
 
 async def calls_in_text(pieces: AsyncIterator[str | ToolCallDelta], tool_names: Iterable[str]
@@ -52,16 +55,20 @@ async def calls_in_text(pieces: AsyncIterator[str | ToolCallDelta], tool_names: 
 
 
 def parse_calls(text: str, names: set[str]) -> list[tuple[str, str]]:
-    """[(name, arguments JSON)] if `text` is nothing but calls of tools in `names`, else []."""
-    body = _WRAPPERS.sub("", text.strip())
+    """[(name, arguments JSON)] if `text` opens with calls (of tools in `names`, or objects of just
+    `name` and `arguments`), else []."""
+    body = _OPENING.sub("", text, count=1)
     try:
-        data = json.loads(body)
+        data, _ = json.JSONDecoder().raw_decode(body)
     except ValueError:
         return []
     out = []
     for call in data if isinstance(data, list) else [data]:
-        if not isinstance(call, dict) or call.get("name") not in names:
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             return []
         args = call.get("arguments", call.get("parameters", {}))
+        shaped = set(call) <= {"name", "arguments", "parameters"} and isinstance(args, dict)
+        if call["name"] not in names and not shaped:
+            return []
         out.append((call["name"], args if isinstance(args, str) else json.dumps(args)))
     return out

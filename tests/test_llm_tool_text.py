@@ -28,8 +28,10 @@ async def test_a_fenced_json_call_becomes_a_tool_call() -> None:
 async def test_text_streams_through_unchanged() -> None:
     assert await run(["It", " is", " sunny."]) == ["It", " is", " sunny."]
     assert await run(["  ", "Hi", " there"]) == ["  Hi", " there"]
-    # starts like a call but is not one (unknown name, not JSON): the text as it was
-    assert await run(['{"name": "other", "arguments": {}}']) == ['{"name": "other", "arguments": {}}']
+    # starts like a call but is not one: the text as it was
+    assert await run(['{"city": "Paris"} is what I know']) == ['{"city": "Paris"} is what I know']
+    # a call of a tool not offered is still a call (the controller answers it with an error)
+    assert (await run(['{"name": "add", "arguments": {"a": 2}}']))[0].name == "add"
     assert await run(["``", "`python\nprint(1)\n```"]) == ["```python\nprint(1)\n```"]
     real = ToolCallDelta(0, "c", "get_weather", "{}")
     assert await run(["Let me check. ", real]) == ["Let me check. ", real]
@@ -38,7 +40,9 @@ async def test_text_streams_through_unchanged() -> None:
 def test_parse_calls() -> None:
     assert parse_calls('[{"name": "a", "parameters": {"x": 1}}, {"name": "b"}]', {"a", "b"}) == \
         [("a", '{"x": 1}'), ("b", "{}")]
-    assert parse_calls('{"name": "a"} and more', {"a"}) == []
+    assert parse_calls('{"name": "a"} and more', {"a"}) == [("a", "{}")]  # the explanation after it is dropped
+    assert parse_calls('```json\n{"name": "a", "arguments": {}}\n```\n\nThis calls a.', {"a"}) == [("a", "{}")]
+    assert parse_calls('{"name": "b", "city": "x"}', {"a"}) == []  # not offered, not call-shaped
 
 
 def test_pieces_of_a_streamed_choice_and_chat_messages() -> None:
