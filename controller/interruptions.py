@@ -33,7 +33,8 @@ class Interruptions:
         reply, self._reply = self._reply, None
         if reply is not None:
             self.output.clear()
-            self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", "", "turn_resumed"))
+            self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", "", "turn_resumed",
+                                   calls=self._finished_calls(reply, completed=False)))
             asyncio.create_task(reply.cancel())
         old_item = self._item_id
         committed = self.context.delete(old_item)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from openai import AsyncOpenAI
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 from pydantic import TypeAdapter
@@ -254,3 +256,24 @@ async def test_a_discarded_speculation_runs_no_server_tool() -> None:
             await c.next("response.done")
             await c.next("response.done")  # the follow-up with the result
     assert tool_fixtures.CALLS == [("get_weather", {"city": "Paris", "unit": "celsius"})]
+
+
+@pytest.mark.parametrize("take_back", [False, True])
+async def test_speech_while_a_call_streams_leaves_it_incomplete_and_unrun(take_back: bool) -> None:
+    """Barge-in, or (nothing was heard yet) the turn taken back: either way the call is cut."""
+    config = tool_config(arguments={"city": "Paris", "note": "x" * 40}, **{"llm.token_delay_s": 0.25,
+                                                                            "controller.take_back_turns": take_back})
+    async with running_server(config) as server:
+        async with ws_client(server) as c:
+            await c.send({"type": "session.update", "session": {"tools": [WEATHER]}})
+            await c.next("session.updated")
+            await c.send_audio(utterance(1.0))
+            await c.next("response.function_call_arguments.delta")
+            await c.send_audio(tone(0.6))  # the caller speaks over the call
+            done = await c.next("response.done")
+            assert done["response"]["status"] == "cancelled"
+            call = done["response"]["output"][1]
+            assert call["type"] == "function_call" and call["status"] == "incomplete"
+            assert not c.of_type("response.function_call_arguments.done") and not c.of_type("step.tool_call")
+            turns = server_context(server).sessions.copy().pop().context.turns
+            assert not any(t.call is not None for t in turns)
