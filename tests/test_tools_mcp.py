@@ -36,3 +36,43 @@ async def test_an_mcp_tool_error_becomes_the_result() -> None:
             second = await c.next("response.done")
             assert "failing_tool failed" in second["response"]["output"][0]["content"][0]["transcript"]
             assert c.of_type("step.tool_call")[-1]["status"] == "failed"
+
+
+async def test_an_mcp_server_over_streamable_http() -> None:
+    import asyncio
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(sys.executable, MCP_SERVER["args"][0], "http", str(port),
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        for _ in range(200):  # until it listens
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        config = fake_config(**{"tools": [{"type": "mcp", "url": f"http://127.0.0.1:{port}/mcp"}],
+                                "llm.tool_call": {"name": "get_forecast", "arguments": {"city": "Lima"}}})
+        async with running_server(config) as server:
+            async with ws_client(server) as c:
+                await c.send_audio(utterance(1.0))
+                await c.next("response.done")
+                second = await c.next("response.done")
+                assert "Sunny in Lima" in second["response"]["output"][0]["content"][0]["transcript"]
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def test_an_mcp_entry_needs_one_transport() -> None:
+    import pytest
+
+    from core.config import ConfigError
+
+    for entry in ({"type": "mcp"}, {"type": "mcp", "command": "x", "url": "http://h/mcp"}):
+        with pytest.raises(ConfigError, match="command \\(stdio\\) or url"):
+            fake_config(tools=[entry])

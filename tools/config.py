@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class PythonToolConfig(BaseModel):
@@ -19,15 +19,27 @@ class PythonToolConfig(BaseModel):
 
 
 class McpToolsConfig(BaseModel):
-    """The tools of an MCP server, started as a child process speaking MCP over stdio."""
+    """The tools of an MCP server: a child process speaking MCP over stdio (`command`), or a
+    running server reached over streamable HTTP (`url`)."""
     model_config = ConfigDict(extra="forbid")
     type: Literal["mcp"]
-    command: str = Field(description="the server's executable, e.g. python")
+    command: str | None = Field(None, description="stdio: the server's executable, e.g. python")
     args: list[str] = Field(default_factory=list)
+    url: str | None = Field(None, pattern=r"^https?://", description="streamable HTTP: e.g. http://127.0.0.1:8000/mcp")
     env: dict[str, str] | None = None
     allowed_tools: list[str] | None = Field(None, description="offer only these of its tools; null: all")
     timeout_s: float = Field(10.0, gt=0, description="per call; then the model gets an error result")
     startup_timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> "McpToolsConfig":
+        if (self.command is None) == (self.url is None):
+            raise ValueError("an mcp tools entry needs either command (stdio) or url (streamable HTTP)")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.url or " ".join([self.command or "", *self.args])
 
 
 ToolConfig = Annotated[PythonToolConfig | McpToolsConfig, Field(discriminator="type")]

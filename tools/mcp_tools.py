@@ -1,5 +1,6 @@
-"""Tools of an MCP server (the `mcp` SDK, 2.x), reached over stdio: the server runs as a child
-process, started with the app; its tool list is read once at start.
+"""Tools of an MCP server (the `mcp` SDK, 2.x), reached over stdio (the server runs as a child
+process, started with the app) or streamable HTTP (a running server at `url`); its tool list is
+read once at start.
 
 The SDK's client contexts (anyio task groups) must be entered and left by one task, so one
 long-lived task holds the connection and the sessions' calls go through it concurrently.
@@ -30,25 +31,34 @@ class McpServer:
 
     async def start(self) -> list["McpTool"]:
         self._ready = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._serve(), name=f"mcp-{self.config.command}")
+        self._task = asyncio.create_task(self._serve(), name=f"mcp-{self.config.label}")
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.config.startup_timeout_s)
         except Exception as exc:
             await self.close()
-            raise ConfigError(f"tools: MCP server {self.config.command} {' '.join(self.config.args)} did not "
-                              f"start: {type(exc).__name__}: {exc}") from None
+            raise ConfigError(f"tools: MCP server {self.config.label} did not start: "
+                              f"{type(exc).__name__}: {exc}") from None
         listed = await self.session.list_tools()
         allowed = self.config.allowed_tools
         return [McpTool(self, t.name, t.description or "", t.input_schema or {"type": "object"})
                 for t in listed.tools if allowed is None or t.name in allowed]
 
-    async def _serve(self) -> None:
-        from mcp import ClientSession, StdioServerParameters
+    def _transport(self):
+        if self.config.url is not None:
+            from mcp.client.streamable_http import streamable_http_client
+
+            return streamable_http_client(self.config.url)
+        from mcp import StdioServerParameters
         from mcp.client.stdio import stdio_client
 
-        params = StdioServerParameters(command=self.config.command, args=self.config.args, env=self.config.env)
+        return stdio_client(StdioServerParameters(command=self.config.command, args=self.config.args,
+                                                  env=self.config.env))
+
+    async def _serve(self) -> None:
+        from mcp import ClientSession
+
         try:
-            async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            async with self._transport() as (read, write), ClientSession(read, write) as session:
                 await session.initialize()
                 self.session = session
                 self._ready.set_result(None)
@@ -57,7 +67,7 @@ class McpServer:
             if not self._ready.done():
                 self._ready.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
             elif not isinstance(exc, asyncio.CancelledError):
-                log.warning("MCP server %s ended: %r", self.config.command, exc)
+                log.warning("MCP server %s ended: %r", self.config.label, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
