@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.events import FunctionCallItem
 
@@ -25,7 +25,7 @@ def function_tools(tools: list[FunctionTool]) -> list[dict]:
     for i, tool in enumerate(tools):
         if tool.type != "function":  # OpenAI's hosted MCP tools: configure MCP servers on the server instead
             raise _problem("unsupported_tool_type", f"tool type {tool.type!r} is not supported; use "
-                                "function tools (MCP servers go in the server's config)", f"session.tools.{i}.type")
+                           "function tools (MCP servers go in the server's config)", f"session.tools.{i}.type")
         if not tool.name:
             raise _problem("missing_field", "a function tool needs a name", f"session.tools.{i}.name")
         out.append(tool.model_dump(exclude_none=True))
@@ -40,7 +40,10 @@ def response_tools(event) -> tuple[list[dict] | None, str | dict | None]:
     options = event.response or {}
     tools = options.get("tools")
     if tools is not None:
-        tools = function_tools([FunctionTool.model_validate(t) for t in tools])
+        try:
+            tools = function_tools([FunctionTool.model_validate(t) for t in tools])
+        except ValidationError as exc:
+            raise _problem("invalid_value", f"response.tools: {exc.errors()[0]['msg']}", "response.tools") from None
     choice = options.get("tool_choice")
     return tools, None if choice is None else checked_tool_choice(choice, "response.tool_choice")
 
@@ -87,6 +90,6 @@ def create_function_item(controller, item, previous_item_id: str | None) -> tupl
         if isinstance(exc, KeyError):
             raise
         raise _problem("invalid_value", f"no function_call with call_id {item.call_id!r} in the "
-                              "conversation", "item.call_id") from None
+                       "conversation", "item.call_id") from None
     return item_id, function_output_item(item_id, item.call_id, item.output)
 
