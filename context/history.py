@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llm.base import Message
+from llm.base import Message, ToolCall
 
 AUDIO_TOKENS_PER_SECOND = 1000 / 60 + 25  # linguistic 16.67 Hz + semantic 25 Hz
 
@@ -29,10 +29,12 @@ ROOT = "root"  # previous_item_id that puts an item first (the Realtime API's wo
 
 @dataclass
 class Turn:
-    role: str  # "user" | "assistant" | "system" (a system item added by the client)
-    text: str
+    role: str  # "user" | "assistant" | "system" (a system item added by the client) | "tool"
+    text: str  # a "tool" turn: the function's output
     speech_seconds: float = 0.0
     item_id: str = ""
+    call: ToolCall | None = None  # a function_call item (role "assistant", no text)
+    call_id: str = ""  # a function_call_output item (role "tool"): the call it answers
 
 
 @dataclass
@@ -58,13 +60,33 @@ class Context:
         if role not in ("user", "assistant", "system"):
             raise ValueError(f"unknown role {role!r}")
         turn = Turn(role, text, 0.0, item_id)
+        self._insert(turn, previous_item_id)
+        return turn
+
+    def _insert(self, turn: Turn, previous_item_id: str | None) -> None:
         if previous_item_id is None:
             self.turns.append(turn)
         elif previous_item_id == ROOT:
             self.turns.insert(0, turn)
         else:
             self.turns.insert(self._index(previous_item_id) + 1, turn)
+
+    def add_function_call(self, call: ToolCall, item_id: str) -> Turn:
+        """A function_call item: the model (or the client) called `call.name`."""
+        turn = Turn("assistant", "", 0.0, item_id, call=call)
+        self.turns.append(turn)
         return turn
+
+    def add_function_output(self, call_id: str, output: str, item_id: str,
+                            previous_item_id: str | None = None) -> Turn:
+        """A function_call_output item: the result of call `call_id` (after `previous_item_id`)."""
+        turn = Turn("tool", output, 0.0, item_id, call_id=call_id)
+        self._insert(turn, previous_item_id)
+        return turn
+
+    def find_call(self, call_id: str) -> Turn | None:
+        """The function_call item with this call id, if any."""
+        return next((t for t in self.turns if t.call is not None and t.call.call_id == call_id), None)
 
     def delete(self, item_id: str) -> bool:
         """Remove the turn with this item id. False if there is none."""
@@ -116,16 +138,21 @@ class Context:
             budget -= count_text_tokens(current.content)
         kept: list[Message] = []
         for turn in reversed(self.turns):
-            if not turn.text or turn.role == "system" or (replaces and turn.item_id == replaces):
+            if turn.role == "system" or (replaces and turn.item_id == replaces):
                 continue
-            cost = count_text_tokens(turn.text) + 4  # role header
+            if not turn.text and turn.call is None and turn.role != "tool":
+                continue
+            text = turn.text if turn.call is None else turn.call.name + turn.call.arguments
+            cost = count_text_tokens(text) + 4  # role header
             if cost > budget:
                 break
             budget -= cost
-            kept.append(Message("user" if turn.role == "user" else "assistant", turn.text))
+            kept.append(_message(turn))
         kept.reverse()
+        while kept and kept[0].role == "tool":  # a result whose call was cut off by the budget
+            kept.pop(0)
         head = [Message("system", system)] if system else []
-        return head + kept + ([current] if current is not None else [])
+        return head + _merge_calls(kept) + ([current] if current is not None else [])
 
     def compression_ratio(self) -> float | None:
         """Audio tokens the history would cost ÷ text tokens it costs (None before any speech)."""
@@ -134,3 +161,24 @@ class Context:
         if seconds <= 0 or tokens <= 0:
             return None
         return seconds * AUDIO_TOKENS_PER_SECOND / tokens
+
+
+def _message(turn: Turn) -> Message:
+    if turn.call is not None:
+        return Message("assistant", "", tool_calls=(turn.call,))
+    if turn.role == "tool":
+        return Message("tool", turn.text, tool_call_id=turn.call_id)
+    return Message("user" if turn.role == "user" else "assistant", turn.text)
+
+
+def _merge_calls(messages: list[Message]) -> list[Message]:
+    """Function calls join the assistant message before them (what it said, then what it called):
+    chat templates expect one assistant message with its `tool_calls`."""
+    out: list[Message] = []
+    for m in messages:
+        prev = out[-1] if out else None
+        if m.tool_calls and prev is not None and prev.role == "assistant":
+            out[-1] = Message("assistant", prev.content, prev.tool_calls + m.tool_calls)
+        else:
+            out.append(m)
+    return out

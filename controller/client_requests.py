@@ -38,6 +38,10 @@ class ClientRequests:
         reply, self._reply = self._reply, None
         self._cancel_task(self._end_task)
         if reply is None:
+            if self._tool_task is not None:  # server tools ran for the response: no follow-up
+                self._interrupt_tools("response.cancel")
+                self.signal(Signal.REPLY_DONE, "response.cancel")
+                return True
             if self._interrupted is None:
                 return False
             self._settle_interruption("client_cancelled")
@@ -46,7 +50,8 @@ class ClientRequests:
         heard_s = reply.heard_offset_s + self.output.played_seconds()
         heard = reply.heard_text(heard_s)
         self.context.add_assistant(heard, heard_s, reply.item_id)
-        self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, "client_cancelled"))
+        self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, "client_cancelled",
+                               calls=self._finished_calls(reply, completed=False)))
         await reply.cancel()
         self.signal(Signal.REPLY_DONE, "response.cancel")
         return True
@@ -82,6 +87,25 @@ class ClientRequests:
         Raises KeyError if previous_item_id names no item."""
         item_id = item_id or new_id("item")
         self.context.add_message(role, text, item_id, previous_item_id)
+        return item_id
+
+    def add_function_output(self, call_id: str, output: str, item_id: str | None = None,
+                            previous_item_id: str | None = None) -> str:
+        """conversation.item.create of a function_call_output: the client's result of a call.
+
+        Raises LookupError if no function_call has this call id, KeyError for previous_item_id."""
+        if self.context.find_call(call_id) is None:
+            raise LookupError(call_id)
+        item_id = item_id or new_id("item")
+        self.context.add_function_output(call_id, output, item_id, previous_item_id)
+        return item_id
+
+    def add_function_call(self, call_id: str, name: str, arguments: str, item_id: str | None = None) -> str:
+        """conversation.item.create of a function_call (a client replaying a conversation)."""
+        from llm.base import ToolCall
+
+        item_id = item_id or new_id("item")
+        self.context.add_function_call(ToolCall(call_id, name, arguments), item_id)
         return item_id
 
     def delete_item(self, item_id: str) -> bool:

@@ -32,10 +32,11 @@ from controller.events import (
     Speculation, StateChanged, new_id,
 )
 from controller.metrics import SpeculationStats, turn_metrics
-from controller.ports import AudioOutput
+from controller.ports import AudioOutput, ToolRunner
 from controller.reply import Reply
 from controller.states import Signal, State, next_state
 from controller.turn_taking import TurnTaking
+from controller.tools import ToolCalls
 from controller.turns import TurnDetector
 from core.scheduler import Kind, Ticket, current_ticket, working_for
 from decoder.base import Decoder
@@ -56,7 +57,7 @@ class Stages:
     turn: TurnCompletion | None = None  # the end-of-turn model; None: the fixed wait
 
 
-class Controller(ClientRequests, TurnTaking):
+class Controller(ClientRequests, TurnTaking, ToolCalls):
     def __init__(
         self,
         stages: Stages,
@@ -66,8 +67,10 @@ class Controller(ClientRequests, TurnTaking):
         config: ControllerConfig | None = None,
         stats: SpeculationStats | None = None,
         session_id: str = "",
+        tool_runner: ToolRunner | None = None,
     ) -> None:
         self.cfg = config or ControllerConfig()
+        self._init_tools(tool_runner)  # controller/tools.py
         self.session_id = session_id  # names this session's model work in the scheduler
         self.stages = stages
         self.context = context
@@ -309,6 +312,7 @@ class Controller(ClientRequests, TurnTaking):
         self.emit(InputTranscript(self._item_id, user.text))
         self.context.add_user(user.text, user.speech_seconds, self._item_id)
         self._committed = (self._item_id, user)
+        self._tool_rounds = 0  # a new user turn: the server may answer tool calls again
         return user
 
     def _new_reply(self, user_input, in_context: bool = False, ticket: Ticket | None = None) -> Reply:
@@ -329,7 +333,10 @@ class Controller(ClientRequests, TurnTaking):
                     return self.context.messages(Message("user", committed.prompt_text()), replaces=item_id)
             return self.context.messages()
 
+        tools, tool_choice = self.offered_tools()
         return Reply(
+            tools=tools,
+            tool_choice=tool_choice,
             response_id=new_id("resp"),
             item_id=new_id("item"),
             user_input=user_input,
@@ -359,8 +366,11 @@ class Controller(ClientRequests, TurnTaking):
         if reply.error:
             self.emit(ErrorEvent("reply_failed", f"{type(reply.error).__name__}: {reply.error}"))
         self.context.add_assistant(reply.spoken_text(), reply.spoken_seconds(), reply.item_id)
-        self.emit(ResponseDone(reply.response_id, reply.item_id, status, reply.spoken_text()))
+        calls = self._finished_calls(reply, completed=not reply.error)
+        self.emit(ResponseDone(reply.response_id, reply.item_id, status, reply.spoken_text(), calls=calls))
         self.emit(turn_metrics(reply, *reply.turn_facts))
+        if not reply.error and self._answer_calls(calls):
+            return  # server-side tools run; a follow-up reply speaks their result (controller/tools.py)
         self.signal(Signal.REPLY_DONE)
 
     async def close(self) -> None:
@@ -369,6 +379,7 @@ class Controller(ClientRequests, TurnTaking):
         self._cancel_task(self._end_task)
         self._cancel_task(self._warm_task)
         self._cancel_task(self._judge_task)
+        self._cancel_tools()
         if self._interrupted is not None:
             reply, self._interrupted = self._interrupted[0], None
             await reply.cancel()

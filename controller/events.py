@@ -105,12 +105,64 @@ class AudioDone:
 
 
 @dataclass(frozen=True)
+class FunctionCallItem:
+    """A function call the reply made, as its output item (`output_index` ≥ 1: the spoken message
+    is item 0). `status`: "completed" once its arguments are whole, else "incomplete"."""
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
+    output_index: int
+    status: str = "completed"
+
+
+@dataclass(frozen=True)
+class FunctionCallStarted:
+    response_id: str
+    call: FunctionCallItem
+
+
+@dataclass(frozen=True)
+class FunctionCallDelta:
+    response_id: str
+    call: FunctionCallItem  # as it was when this delta came
+    delta: str
+
+
+@dataclass(frozen=True)
+class FunctionCallDone:
+    response_id: str
+    call: FunctionCallItem
+
+
+@dataclass(frozen=True)
+class ToolStatus:
+    """A tool call's fate (step.tool_call): "invalid" (unknown tool, bad arguments), "client" (left
+    to the client), "running", "completed", "failed", "timeout" (server tools), "interrupted" (the
+    caller spoke while a server tool ran: it runs on, its result joins the history, no answer)."""
+    call_id: str
+    name: str
+    status: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class FunctionOutputAdded:
+    """A server-run tool's result joined the conversation (a function_call_output item)."""
+    item_id: str
+    call_id: str
+    output: str
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True)
 class ResponseDone:
     response_id: str
     item_id: str
     status: str  # "completed" | "cancelled" | "failed"
     text: str  # what the assistant said (after a barge-in: what was heard)
     reason: str = ""
+    calls: tuple[FunctionCallItem, ...] = ()  # function_call output items, after the message
 
 
 @dataclass(frozen=True)
@@ -129,4 +181,5 @@ class ErrorEvent:
 Event = (
     StateChanged | SpeechStarted | SpeechStopped | InputCommitted | InputTranscript | Speculation
     | ResponseCreated | TranscriptDelta | AudioDone | ResponseDone | TurnMetrics | ErrorEvent
+    | FunctionCallStarted | FunctionCallDelta | FunctionCallDone | ToolStatus | FunctionOutputAdded
 )

@@ -29,3 +29,19 @@ class AudioOutput(Protocol):
     async def drain(self) -> None:
         """Return once everything queued has been played."""
         ...
+
+
+class ToolRunner(Protocol):
+    """Server-side tools (tools/ implements it from the config's `tools:` section)."""
+
+    def specs(self) -> list[dict]:
+        """Realtime function tools: {type: "function", name, description, parameters}."""
+        ...
+
+    def has(self, name: str) -> bool: ...
+
+    def timeout_s(self, name: str) -> float: ...
+
+    async def run(self, name: str, arguments: dict) -> str:
+        """The tool's result as text (JSON for structured results). Raises on failure."""
+        ...

@@ -3,6 +3,10 @@
 A Reply starts generating at once. Until play() is called its audio is kept, not played, so a
 speculation costs the caller nothing when it is discarded; cancel() closes the LLM stream (the
 server stops generating) and stops synthesis. After play(), audio goes straight to the output.
+
+A function call in the LLM's stream becomes one of the reply's output items (`calls`). A
+speculation that reaches one stops there until play(): no tool event goes out, and nothing runs,
+for a turn the user has not finished (docs/tools.md).
 """
 from __future__ import annotations
 
@@ -11,11 +15,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-from controller.events import AudioDone, TranscriptDelta
+from controller.events import (
+    AudioDone, FunctionCallDelta, FunctionCallDone, FunctionCallItem, FunctionCallStarted, TranscriptDelta, new_id,
+)
 from core.scheduler import Ticket, current_ticket
 from controller.ports import AudioOutput
 from decoder.base import AudioChunk, Decoder
-from llm.base import LLMClient, Message
+from llm.base import LLMClient, Message, ToolCallDelta
 from streaming_tokenizer.base import UserInput
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,8 @@ class Reply:
         emit: Callable[[object], None],
         on_finished: Callable[["Reply"], None],
         ticket: Ticket | None = None,
+        tools: Sequence[dict] = (),
+        tool_choice: str | dict | None = None,
     ) -> None:
         self.response_id = response_id
         self.item_id = item_id
@@ -54,6 +62,10 @@ class Reply:
         self._decoder = decoder
         self._emit = emit
         self._on_finished = on_finished
+        # Offered to the LLM only when there are any, so LLM stages without tool support still work.
+        self._tool_args = {"tools": list(tools), "tool_choice": tool_choice} if tools else {}
+        self.calls: list[FunctionCallItem] = []  # the function calls made, by the LLM's call index
+        self.calls_done = False  # the LLM's stream ended: every call's arguments are whole
         self._held: list[AudioChunk] = []
         self._replay: list[AudioChunk] = []  # written but not heard when held (text deltas already sent)
         self.heard_offset_s = 0.0  # audio heard before the last resume (the output counts anew)
@@ -177,17 +189,41 @@ class Reply:
         if chunk.text:
             self._emit(TranscriptDelta(self.response_id, self.item_id, chunk.text + " "))
 
-    async def _text(self, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+    async def _text(self, pieces: AsyncIterator[str | ToolCallDelta]) -> AsyncIterator[str]:
         try:
             async for piece in pieces:
                 if self.t_first_token is None:
                     self.t_first_token = time.monotonic()
+                if isinstance(piece, ToolCallDelta):
+                    # Never speculative: a speculation waits here for its commit (play()); if it
+                    # is discarded instead, it is cancelled here and nothing was announced.
+                    await self._released.wait()
+                    self._call_piece(piece)
+                    continue
                 self.text += piece
                 yield piece
             self.t_last_token = time.monotonic()
+            self.calls_done = True
+            for call in self.calls:
+                self._emit(FunctionCallDone(self.response_id, call))
         finally:
             # Closing the LLM's iterator closes its HTTP stream: the server stops generating.
             await pieces.aclose()  # type: ignore[attr-defined]
+
+    def _call_piece(self, piece: ToolCallDelta) -> None:
+        index = next((i for i, c in enumerate(self.calls) if c.output_index == piece.index + 1), None)
+        if index is None:
+            call = FunctionCallItem(new_id("item"), piece.call_id or new_id("call"), piece.name, "",
+                                    piece.index + 1)
+            self.calls.append(call)
+            self._emit(FunctionCallStarted(self.response_id, call))
+            index = len(self.calls) - 1
+        old = self.calls[index]
+        call = FunctionCallItem(old.item_id, old.call_id, old.name or piece.name, old.arguments + piece.arguments,
+                                old.output_index)
+        self.calls[index] = call
+        if piece.arguments:
+            self._emit(FunctionCallDelta(self.response_id, call, piece.arguments))
 
     async def _run(self) -> None:
         current_ticket.set(self.ticket)  # this task's context only; the stages' tasks inherit it
@@ -198,7 +234,7 @@ class Reply:
                 self.input_ready.set()
             self.t_input = time.monotonic()
             messages = self._build_messages(self.input)
-            audio = self._decoder.synthesize(self._text(self._llm.stream(messages)))
+            audio = self._decoder.synthesize(self._text(self._llm.stream(messages, **self._tool_args)))
             try:
                 async for chunk in audio:
                     await self._may_generate.wait()

@@ -55,6 +55,7 @@ class TurnTaking:
         here and only what was heard is kept."""
         self.output.clear()  # drop queued audio first: this is what the caller hears stop
         self._cancel_task(self._end_task)
+        self._interrupt_tools("barge-in")
         reply, self._reply = self._reply, None
         if reply is not None:
             heard_s = reply.heard_offset_s + self.output.played_seconds()
@@ -83,7 +84,8 @@ class TurnTaking:
         reply, self._reply = self._reply, None
         if reply is not None:
             self.output.clear()
-            self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", "", "turn_resumed"))
+            self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", "", "turn_resumed",
+                                   calls=self._finished_calls(reply, completed=False)))
             asyncio.create_task(reply.cancel())
         old_item = self._item_id
         committed = self.context.delete(old_item)
@@ -104,7 +106,8 @@ class TurnTaking:
             return
         reply, heard_s, heard = pending
         self.context.add_assistant(heard, heard_s, reply.item_id)
-        self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, reason))
+        self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, reason,
+                               calls=self._finished_calls(reply, completed=False)))
         self.emit(turn_metrics(reply, *reply.turn_facts))
         asyncio.create_task(reply.cancel())
 

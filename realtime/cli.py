@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="assemble the embedded models into the cache directory")
     models.add_argument("--config", default=DEFAULT_CONFIG)
     sub.add_parser("bench", help="measure voice-to-voice latency at the caller (see: step-realtime bench --help)")
+    sub.add_parser("eval", help="typed turns checked for tool calls and answers (see: step-realtime eval --help)")
     check = sub.add_parser("check-config", help="validate a config file (and, with --build, build its stages)")
     check.add_argument("--config", default=DEFAULT_CONFIG)
     check.add_argument("--build", action="store_true", help="also build every stage (loads the models)")
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.run import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["eval"]:  # typed turns checked for tool calls and answers (realtime/eval.py)
+        from realtime.eval import main as eval_main
+
+        return eval_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         cfg = _load(args)

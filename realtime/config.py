@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from controller.config import ControllerConfig
 from core.load import AdmissionConfig
 from core.config import ConfigError, StageConfig, explain, yaml_problem
+from tools.config import ToolConfig
 
 
 class IceServer(BaseModel):
@@ -99,6 +100,7 @@ class Config(BaseModel):
     turn: StageConfig = StageConfig(impl="none")  # the end-of-turn model; none: the fixed wait
     context: ContextConfig = ContextConfig()
     controller: ControllerConfig = ControllerConfig()
+    tools: list[ToolConfig] = Field(default_factory=list, description="server-side tools (docs/tools.md)")
 
     @property
     def cache_path(self) -> Path:

@@ -10,6 +10,7 @@ from typing import Any
 
 from controller import events as ev
 from realtime.protocol import SessionSettings, error_event
+from realtime.tool_protocol import function_call_item, function_output_item
 
 # response.done status_details.reason for the controller's cancel reasons.
 _CANCEL_REASONS = {"barge_in": "turn_detected", "turn_resumed": "turn_detected",  # our step.turn_taken_back says which
@@ -112,12 +113,38 @@ class EventRenderer:
                          "part": {"type": "audio", "transcript": text}}]
             case ev.ResponseDone():
                 return self._response_done(event)
+            case ev.FunctionCallStarted() | ev.FunctionCallDelta() | ev.FunctionCallDone():
+                return self._function_call(event)
+            case ev.FunctionOutputAdded():  # a server-run tool's result
+                self._last_item = event.item_id
+                item = function_output_item(event.item_id, event.call_id, event.output)
+                return [{"type": kind, "previous_item_id": event.previous_item_id, "item": item}
+                        for kind in ("conversation.item.added", "conversation.item.done")]
+            case ev.ToolStatus():
+                return [{"type": "step.tool_call", "call_id": event.call_id, "name": event.name,
+                         "status": event.status, "detail": event.detail}]
             case ev.TurnMetrics():
                 return [{"type": "step.turn_metrics", "response_id": event.response_id,
                          "speculative": event.speculative, "values": dict(event.values)}]
             case ev.ErrorEvent():
                 return [error_event("server_error", event.code, event.message)]
         return []
+
+    def _function_call(self, event) -> list[dict[str, Any]]:
+        call, rid = event.call, event.response_id
+        where = {"response_id": rid, "item_id": call.item_id, "output_index": call.output_index,
+                 "call_id": call.call_id}
+        match event:
+            case ev.FunctionCallStarted():
+                return [{"type": "response.output_item.added", "response_id": rid, "output_index": call.output_index,
+                         "item": function_call_item(call, "in_progress")}]
+            case ev.FunctionCallDelta():
+                return [{"type": "response.function_call_arguments.delta", **where, "delta": event.delta}]
+        self._last_item = call.item_id
+        return [{"type": "response.function_call_arguments.done", **where, "name": call.name,
+                 "arguments": call.arguments},
+                {"type": "response.output_item.done", "response_id": rid, "output_index": call.output_index,
+                 "item": function_call_item(call)}]
 
     def _response_done(self, event: ev.ResponseDone) -> list[dict[str, Any]]:
         self._transcripts.pop(event.response_id, None)
@@ -130,5 +157,5 @@ class EventRenderer:
                                event.text)
         return [{"type": "response.output_item.done", "response_id": event.response_id, "output_index": 0,
                  "item": item},
-                {"type": "response.done", "response": self._response(event.response_id, event.status, [item],
-                                                                     details)}]
+                {"type": "response.done", "response": self._response(
+                    event.response_id, event.status, [item, *map(function_call_item, event.calls)], details)}]

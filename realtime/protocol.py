@@ -7,7 +7,7 @@ EventRenderer (realtime/events_out.py) turns controller events into server event
 
 Shapes follow the openai SDK's types (openai/types/realtime/); tests/test_protocol.py validates
 every event we render against them. Fields OpenAI accepts but this server does not use
-(tools, noise_reduction, ...) are accepted and ignored; see docs/protocol.md.
+(noise_reduction, ...) are accepted and ignored; see docs/protocol.md.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from realtime import g711
 from realtime.audio import SUPPORTED_PCM_RATES
+from realtime.tool_protocol import FunctionTool, checked_tool_choice, function_tools, response_tools  # noqa: F401
 
 DEFAULT_RATE = 24_000
 
@@ -97,6 +98,8 @@ class SessionIn(_Lenient):
     instructions: str | None = None
     output_modalities: list[Literal["audio", "text"]] | None = None
     audio: AudioSettings | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: str | dict | None = None
 
 
 class ClientEvent(_Lenient):
@@ -145,12 +148,16 @@ class ConversationItemIn(_Lenient):
     role: Literal["user", "assistant", "system"] | None = None
     id: str | None = Field(None, min_length=1, max_length=64)
     content: list[ContentPart] = Field(default_factory=list)
+    call_id: str | None = None  # function_call / function_call_output items
+    name: str | None = None  # function_call
+    arguments: str | None = None  # function_call
+    output: str | None = None  # function_call_output
 
     def message_text(self) -> str:
         """The item's text, or ProtocolError for what this server cannot hold (no tools, no audio)."""
         if self.type != "message":
             raise ProtocolError("unsupported_item_type", f"item type {self.type!r} is not supported; "
-                                "only message items are", "item.type")
+                                "message, function_call and function_call_output items are", "item.type")
         if self.role is None:
             raise ProtocolError("missing_field", "a message item needs a role", "item.role")
         texts = []
@@ -245,6 +252,8 @@ class SessionSettings:
     voice: str | dict = "default"
     turn_detection: dict | None = field(default_factory=lambda: {"type": "server_vad"})
     echo_cancellation: bool = False  # rendered as {"type": "aec3"} or null
+    tools: list[dict] = field(default_factory=list)  # the client's function tools
+    tool_choice: str | dict = "auto"
 
     def apply(self, update: SessionIn) -> "SessionSettings":
         """A copy with the update applied; raises ProtocolError and changes nothing on a bad value."""
@@ -253,6 +262,10 @@ class SessionSettings:
             new.model = update.model
         if update.instructions is not None:
             new.instructions = update.instructions
+        if update.tools is not None:
+            new.tools = function_tools(update.tools)
+        if update.tool_choice is not None:
+            new.tool_choice = checked_tool_choice(update.tool_choice, "session.tool_choice")
         if update.output_modalities is not None and "audio" not in update.output_modalities:
             raise ProtocolError("unsupported_modalities", "this server always answers with audio",
                                 "session.output_modalities")
@@ -288,6 +301,7 @@ class SessionSettings:
                 },
                 "output": {"format": self.render_output_format(), "voice": self.voice},
             },
+            "tools": self.tools, "tool_choice": self.tool_choice,
         }
 
     def render_output_format(self) -> dict[str, Any]:

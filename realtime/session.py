@@ -35,6 +35,8 @@ from realtime.echo import EchoCanceller, aec_rate
 from realtime.events_out import EventRenderer
 from realtime.output_buffer import OutputBufferEvents
 from realtime.outputs import WebSocketAudioOutput
+from realtime.tool_protocol import create_function_item
+from tools import build_tool_runner
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class ServerContext:
     clock: Callable[[], float] = time.monotonic  # when output audio plays (a simulated one in tests)
 
     def __post_init__(self) -> None:
+        # Server-side tools (the config's `tools:`), offered to every session's replies.
+        self.tool_runner = build_tool_runner(self.config.tools) if self.config.tools else None
         self.monitor = LoadMonitor(self.scheduler, self.config.server.admission)
         self.admission = Admission(self.monitor, self.config.server.max_sessions)
 
@@ -91,7 +95,8 @@ class RealtimeSession:
                         llm=server.stages["llm"], decoder=server.stages["decoder"],
                         turn=server.stages.get("turn"))
         self.controller = Controller(stages, self.context, self.output, self._on_controller_event,
-                                     self.controller_config, server.stats, session_id=self.settings.id)
+                                     self.controller_config, server.stats, session_id=self.settings.id,
+                                     tool_runner=server.tool_runner)
         server.sessions.add(self)
         self.send({"type": "session.created", "session": self.settings.render()})
 
@@ -168,6 +173,7 @@ class RealtimeSession:
                 if ctl.state is State.BOT_REPLYING:
                     raise p.ProtocolError("conversation_already_has_active_response",
                                           "a response is in progress; cancel it first", None, event.event_id)
+                ctl.override_tools(*p.response_tools(event))
                 ctl.create_response()
             case p.ResponseCancel():
                 if not await ctl.cancel_response():
@@ -202,19 +208,22 @@ class RealtimeSession:
 
     def _create_item(self, event: p.ConversationItemCreate) -> None:
         item = event.item
-        text = item.message_text()
         if item.id and self.context.find(item.id) is not None:
             raise p.ProtocolError("item_already_exists", f"an item {item.id!r} already exists", "item.id")
         try:
-            item_id = self.controller.add_message(item.role, text, item.id, event.previous_item_id)
+            if item.type in ("function_call_output", "function_call"):
+                item_id, rendered = create_function_item(self.controller, item, event.previous_item_id)
+            else:
+                text = item.message_text()
+                item_id = self.controller.add_message(item.role, text, item.id, event.previous_item_id)
+                part = {"type": "output_text" if item.role == "assistant" else "input_text", "text": text}
+                rendered = {"id": item_id, "object": "realtime.item", "type": "message", "role": item.role,
+                            "status": "completed", "content": [part]}
         except KeyError:
             raise p.ProtocolError("previous_item_not_found", f"no item {event.previous_item_id!r}",
                                   "previous_item_id") from None
         if event.previous_item_id is None:
             self.renderer.note_item(item_id)
-        part = {"type": "output_text" if item.role == "assistant" else "input_text", "text": text}
-        rendered = {"id": item_id, "object": "realtime.item", "type": "message", "role": item.role,
-                    "status": "completed", "content": [part]}
         previous = self.context.previous_id(item_id)
         for kind in ("conversation.item.added", "conversation.item.done"):
             self.send({"type": kind, "previous_item_id": previous, "item": rendered})
@@ -254,6 +263,7 @@ class RealtimeSession:
         if isinstance(self.output, WebSocketAudioOutput):
             self.output.rate, self.output.format = new.output_rate, new.output_format  # from the next reply on
         self.context.system_prompt = new.instructions
+        self.controller.client_tools, self.controller.tool_choice = new.tools, new.tool_choice
         td = new.turn_detection
         self.controller.turn_detection = td is not None
         if td is not None:

@@ -39,3 +39,28 @@ def test_cjk_text_counts_a_token_per_character():
     assert count_text_tokens("你好世界") == 4
     assert count_text_tokens("你好 world") == 2 + 2
     assert count_text_tokens("") == 0
+
+
+def test_function_calls_and_results_are_chat_messages() -> None:
+    from llm.base import ToolCall
+
+    ctx = Context("sys", max_prompt_tokens=200)
+    ctx.add_user("weather in Paris?", 1.0, "u1")
+    ctx.add_assistant("Let me check.", 0.5, "a1")
+    ctx.add_function_call(ToolCall("c1", "get_weather", '{"city": "Paris"}'), "f1")
+    ctx.add_function_call(ToolCall("c2", "get_time", "{}"), "f2")
+    ctx.add_function_output("c1", '{"t": 21}', "o1")
+    ctx.add_function_output("c2", "noon", "o2")
+    msgs = ctx.messages()
+    assert [m.role for m in msgs] == ["system", "user", "assistant", "tool", "tool"]
+    assert msgs[2].content == "Let me check." and [c.call_id for c in msgs[2].tool_calls] == ["c1", "c2"]
+    assert (msgs[3].tool_call_id, msgs[3].content) == ("c1", '{"t": 21}')
+    assert ctx.find_call("c2").item_id == "f2" and ctx.find_call("nope") is None
+    # a call with no text before it is an assistant message of its own
+    ctx.add_function_call(ToolCall("c3", "get_time", "{}"), "f3")
+    assert ctx.messages()[-1].tool_calls[0].call_id == "c3" and ctx.messages()[-1].content == ""
+    # a result whose call fell out of the budget is dropped with it
+    small = Context("", max_prompt_tokens=12)
+    small.add_function_call(ToolCall("c1", "get_weather", '{"city": "Paris, the capital of France"}'), "f1")
+    small.add_function_output("c1", "21", "o1")
+    assert [m.role for m in small.messages()] == []

@@ -175,8 +175,14 @@ async def test_item_errors_leave_the_session_working() -> None:
         await c.next("conversation.item.added")
         await c.send({"type": "conversation.item.create", "item": text_item("user", "b", id="dup")})
         assert (await c.next("error"))["error"]["code"] == "item_already_exists"
-        await c.send({"type": "conversation.item.create", "item": {"type": "function_call", "name": "f"}})
+        await c.send({"type": "conversation.item.create", "item": {"type": "mcp_call", "name": "f"}})
         assert (await c.next("error"))["error"]["code"] == "unsupported_item_type"
+        await c.send({"type": "conversation.item.create", "item": {"type": "function_call", "name": "f"}})
+        assert (await c.next("error"))["error"]["code"] == "missing_field"  # no call_id
+        await c.send({"type": "conversation.item.create",
+                      "item": {"type": "function_call_output", "call_id": "nope", "output": "1"}})
+        err = (await c.next("error"))["error"]
+        assert (err["code"], err["param"]) == ("invalid_value", "item.call_id")  # no such call
         await c.send({"type": "output_audio_buffer.clear"})  # WebRTC only
         assert (await c.next("error"))["error"]["code"] == "unsupported_event"
         turns = next(iter(server_context(server).sessions)).context.turns
