@@ -25,6 +25,7 @@ import numpy as np
 from context.history import Context
 from controller.client_requests import ClientRequests
 from controller.config import ControllerConfig
+from controller.failures import describe_failure
 from controller.events import (
     ErrorEvent, InputCommitted, InputTranscript, ResponseCreated, ResponseDone, ResponseResumed, SpeechStarted,
     SpeechStopped, Speculation, StateChanged, TurnJudged, TurnTakenBack, new_id,
@@ -309,7 +310,7 @@ class Controller(ClientRequests):
             raise
         except Exception as exc:
             log.exception("end of turn failed")
-            self.emit(ErrorEvent("turn_failed", f"{type(exc).__name__}: {exc}"))
+            self.emit(ErrorEvent("turn_failed", describe_failure("the turn could not be answered", exc)))
             self.signal(Signal.REPLY_DONE, "error")
 
     async def _commit_only(self) -> None:
@@ -318,7 +319,7 @@ class Controller(ClientRequests):
             await self._commit_input()
         except Exception as exc:
             log.exception("commit failed")
-            self.emit(ErrorEvent("turn_failed", f"{type(exc).__name__}: {exc}"))
+            self.emit(ErrorEvent("turn_failed", describe_failure("the input could not be committed", exc)))
 
     async def _commit_input(self) -> UserInput:
         user = await self.stages.tokenizer.finalize()
@@ -377,7 +378,7 @@ class Controller(ClientRequests):
         self._reply = None
         status = "failed" if reply.error else "completed"
         if reply.error:
-            self.emit(ErrorEvent("reply_failed", f"{type(reply.error).__name__}: {reply.error}"))
+            self.emit(ErrorEvent("reply_failed", describe_failure("the reply failed", reply.error)))
         self.context.add_assistant(reply.spoken_text(), reply.spoken_seconds(), reply.item_id)
         self.emit(ResponseDone(reply.response_id, reply.item_id, status, reply.spoken_text()))
         self.emit(turn_metrics(reply, *reply.turn_facts))

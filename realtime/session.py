@@ -22,6 +22,7 @@ import numpy as np
 from context.history import Context
 from controller import events as ev
 from controller.controller import Controller, Stages
+from controller.failures import describe_failure
 from controller.metrics import SpeculationStats
 from controller.ports import AudioOutput
 from controller.states import State
@@ -143,7 +144,8 @@ class RealtimeSession:
             self.send(exc.event())
         except Exception as exc:  # a bug must not end the session either
             log.exception("session %s: handling a client event failed", self.id)
-            self.send(p.error_event("server_error", "internal_error", f"{type(exc).__name__}: {exc}"))
+            self.send(p.error_event("server_error", "internal_error", describe_failure(
+                f"the server could not handle this {getattr(event, 'type', 'client')} event", exc)))
 
     async def _dispatch(self, event: p.ClientEvent) -> None:
         ctl = self.controller
