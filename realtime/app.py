@@ -92,10 +92,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """For a load balancer: 200 while this server takes new sessions, 503 (with why) when its
-    stages are not up yet or admitting one more would overload the calls in progress."""
+    stages are not up yet, it is draining (SIGTERM), the bundled LLM server is down (being
+    restarted), or admitting one more would overload the calls in progress. (/healthz: alive.)"""
     server = request.app[SERVER_KEY]
     if not server.ready:
         return web.json_response({"ready": False, "reason": "starting"}, status=503)
+    if server.admission.draining:
+        return web.json_response({"ready": False, "reason": "draining"}, status=503)
+    if not getattr(server.stages.get("llm"), "available", True):  # its server is being restarted
+        return web.json_response({"ready": False, "reason": "llm_unavailable"}, status=503,
+                                 headers={"Retry-After": "5"})
     decision = server.admission.decide()
     if not decision.admit:
         return web.json_response({"ready": False, "reason": decision.reason}, status=503,
