@@ -3,7 +3,8 @@
   GET  /                               the web client (web_client/index.html), files beside it
   GET  /healthz                        liveness + whether the stages are up
   GET  /readyz                         200 while admitting new sessions, else 503 (for load balancers)
-  GET  /metrics                        sessions, speculation counters, recent turn latencies (JSON)
+  GET  /metrics                        Prometheus text format (realtime/prometheus.py)
+  GET  /metrics.json                   sessions, speculation counters, recent turn latencies (JSON)
   GET  /v1/realtime                    OpenAI Realtime over WebSocket
   POST /v1/realtime/calls              OpenAI Realtime over WebRTC (SDP offer → answer)
   POST /v1/realtime/calls/{id}/hangup
@@ -23,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from core.stages import BuildEnv, build_all, close_all as close_all_stages, start_all as start_all_stages
-from realtime import telephony, webrtc
+from realtime import prometheus, telephony, webrtc
 from realtime.config import Config
 from realtime.session import ServerContext
 from realtime.ws import SERVER_KEY, SOCKETS_KEY, close_all, realtime_ws
@@ -44,7 +45,8 @@ def create_app(config: Config, stages: dict | None = None) -> web.Application:
         webrtc.use_loopback_candidates()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", prometheus_metrics)
+    app.router.add_get("/metrics.json", metrics)
     app.router.add_get("/v1/realtime", realtime_ws)
     app.router.add_post("/v1/realtime/calls", webrtc.create_call)
     app.router.add_post("/v1/realtime/calls/{call_id}/hangup", webrtc.hangup)
@@ -107,6 +109,11 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"ready": False, "reason": decision.reason}, status=503,
                                  headers={"Retry-After": str(decision.retry_after_s)})
     return web.json_response({"ready": True, "sessions": len(server.sessions)})
+
+
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    body = request.app[SERVER_KEY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": prometheus.CONTENT_TYPE})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -35,6 +35,7 @@ from realtime.config import Config
 from realtime.echo import EchoCanceller, aec_rate
 from realtime.events_out import EventRenderer
 from realtime.output_buffer import OutputBufferEvents
+from realtime.prometheus import ServerMetrics
 from realtime.outputs import WebSocketAudioOutput
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,12 @@ class ServerContext:
     admission: Admission = field(init=False)
     ready: bool = False  # the stages are up
     clock: Callable[[], float] = time.monotonic  # when output audio plays (a simulated one in tests)
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)  # GET /metrics (Prometheus)
 
     def __post_init__(self) -> None:
         self.monitor = LoadMonitor(self.scheduler, self.config.server.admission)
         self.admission = Admission(self.monitor, self.config.server.max_sessions)
+        self.metrics.watch(self)
 
 
 class RealtimeSession:
@@ -94,6 +97,7 @@ class RealtimeSession:
         self.controller = Controller(stages, self.context, self.output, self._on_controller_event,
                                      self.controller_config, server.stats, session_id=self.settings.id)
         server.sessions.add(self)
+        server.metrics.sessions_started.labels(transport).inc()
         self.send({"type": "session.created", "session": self.settings.render()})
 
     @property
@@ -104,9 +108,12 @@ class RealtimeSession:
 
     def send(self, event: dict[str, Any]) -> None:
         if not self.closed:
+            if event.get("type") == "error":
+                self.server.metrics.count_error(event.get("error", {}).get("code"))
             self.outbox.put_nowait(json.dumps({"event_id": p.new_id("event"), **event}))
 
     def _on_controller_event(self, event: object) -> None:
+        self.server.metrics.observe(event)
         if isinstance(event, ev.TurnMetrics):
             self.server.recent_turns.append(event)
         if isinstance(event, ev.TurnTakenBack) and event.committed:  # the item left the conversation
