@@ -162,8 +162,8 @@ class LlamaServer:
     async def start(self) -> str:
         """Start the server and wait until it has loaded the model; returns the base URL (…/v1).
         From then on it is supervised (restarted when it dies) until stop()."""
-        if self.running:
-            return self.base_url
+        if self.running or (self._supervisor is not None and not self._supervisor.done()):
+            return self.base_url  # up, or down and being restarted by its supervisor
         await self._launch()
         self._supervisor = asyncio.create_task(self._supervise(), name="llama-server-supervisor")
         return self.base_url

@@ -102,3 +102,19 @@ async def test_killing_the_real_llm_server_mid_reply(tmp_path: Path) -> None:
         await c.send_audio(utterance())
         done = await c.next("response.done", timeout=180)
         assert done["response"]["status"] == "completed"
+
+
+async def test_readiness_and_metrics_follow_the_llm_server() -> None:
+    import aiohttp
+
+    async with running_server() as server, aiohttp.ClientSession() as http:
+        llm = server_context(server).stages["llm"]
+        llm.available, llm.restarts = False, 3  # as OpenAIChatClient reports while its server restarts
+        async with http.get(server.make_url("/readyz")) as r:
+            assert r.status == 503 and (await r.json())["reason"] == "llm_unavailable"
+        async with http.get(server.make_url("/metrics")) as r:
+            text = await r.text()
+        assert "step_llm_restarts_total 3.0" in text and "step_llm_available 0.0" in text
+        llm.available = True
+        async with http.get(server.make_url("/readyz")) as r:
+            assert r.status == 200
