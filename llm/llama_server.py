@@ -36,6 +36,7 @@ import aiohttp
 from llm import build_llama_server
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STABLE_S = 60.0  # a child up this long before it died is restarted after the shortest wait
 log = logging.getLogger(__name__)
 
 
@@ -169,28 +170,31 @@ class LlamaServer:
         return self.base_url
 
     async def _supervise(self) -> None:
-        backoff = self.restart_backoff_s[0]
+        first, longest = self.restart_backoff_s
+        backoff = first
         while True:
             proc = self._proc
             if proc is None:
                 return
+            up_since = time.monotonic()
             code = await proc.wait()
             if self._proc is not proc:  # stop() took it away: an exit we asked for
                 return
             _live_pids.discard(proc.pid)
             self._proc = None
+            # A child that keeps dying soon after its start is not restarted ever faster.
+            backoff = first if time.monotonic() - up_since > STABLE_S else min(backoff * 2, longest)
             log.error("llama-server (pid %s) exited with %s; restarting in %.1f s:\n%s",
                       proc.pid, code, backoff, self.log_tail(5))
             while True:
                 await asyncio.sleep(backoff)
                 try:
                     await self._launch()
-                except LlamaServerError as exc:
-                    backoff = min(backoff * 2, self.restart_backoff_s[1])
+                except Exception as exc:  # LlamaServerError, or the exec itself failing
+                    backoff = min(backoff * 2, longest)
                     log.error("llama-server restart failed; next try in %.1f s: %s", backoff, exc)
                     continue
                 self.restarts += 1
-                backoff = self.restart_backoff_s[0]
                 log.warning("llama-server restarted (restart %d) in %.1f s", self.restarts,
                             self.startup_seconds or 0.0)
                 break

@@ -212,6 +212,7 @@ async def _until_stopped(app, grace_s: float) -> None:
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for task in waits:
         task.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
     if terminated.is_set():
         logging.getLogger(__name__).info("SIGTERM: draining (grace %.0f s)", grace_s)
         await drain(app[SERVER_KEY], grace_s, hurry)

@@ -35,8 +35,8 @@ from realtime.config import Config
 from realtime.echo import EchoCanceller, aec_rate
 from realtime.events_out import EventRenderer
 from realtime.output_buffer import OutputBufferEvents
-from realtime.prometheus import ServerMetrics
 from realtime.outputs import WebSocketAudioOutput
+from realtime.prometheus import ServerMetrics
 
 log = logging.getLogger(__name__)
 
