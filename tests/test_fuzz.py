@@ -12,7 +12,6 @@ import asyncio
 import base64
 import json
 import os
-from contextlib import asynccontextmanager
 
 import aiohttp
 from aiohttp import WSMsgType
