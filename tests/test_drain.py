@@ -13,7 +13,11 @@ import sys
 import aiohttp
 
 from realtime.drain import drain
-from tests.realtime_util import FAKE_CONFIG, REPO, WAIT, running_server, server_context, utterance, ws_client
+from realtime.ws import close_all
+from tests.realtime_util import (
+    FAKE_CONFIG, REPO, WAIT, running_server, server_context, utterance, wait_until, ws_client,
+)
+from tests.telephony_util import ROUTE, twilio_call
 
 
 async def test_drain_refuses_new_sessions_and_ends_the_open_ones() -> None:
@@ -92,3 +96,16 @@ async def _sigterm_with_a_session_open(proc: subprocess.Popen, port: int) -> Non
             events.append(json.loads(msg.data)["type"])
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
         assert events[-2:] == ["step.session_ending", "error"]
+
+
+async def test_a_phone_call_is_closed_after_the_grace_period() -> None:
+    async with running_server() as server, twilio_call(server) as call, aiohttp.ClientSession() as http:
+        ctx = server_context(server)
+        await drain(ctx, grace_s=0.2)
+        async with http.get(server.make_url(ROUTE)) as r:  # no new calls
+            assert r.status == 503
+        assert len(ctx.sessions) == 1  # the drain only warned it (a phone line has no reader for events)
+        await close_all(server.app)  # what the shutdown after the drain does to open sockets
+        await asyncio.wait_for(asyncio.shield(call._reader), WAIT)
+        assert call.close_reason == "server shutdown"
+        await wait_until(lambda: not ctx.sessions, what="the call's session to end")
