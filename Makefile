@@ -11,12 +11,14 @@ STAMPS  := .stamps
 TORCH   ?= torch==2.13.0
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: run test test-fast bench setup models llama-server system-deps clean help
+.PHONY: run test test-fast bench fuzz soak setup models llama-server system-deps clean help
 
 help:
 	@echo "make run    - set up and start the server ($(CONFIG))"
 	@echo "make test   - set up and run all tests"
 	@echo "make bench  - set up and run the latency benchmark"
+	@echo "make fuzz   - the fuzz tests at ten times their test-suite size (FUZZ_SCALE)"
+	@echo "make soak   - 30 min of 2 callers calling continuously against the embedded default"
 
 run: setup
 	$(BIN)/step-realtime serve --config $(CONFIG)
@@ -29,6 +31,18 @@ test-fast: $(STAMPS)/venv
 
 bench: setup
 	$(BIN)/python -m bench --config $(CONFIG)
+
+# The fuzz tests (tests/test_fuzz.py) with FUZZ_SCALE times the inputs of the test suite's run.
+FUZZ_SCALE ?= 10
+fuzz: $(STAMPS)/venv
+	FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/python -m pytest -q tests/test_fuzz.py
+
+# A long run with real models: SOAK_CALLERS callers call continuously for SOAK_S seconds; the
+# bench's report shows what drifts (latency, memory, queues) window by window. Not in CI.
+SOAK_CALLERS ?= 2
+SOAK_S ?= 1800
+soak: setup
+	$(BIN)/python -m bench --config $(CONFIG) --sustained $(SOAK_CALLERS) --duration-s $(SOAK_S)
 
 setup: $(STAMPS)/system $(STAMPS)/venv models llama-server
 

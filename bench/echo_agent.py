@@ -7,7 +7,7 @@ inside a corpus turn), then schedules the tone at (time that last voiced sample 
 delay_ms, placed sample-exactly in its output. Speech during a reply for `barge_in_ms` stops it.
 
 Same endpoints as the real server, minimally: POST /v1/realtime/calls (WebRTC, "oai-events"),
-GET /v1/realtime (WebSocket, pcm16 24 kHz), GET /metrics. It reports what it saw in a "bench.echo"
+GET /v1/realtime (WebSocket, pcm16 24 kHz), GET /metrics.json. It reports what it saw in a "bench.echo"
 event per reply (its own times on the shared monotonic clock), so a test can split the caller's
 measurement into uplink transport + agent delay + downlink transport.
 """
@@ -218,7 +218,7 @@ def make_app(delay_ms: float, **agent_options) -> web.Application:
 
     app.router.add_post("/v1/realtime/calls", calls)
     app.router.add_get("/v1/realtime", realtime_ws)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics.json", metrics)  # where the real server serves its JSON view
     app.on_shutdown.append(shutdown)
     return app
 

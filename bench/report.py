@@ -102,7 +102,7 @@ def _queue_tables(result: dict) -> list[str]:
     runs = [r for r in result["runs"] if r.get("scheduler")]
     if not runs:
         return []
-    lines = ["", "## Server model queues (GET /metrics \"scheduler\", sampled every 1 s during the level)", "",
+    lines = ["", "## Server model queues (GET /metrics.json \"scheduler\", sampled every 1 s during the level)", "",
              "Queued: max / mean depth per kind over the level. Wait: the server's own p50 / p95 per kind as it "
              "reported them at the end of the level. Jobs, dropped, busy: during the level.", "",
              "| variant | callers | lane | workers | busy % | jobs | dropped | batch size mean "

@@ -144,12 +144,12 @@ class ResourceSampler:
 
 
 class MetricsSampler:
-    """GET /metrics every `period_s`: the server's model queues (its "scheduler" key: lanes'
+    """GET /metrics.json every `period_s`: the server's model queues (its "scheduler" key: lanes'
     queue depth per kind, wait times, work done; the admission load) and its active sessions.
     A server without the key (older ones, the echo agent) gives samples without it."""
 
     def __init__(self, url: str, period_s: float = 1.0) -> None:
-        self.url, self.period = url.rstrip("/") + "/metrics", period_s
+        self.url, self.period = url.rstrip("/") + "/metrics.json", period_s
         self.current = ""
         self.samples: list[dict] = []
         self._task: asyncio.Task | None = None
@@ -201,7 +201,7 @@ def kinds_of(lane: dict) -> list[str]:
 
 
 def scheduler_summary(samples: list[dict]) -> dict:
-    """Per lane over a level's /metrics samples: queue depth per kind (max, mean), running jobs,
+    """Per lane over a level's /metrics.json samples: queue depth per kind (max, mean), running jobs,
     the server's wait percentiles per kind as it reported them at the end of the level, and the
     work done during the level (differences of its counters: jobs, dropped, batches, busy time).
     {} if no sample had the "scheduler" key."""
@@ -249,7 +249,7 @@ def scheduler_summary(samples: list[dict]) -> dict:
 
 
 def load_summary(loads: list[dict]) -> dict:
-    """The server's admission view over a level ("scheduler"."load" of /metrics): how often it was
+    """The server's admission view over a level ("scheduler"."load" of /metrics.json): how often it was
     admitting, why not, its capacity estimate, the CPU it measures per session, and how many calls
     it refused (its own counter, to compare with the callers' count)."""
     if not loads:

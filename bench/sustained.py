@@ -3,7 +3,7 @@ report says whether anything drifts over time — latency per minute window, tur
 refusals, gaps, the server's memory from start to end, and its CPU per active session.
 
 Pure functions over what the run recorded (turn records with their end-of-speech time, the call
-intervals, the server's CPU/RSS samples and /metrics samples; all on the monotonic clock), so they
+intervals, the server's CPU/RSS samples and /metrics.json samples; all on the monotonic clock), so they
 are tested on synthetic records.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def cpu_per_session(server_samples: list[dict], sessions: list[tuple[float, floa
 
 
 def _queue_max(metrics_samples: list[dict]) -> dict:
-    """Per lane: the largest total queue (all kinds) in these /metrics samples."""
+    """Per lane: the largest total queue (all kinds) in these /metrics.json samples."""
     out: dict[str, float] = {}
     for s in metrics_samples:
         lanes = (s.get("scheduler") or {}).get("lanes") or {}

@@ -27,6 +27,7 @@ import numpy as np
 from context.history import Context
 from controller.client_requests import ClientRequests
 from controller.config import ControllerConfig
+from controller.failures import describe_failure
 from controller.events import (
     ErrorEvent, InputCommitted, InputTranscript, ResponseCreated, ResponseDone, SpeechStarted, SpeechStopped,
     Speculation, StateChanged, new_id,
@@ -292,7 +293,7 @@ class Controller(ClientRequests, TurnTaking, ToolCalls):
             raise
         except Exception as exc:
             log.exception("end of turn failed")
-            self.emit(ErrorEvent("turn_failed", f"{type(exc).__name__}: {exc}"))
+            self.emit(ErrorEvent("turn_failed", describe_failure("the turn could not be answered", exc)))
             self.signal(Signal.REPLY_DONE, "error")
 
     async def _commit_only(self) -> None:
@@ -301,7 +302,7 @@ class Controller(ClientRequests, TurnTaking, ToolCalls):
             await self._commit_input()
         except Exception as exc:
             log.exception("commit failed")
-            self.emit(ErrorEvent("turn_failed", f"{type(exc).__name__}: {exc}"))
+            self.emit(ErrorEvent("turn_failed", describe_failure("the input could not be committed", exc)))
 
     async def _commit_input(self) -> UserInput:
         user = await self.stages.tokenizer.finalize()
@@ -364,7 +365,7 @@ class Controller(ClientRequests, TurnTaking, ToolCalls):
         self._reply = None
         status = "failed" if reply.error else "completed"
         if reply.error:
-            self.emit(ErrorEvent("reply_failed", f"{type(reply.error).__name__}: {reply.error}"))
+            self.emit(ErrorEvent("reply_failed", describe_failure("the reply failed", reply.error)))
         self.context.add_assistant(reply.spoken_text(), reply.spoken_seconds(), reply.item_id)
         calls = self._finished_calls(reply, completed=not reply.error)
         self.emit(ResponseDone(reply.response_id, reply.item_id, status, reply.spoken_text(), calls=calls))

@@ -11,6 +11,7 @@ for a turn the user has not finished (docs/tools.md).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -146,6 +147,9 @@ class Reply:
             await self.task
         except asyncio.CancelledError:
             pass
+        if inspect.iscoroutine(self._user_input) and \
+                inspect.getcoroutinestate(self._user_input) == inspect.CORO_CREATED:
+            self._user_input.close()  # cancelled before _run awaited it: no "never awaited" warning
 
     def heard_text(self, played_seconds: float) -> str:
         """The text of the audio the caller actually heard (by playback position).

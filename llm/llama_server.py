@@ -11,12 +11,19 @@ the next token of every active reply (and the prompt chunks of new ones), so con
 share the model instead of queueing for it. Each slot keeps its last prompt in its own part of
 the KV cache, and a RAM cache of prompt states (`--cache-ram`) keeps the ones pushed out, so
 each conversation's prefix survives other sessions' requests (docs/llm.md).
+
+Supervision: once started, a supervisor task waits on the child; if it exits without stop() having
+asked (a crash, the OOM killer, kill -9), it is started again on the same port, so the clients'
+base URL stays valid, after a backoff that doubles while restarts keep failing. Replies streaming
+at the moment of the crash fail (the caller gets an `error` event); the next ones are served once
+the child is back. `restarts` counts the restarts (/metrics).
 """
 from __future__ import annotations
 
 import asyncio
 import atexit
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -29,6 +36,8 @@ import aiohttp
 from llm import build_llama_server
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STABLE_S = 60.0  # a child up this long before it died is restarted after the shortest wait
+log = logging.getLogger(__name__)
 
 
 class LlamaServerError(RuntimeError):
@@ -82,7 +91,8 @@ class LlamaServer:
                  n_threads: int | None = None, n_threads_batch: int | None = None, prompt_cache_mb: int = 256,
                  cache_reuse: int = 64, binary: Path | None = None, cache_dir: Path | None = None,
                  host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
-                 startup_timeout_s: float = 180.0, extra_args: list[str] | None = None) -> None:
+                 startup_timeout_s: float = 180.0, extra_args: list[str] | None = None,
+                 restart_backoff_s: tuple[float, float] = (1.0, 30.0)) -> None:
         self.model_path = Path(model_path)
         self.model_alias = model_alias
         # Slots: requests decoded together. More than the sessions cost only their KV memory.
@@ -109,6 +119,9 @@ class LlamaServer:
         self.extra_args = list(extra_args or [])
         self.startup_seconds: float | None = None  # measured by start()
         self._proc: asyncio.subprocess.Process | None = None
+        self.restart_backoff_s = restart_backoff_s  # first and longest wait before a restart
+        self.restarts = 0  # children started again after they died
+        self._supervisor: asyncio.Task | None = None
 
     @property
     def base_url(self) -> str:
@@ -151,9 +164,45 @@ class LlamaServer:
                 *self.extra_args]
 
     async def start(self) -> str:
-        """Start the server and wait until it has loaded the model; returns the base URL (…/v1)."""
-        if self.running:
-            return self.base_url
+        """Start the server and wait until it has loaded the model; returns the base URL (…/v1).
+        From then on it is supervised (restarted when it dies) until stop()."""
+        if self.running or (self._supervisor is not None and not self._supervisor.done()):
+            return self.base_url  # up, or down and being restarted by its supervisor
+        await self._launch()
+        self._supervisor = asyncio.create_task(self._supervise(), name="llama-server-supervisor")
+        return self.base_url
+
+    async def _supervise(self) -> None:
+        first, longest = self.restart_backoff_s
+        backoff = first
+        while True:
+            proc = self._proc
+            if proc is None:
+                return
+            up_since = time.monotonic()
+            code = await proc.wait()
+            if self._proc is not proc:  # stop() took it away: an exit we asked for
+                return
+            _live_pids.discard(proc.pid)
+            self._proc = None
+            # A child that keeps dying soon after its start is not restarted ever faster.
+            backoff = first if time.monotonic() - up_since > STABLE_S else min(backoff * 2, longest)
+            log.error("llama-server (pid %s) exited with %s; restarting in %.1f s:\n%s",
+                      proc.pid, code, backoff, self.log_tail(5))
+            while True:
+                await asyncio.sleep(backoff)
+                try:
+                    await self._launch()
+                except Exception as exc:  # LlamaServerError, or the exec itself failing
+                    backoff = min(backoff * 2, longest)
+                    log.error("llama-server restart failed; next try in %.1f s: %s", backoff, exc)
+                    continue
+                self.restarts += 1
+                log.warning("llama-server restarted (restart %d) in %.1f s", self.restarts,
+                            self.startup_seconds or 0.0)
+                break
+
+    async def _launch(self) -> None:
         binary = self.resolve_binary()
         if not self.model_path.is_file():
             raise LlamaServerError(f"no model file {self.model_path}")
@@ -169,10 +218,9 @@ class LlamaServer:
         try:
             await self._wait_ready()
         except BaseException:
-            await self.stop()
+            await self._end_child()
             raise
         self.startup_seconds = time.monotonic() - t0
-        return self.base_url
 
     @staticmethod
     def _child_env() -> dict[str, str]:
@@ -208,6 +256,13 @@ class LlamaServer:
         return "\n".join(text.splitlines()[-lines:])
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
+        await self._end_child(grace_s)
+
+    async def _end_child(self, grace_s: float = 5.0) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return

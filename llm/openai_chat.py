@@ -92,6 +92,16 @@ class OpenAIChatClient:
             return self.options.base_url
         return self.server.base_url if self.server is not None and self.server.running else None
 
+    @property
+    def available(self) -> bool:
+        """False while the bundled server is down (being restarted by its supervisor): /readyz."""
+        return self.server is None or self.server.running
+
+    @property
+    def restarts(self) -> int:
+        """How often the bundled server was restarted after it died (/metrics)."""
+        return self.server.restarts if self.server is not None else 0
+
     async def start(self) -> None:
         """Start the bundled server if this client has one (no-op with a base_url)."""
         async with self._start_lock:

@@ -40,8 +40,11 @@ class Admission:
         self.max_sessions = max_sessions  # the media plane's own ceiling, whatever the models allow
         self.admitted = 0  # reservations held: sessions in a call or being set up
         self.refused = 0
+        self.draining = False  # shutting down (realtime/drain.py): nobody new
 
     def decide(self) -> Decision:
+        if self.draining:
+            return Decision(False, "the server is shutting down", self.monitor.cfg.retry_after_s)
         if self.admitted >= self.max_sessions:
             return Decision(False, f"all {self.max_sessions} sessions are in use",
                             self.monitor.cfg.retry_after_s)

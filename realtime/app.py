@@ -3,7 +3,8 @@
   GET  /                               the web client (web_client/index.html), files beside it
   GET  /healthz                        liveness + whether the stages are up
   GET  /readyz                         200 while admitting new sessions, else 503 (for load balancers)
-  GET  /metrics                        sessions, speculation counters, recent turn latencies (JSON)
+  GET  /metrics                        Prometheus text format (realtime/prometheus.py)
+  GET  /metrics.json                   sessions, speculation counters, recent turn latencies (JSON)
   GET  /v1/realtime                    OpenAI Realtime over WebSocket
   POST /v1/realtime/calls              OpenAI Realtime over WebRTC (SDP offer → answer)
   POST /v1/realtime/calls/{id}/hangup
@@ -27,7 +28,7 @@ from pathlib import Path
 from aiohttp import web
 
 from core.stages import BuildEnv, build_all, close_all as close_all_stages, start_all as start_all_stages
-from realtime import telephony, webrtc
+from realtime import prometheus, telephony, webrtc
 from realtime.telephony import audiosocket, control, telnyx, vonage
 from realtime.config import Config
 from realtime.session import ServerContext
@@ -49,7 +50,8 @@ def create_app(config: Config, stages: dict | None = None) -> web.Application:
         webrtc.use_loopback_candidates()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", prometheus_metrics)
+    app.router.add_get("/metrics.json", metrics)
     app.router.add_get("/v1/realtime", realtime_ws)
     app.router.add_post("/v1/realtime/calls", webrtc.create_call)
     app.router.add_post("/v1/realtime/calls/{call_id}/hangup", webrtc.hangup)
@@ -104,15 +106,26 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """For a load balancer: 200 while this server takes new sessions, 503 (with why) when its
-    stages are not up yet or admitting one more would overload the calls in progress."""
+    stages are not up yet, it is draining (SIGTERM), the bundled LLM server is down (being
+    restarted), or admitting one more would overload the calls in progress. (/healthz: alive.)"""
     server = request.app[SERVER_KEY]
     if not server.ready:
         return web.json_response({"ready": False, "reason": "starting"}, status=503)
+    if server.admission.draining:
+        return web.json_response({"ready": False, "reason": "draining"}, status=503)
+    if not getattr(server.stages.get("llm"), "available", True):  # its server is being restarted
+        return web.json_response({"ready": False, "reason": "llm_unavailable"}, status=503,
+                                 headers={"Retry-After": "5"})
     decision = server.admission.decide()
     if not decision.admit:
         return web.json_response({"ready": False, "reason": decision.reason}, status=503,
                                  headers={"Retry-After": str(decision.retry_after_s)})
     return web.json_response({"ready": True, "sessions": len(server.sessions)})
+
+
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    body = request.app[SERVER_KEY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": prometheus.CONTENT_TYPE})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -194,13 +194,33 @@ async def _serve(cfg: Config) -> None:
         shown = f"[{host}]" if ":" in host else host
         print(f"step-realtime listening on http://{shown}:{port}/ (Realtime WebSocket: "
               f"ws://{shown}:{port}/v1/realtime)", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await _until_stopped(runner.app, cfg.server.drain_grace_s)
     finally:
         await runner.cleanup()
+
+
+async def _until_stopped(app, grace_s: float) -> None:
+    """SIGINT stops at once; SIGTERM drains first (realtime/drain.py): no new sessions, those in
+    progress get up to `grace_s` to finish. A second signal cuts the grace short."""
+    from realtime.drain import drain
+    from realtime.ws import SERVER_KEY
+
+    interrupted, terminated, hurry = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(first: asyncio.Event) -> None:
+        (hurry if interrupted.is_set() or terminated.is_set() else first).set()
+
+    loop.add_signal_handler(signal.SIGINT, on_signal, interrupted)
+    loop.add_signal_handler(signal.SIGTERM, on_signal, terminated)
+    waits = [asyncio.create_task(e.wait()) for e in (interrupted, terminated)]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in waits:
+        task.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
+    if terminated.is_set():
+        logging.getLogger(__name__).info("SIGTERM: draining (grace %.0f s)", grace_s)
+        await drain(app[SERVER_KEY], grace_s, hurry)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,8 @@ class ServerConfig(BaseModel):
     admission: AdmissionConfig = AdmissionConfig()
     max_event_bytes: int = Field(2_000_000, ge=1024, description="largest client JSON event")
     max_sdp_bytes: int = Field(65_536, ge=1024)
+    drain_grace_s: float = Field(30.0, ge=0, description="on SIGTERM: how long calls in progress may go on "
+                                                         "(no new ones admitted) before they are ended")
     cache_dir: str = Field("~/.cache/step-realtime", description="assembled embedded models")
     echo_cancellation: EchoCancellationConfig = EchoCancellationConfig()
     audiosocket: AudioSocketConfig | None = Field(None, description="Asterisk AudioSocket listener; off by default")

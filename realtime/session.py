@@ -22,6 +22,7 @@ import numpy as np
 from context.history import Context
 from controller import events as ev
 from controller.controller import Controller, Stages
+from controller.failures import describe_failure
 from controller.metrics import SpeculationStats
 from controller.ports import AudioOutput
 from controller.states import State
@@ -37,6 +38,7 @@ from realtime.output_buffer import OutputBufferEvents
 from realtime.outputs import WebSocketAudioOutput
 from realtime.tool_protocol import create_function_item
 from tools import build_tool_runner
+from realtime.prometheus import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +56,14 @@ class ServerContext:
     admission: Admission = field(init=False)
     ready: bool = False  # the stages are up
     clock: Callable[[], float] = time.monotonic  # when output audio plays (a simulated one in tests)
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)  # GET /metrics (Prometheus)
 
     def __post_init__(self) -> None:
         # Server-side tools (the config's `tools:`), offered to every session's replies.
         self.tool_runner = build_tool_runner(self.config.tools) if self.config.tools else None
         self.monitor = LoadMonitor(self.scheduler, self.config.server.admission)
         self.admission = Admission(self.monitor, self.config.server.max_sessions)
+        self.metrics.watch(self)
 
 
 class RealtimeSession:
@@ -98,6 +102,7 @@ class RealtimeSession:
                                      self.controller_config, server.stats, session_id=self.settings.id,
                                      tool_runner=server.tool_runner)
         server.sessions.add(self)
+        server.metrics.sessions_started.labels(transport).inc()
         self.send({"type": "session.created", "session": self.settings.render()})
 
     @property
@@ -108,9 +113,12 @@ class RealtimeSession:
 
     def send(self, event: dict[str, Any]) -> None:
         if not self.closed:
+            if event.get("type") == "error":
+                self.server.metrics.count_error(event.get("error", {}).get("code"))
             self.outbox.put_nowait(json.dumps({"event_id": p.new_id("event"), **event}))
 
     def _on_controller_event(self, event: object) -> None:
+        self.server.metrics.observe(event)
         if isinstance(event, ev.TurnMetrics):
             self.server.recent_turns.append(event)
         if isinstance(event, ev.TurnTakenBack) and event.committed:  # the item left the conversation
@@ -156,7 +164,8 @@ class RealtimeSession:
             self.send(exc.event())
         except Exception as exc:  # a bug must not end the session either
             log.exception("session %s: handling a client event failed", self.id)
-            self.send(p.error_event("server_error", "internal_error", f"{type(exc).__name__}: {exc}"))
+            self.send(p.error_event("server_error", "internal_error", describe_failure(
+                f"the server could not handle this {getattr(event, 'type', 'client')} event", exc)))
 
     async def _dispatch(self, event: p.ClientEvent) -> None:
         ctl = self.controller

@@ -131,7 +131,18 @@ async def _read_offer(request: web.Request, limit: int) -> tuple[str, dict | Non
         raise _OfferError(400, "SDP offer has no audio m-line")
     if "opus/48000" not in text.lower():
         raise _OfferError(400, "SDP offer does not offer Opus")
+    if "a=fingerprint:" not in text:  # aiortc would answer, then fail the DTLS handshake in the background
+        raise _OfferError(400, "invalid SDP offer: no DTLS fingerprint (a=fingerprint)")
     return text + "\r\n", session
+
+
+def _offer_problem(exc: Exception) -> str:
+    """aiortc's ValueErrors name what is wrong with the offer ("RTCP mux is not enabled"); other
+    exceptions are its internals tripping over the input, not words for a client."""
+    if isinstance(exc, ValueError) and str(exc) and "not in list" not in str(exc):
+        return str(exc)
+    log.info("offer refused: %r", exc)
+    return "it could not be parsed"
 
 
 async def _read_part(part, limit: int, what: str) -> bytes:
@@ -245,7 +256,7 @@ async def create_call(request: web.Request) -> web.Response:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except Exception as exc:  # aiortc raises ValueError and friends on SDP it can't use
         await call.close()
-        return _bad(400, f"invalid SDP offer: {exc}")
+        return _bad(400, f"invalid SDP offer: {_offer_problem(exc)}")
     try:
         lean_receive_buffer(pc)
         call.attach_output()
@@ -253,8 +264,9 @@ async def create_call(request: web.Request) -> web.Response:
             await call.session.handle_text(json.dumps({"type": "session.update", "session": session_config}))
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:
+        log.info("cannot answer an offer: %r", exc)
         await call.close()
-        return _bad(400, f"cannot answer this offer: {exc}")
+        return _bad(400, "cannot answer this offer: it lacks a usable audio m-line (Opus, ICE and DTLS parameters)")
     log.info("call %s: session %s from %s", call.id, call.session.id, request.remote)
     return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
                         headers={"Location": f"/v1/realtime/calls/{call.id}"})

@@ -133,7 +133,7 @@ async def test_the_ninth_caller_is_refused_and_the_eight_go_on():
         await _refused(http, server)
         ctx = server_context(server)
         assert len(ctx.sessions) == 8 and ctx.admission.admitted == 8 and ctx.admission.refused == 3
-        async with http.get(server.make_url("/metrics")) as r:
+        async with http.get(server.make_url("/metrics.json")) as r:
             load = (await r.json())["scheduler"]["load"]
             assert load["admitting"] is False and load["capacity_sessions"] == 8 and load["refused"] == 3
         # The calls in progress are served as before.

@@ -261,7 +261,7 @@ def test_sustained_report_in_the_summary(tmp_path):
     assert "CPU per call" in md and "Knee" not in md
 
 
-# -- the server's model queues (GET /metrics "scheduler") -----------------------------------------
+# -- the server's model queues (GET /metrics.json "scheduler") -----------------------------------------
 
 def _metrics(t, asr_final, asr_spec, jobs, busy, wait_p95, admitting=True):
     return {"t": t, "tag": "x", "active_sessions": 2, "scheduler": {

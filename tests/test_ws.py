@@ -158,7 +158,7 @@ async def test_max_sessions_and_metrics() -> None:
                 await c.send_audio(utterance())
                 await c.next("response.done")
                 await c.next("step.turn_metrics")
-                async with http.get(server.make_url("/metrics")) as r:
+                async with http.get(server.make_url("/metrics.json")) as r:
                     m = await r.json()
                 assert m["sessions"]["active"] == 1 and m["sessions"]["by_transport"] == {"websocket": 1}
                 assert m["speculation"]["started"] >= 1 and m["turns"]["recent"] == 1
