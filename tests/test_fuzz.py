@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from core.stages import BuildEnv, build_all
 from realtime.outputs import WebSocketAudioOutput
 from realtime.session import RealtimeSession, ServerContext
-from realtime.telephony import CallError, TwilioCall
+from realtime.telephony import TwilioCall
+from realtime.telephony.calls import CallError
 from tests.realtime_util import fake_config, running_server, server_context, wait_until
 
 # A coroutine never awaited (reported when it is collected): a bug, even when nothing crashed.
