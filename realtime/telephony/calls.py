@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from pydantic import BaseModel, ValidationError
 
 from controller.ports import AudioOutput
 from realtime.admission import serve_admitted
@@ -35,6 +36,16 @@ class CallError(Exception):
     def __init__(self, reason: str, code: int = WSCloseCode.UNSUPPORTED_DATA) -> None:
         super().__init__(reason)
         self.code = code
+
+
+def parse_field(data: dict, key: str, model: type[BaseModel]) -> Any:
+    """`data[key]` as `model` (a carrier's JSON message part), or a CallError naming the field."""
+    try:
+        return model.model_validate(data.get(key))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in (key, *err["loc"]))
+        raise CallError(f"{data.get('event')}: {where}: {err['msg']}") from None
 
 
 class PhoneCall:

@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 import numpy as np
 from aiohttp import WSCloseCode, web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from realtime import g711
 from realtime.audio import AudioFormatError, G711Input
 from realtime.session import ServerContext
-from realtime.telephony.calls import CallError, WebSocketCall, websocket_route
+from realtime.telephony.calls import CallError, WebSocketCall, parse_field, websocket_route
 from realtime.telephony.paced import PacedAudioOutput
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,6 @@ class Media(_Lenient):
     payload: str
     track: str = "inbound"
 
-
-def _field(data: dict, key: str, model: type[BaseModel]) -> Any:
-    try:
-        return model.model_validate(data.get(key))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in (key, *err["loc"]))
-        raise CallError(f"{data.get('event')}: {where}: {err['msg']}") from None
 
 
 class TelnyxCall(WebSocketCall):
@@ -101,7 +93,7 @@ class TelnyxCall(WebSocketCall):
     def _start(self, data: dict) -> None:
         if self.stream_id is not None:
             raise CallError("a second 'start' on one stream", WSCloseCode.POLICY_VIOLATION)
-        start: StartInfo = _field(data, "start", StartInfo)
+        start: StartInfo = parse_field(data, "start", StartInfo)
         sid = data.get("stream_id")
         if not isinstance(sid, str) or not sid:
             raise CallError("start: no stream_id")
@@ -115,7 +107,7 @@ class TelnyxCall(WebSocketCall):
 
     def _media(self, data: dict) -> None:
         self._require_start("media")
-        media: Media = _field(data, "media", Media)
+        media: Media = parse_field(data, "media", Media)
         if media.track != "inbound":  # both_tracks also carries what we send: not the caller
             return
         try:

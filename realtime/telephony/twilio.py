@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from aiohttp import WSCloseCode, web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from decoder.base import AudioChunk
 from realtime import g711
@@ -32,7 +32,7 @@ from realtime.audio import AudioFormatError, G711Input
 from realtime.echo import EchoCanceller
 from realtime.outputs import Resampler
 from realtime.session import ServerContext
-from realtime.telephony.calls import CallError, WebSocketCall, websocket_route
+from realtime.telephony.calls import CallError, WebSocketCall, parse_field, websocket_route
 
 log = logging.getLogger(__name__)
 FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
@@ -161,14 +161,6 @@ class Media(_Lenient):
     track: str = "inbound"
 
 
-def _field(data: dict, key: str, model: type[BaseModel]) -> Any:
-    try:
-        return model.model_validate(data.get(key))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in (key, *err["loc"]))
-        raise CallError(f"{data.get('event')}: {where}: {err['msg']}") from None
-
 
 class TwilioCall(WebSocketCall):
     """One Media Streams connection: messages in → the session; the output's messages → out."""
@@ -208,7 +200,7 @@ class TwilioCall(WebSocketCall):
     def _start(self, data: dict) -> None:
         if self.output.stream_sid is not None:
             raise CallError("a second 'start' on one stream", WSCloseCode.POLICY_VIOLATION)
-        start: StartInfo = _field(data, "start", StartInfo)
+        start: StartInfo = parse_field(data, "start", StartInfo)
         sid = start.stream_sid or data.get("streamSid")  # Twilio sends both; some bridges only one
         if not isinstance(sid, str) or not sid:
             raise CallError("start: no streamSid")
@@ -220,7 +212,7 @@ class TwilioCall(WebSocketCall):
     def _media(self, data: dict) -> None:
         if self.output.stream_sid is None:
             raise CallError("'media' before 'start'", WSCloseCode.POLICY_VIOLATION)
-        media: Media = _field(data, "media", Media)
+        media: Media = parse_field(data, "media", Media)
         if media.track != "inbound":  # both_tracks streams also carry what we send: not the caller
             return
         try:
