@@ -63,6 +63,8 @@ class CarriersConfig(BaseModel):
     twilio: TwilioApiConfig | None = None
     telnyx: TelnyxApiConfig | None = None
     public_url: str | None = Field(None, description="https://this-server, for Twilio to fetch a warm transfer's whisper")
+    model_tools: bool = Field(False, description="offer the model end_call and transfer_call on phone calls "
+                                                 "(realtime/telephony/call_tools.py)")
 
 
 class ServerConfig(BaseModel):

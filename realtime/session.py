@@ -68,7 +68,9 @@ class ServerContext:
 
 class RealtimeSession:
     def __init__(self, server: ServerContext, transport: str,
-                 make_output: Callable[["RealtimeSession"], AudioOutput], reservation: Reservation | None = None) -> None:
+                 make_output: Callable[["RealtimeSession"], AudioOutput], reservation: Reservation | None = None,
+                 tools=None) -> None:
+        """`tools`: this session's server-side tools (a phone call's call control), else the server's."""
         cfg = server.config
         self.server = server
         self.reservation = reservation  # its place under admission, given back at close()
@@ -100,7 +102,7 @@ class RealtimeSession:
                         turn=server.stages.get("turn"))
         self.controller = Controller(stages, self.context, self.output, self._on_controller_event,
                                      self.controller_config, server.stats, session_id=self.settings.id,
-                                     tool_runner=server.tool_runner)
+                                     tool_runner=tools or server.tool_runner)
         server.sessions.add(self)
         server.metrics.sessions_started.labels(transport).inc()
         self.send({"type": "session.created", "session": self.settings.render()})

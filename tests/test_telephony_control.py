@@ -140,3 +140,51 @@ async def test_audiosocket_hangup_and_bad_requests(carrier_api) -> None:
         assert not carrier_api.requests
         await wait_until(lambda: not server_context(server).sessions, what="session cleanup")
     await asyncio.sleep(0)
+
+
+def model_tools_config(api: FakeCarrierApi, tool_call: dict):
+    cfg = config(api)
+    cfg.server.carriers.model_tools = True
+    cfg.llm = type(cfg.llm).model_validate({**cfg.llm.model_dump(), "echo": False, "tool_call": tool_call})
+    return cfg
+
+
+async def test_the_model_hangs_up_by_calling_end_call(carrier_api) -> None:
+    """The tool is offered on the call; the model calls it; the goodbye that follows the result
+    plays; then Twilio is asked to complete the call."""
+    async with running_server(model_tools_config(carrier_api, {"name": "end_call", "arguments": {}})) as server, \
+            twilio_call(server) as call:
+        await call.speak(utterance_8k())
+        await carrier_api.asked.wait()
+        session = next(iter(server_context(server).sessions))
+        llm = server_context(server).stages["llm"]
+        offered = {t.get("name") or t["function"]["name"] for t in llm.streams[0].tools}
+        assert offered >= {"end_call", "transfer_call"}
+        # the result was spoken ("The tool said: …") and had played before the carrier was asked
+        assert session.context.turns[-1].role == "assistant"
+        assert session.context.turns[-1].text.startswith("The tool said: The call ends after your goodbye")
+        [req] = carrier_api.requests
+        assert req["path"] == "/2010-04-01/Accounts/AC1/Calls/CA1.json"
+        assert parse_qs(req["body"]) == {"Status": ["completed"]}
+        await wait_until(lambda: call.ws.closed, what="the stream's close")
+
+
+async def test_the_model_transfers_by_calling_transfer_call(carrier_api) -> None:
+    tool = {"name": "transfer_call", "arguments": {"to": "+15551234567", "mode": "cold"}}
+    async with running_server(model_tools_config(carrier_api, tool)) as server, twilio_call(server) as call:
+        await call.speak(utterance_8k())
+        await carrier_api.asked.wait()
+        [req] = carrier_api.requests
+        assert parse_qs(req["body"]) == {"Twiml": ["<Response><Dial>+15551234567</Dial></Response>"]}
+        await wait_until(lambda: call.ws.closed, what="the stream's close")
+
+
+async def test_call_tools_are_not_offered_unless_configured(carrier_api) -> None:
+    cfg = config(carrier_api)
+    cfg.llm = type(cfg.llm).model_validate({**cfg.llm.model_dump(), "echo": False,
+                                            "tool_call": {"name": "end_call", "arguments": {}}})
+    async with running_server(cfg) as server, twilio_call(server) as call:
+        await call.speak(utterance_8k())
+        await call.wait_for(lambda m: m["event"] == "media", "the reply")
+        llm = server_context(server).stages["llm"]
+        assert not llm.streams[0].tools and not carrier_api.requests

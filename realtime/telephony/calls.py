@@ -21,6 +21,7 @@ from controller.ports import AudioOutput
 from realtime.admission import serve_admitted
 from realtime.audio import PcmInput
 from realtime.session import RealtimeSession, ServerContext
+from realtime.telephony.call_tools import CallTools
 from realtime.telephony.control import CALLS
 from realtime.telephony.recording import CallRecorder, ReferenceTee
 from realtime.ws import SERVER_KEY, SOCKETS_KEY
@@ -54,7 +55,9 @@ class PhoneCall:
     def __init__(self, server: ServerContext, output: AudioOutput, source: PcmInput, reservation=None) -> None:
         self.outbox: asyncio.Queue[Any] = asyncio.Queue()
         self.output = output
-        self.session = RealtimeSession(server, "telephony", lambda s: self.output, reservation)
+        carriers = server.config.server.carriers
+        tools = CallTools(self, server.tool_runner) if carriers is not None and carriers.model_tools else None
+        self.session = RealtimeSession(server, "telephony", lambda s: self.output, reservation, tools)
         self.session.set_input(source)
         self.call_id: str | None = None
         self.recorder: CallRecorder | None = None
