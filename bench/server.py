@@ -106,18 +106,22 @@ class ResourceSampler:
         return [self._procs[p.pid] for p in procs]
 
     def sample(self, tag: str = "") -> None:
-        cpu = rss = 0.0
+        cpu = rss = rss_children = 0.0
         try:
             for p in self._tree():
                 try:
                     cpu += p.cpu_percent(None)
-                    rss += p.memory_info().rss
+                    mem = p.memory_info().rss
+                    rss += mem
+                    rss_children += mem if p.pid != self.pid else 0
                 except psutil.Error:
                     pass
         except psutil.Error:
             return
+        # the tree, and apart the server and its children (the LLM server): a leak shows in one of them
         self.samples.append({"t": time.monotonic(), "cpu_percent": round(cpu, 1),
-                             "rss_mib": round(rss / 2**20, 1), "tag": tag})
+                             "rss_mib": round(rss / 2**20, 1), "rss_server_mib": round((rss - rss_children) / 2**20, 1),
+                             "rss_children_mib": round(rss_children / 2**20, 1), "tag": tag})
 
     async def _run(self, tag_of) -> None:
         while True:
@@ -170,7 +174,8 @@ class MetricsSampler:
                     self.samples.append({
                         "t": time.monotonic(), "tag": tag_of(),
                         "scheduler": data.get("scheduler") if isinstance(data.get("scheduler"), dict) else None,
-                        "active_sessions": sessions.get("active") if isinstance(sessions, dict) else None})
+                        "active_sessions": sessions.get("active") if isinstance(sessions, dict) else None,
+                        "process": data.get("process") if isinstance(data.get("process"), dict) else None})
                 await asyncio.sleep(max(0.0, self.period - (time.monotonic() - t)))
 
     def start(self, tag_of=lambda: "") -> None:

@@ -25,6 +25,7 @@ import statistics
 import weakref
 from pathlib import Path
 
+import psutil
 from aiohttp import web
 
 from core.stages import BuildEnv, build_all, close_all as close_all_stages, start_all as start_all_stages
@@ -143,6 +144,8 @@ async def metrics(request: web.Request) -> web.Response:
         "scheduler": {"lanes": server.scheduler.snapshot(), "load": server.admission.snapshot()},
         "turns": {"recent": len(turns), "speculative": sum(t.speculative for t in turns),
                   "median_ms": medians},
+        # what a leak would grow (the soak watches them): tasks left behind, sockets and files left open
+        "process": {"asyncio_tasks": len(asyncio.all_tasks()), "open_fds": psutil.Process().num_fds()},
     })
 
 
