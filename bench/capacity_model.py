@@ -63,8 +63,12 @@ EMBEDDED_CORES_PER_CALL = 0.34
 # reply ≈ 0.5 s (first clause 220 ms). What is left of 0.34 is the media plane's own cost.
 EMBEDDED_MODEL_CORE_S_PER_TURN = {"asr": 0.35 * 2 * 1.66, "llm": 0.2 + 25 * 0.018, "tts": 0.5}
 SMART_TURN_CORE_S_PER_TURN = 0.07 * 2  # stays on the media worker with a remote model tier
-# MEASURED: 64 WebSocket sessions with fake stages in 23 % of one core (media plane only).
+# MEASURED: 64 WebSocket sessions with fake stages in 23 % of one core (media plane only); a real
+# call adds Silero (≈ 0.1 ms a 32 ms window: docs/architecture.md) and, on phone lines, the echo
+# canceller (0.13 ms per 10 ms block: docs/benchmarks.md, "Echo cancellation").
 WS_CORES_PER_CALL = 0.23 / 64
+SILERO_CORES_PER_CALL = 0.1 / 32
+AEC_CORES_PER_CALL = 0.13 / 10
 
 
 def webrtc_media_cores(turns_per_min: float = TURNS_PER_MIN) -> float:
@@ -76,8 +80,11 @@ def webrtc_media_cores(turns_per_min: float = TURNS_PER_MIN) -> float:
 
 def step_audio_profile(turns_per_min: float = TURNS_PER_MIN, cores_per_box: int = 16,
                        transport: str = "webrtc") -> Profile:
-    media = webrtc_media_cores(turns_per_min) if transport == "webrtc" else WS_CORES_PER_CALL
-    media += SMART_TURN_CORE_S_PER_TURN * turns_per_min / 60 if transport != "webrtc" else 0.0
+    if transport == "webrtc":  # measured whole: Silero and Smart Turn are in it
+        media = webrtc_media_cores(turns_per_min)
+    else:
+        media = WS_CORES_PER_CALL + SILERO_CORES_PER_CALL + SMART_TURN_CORE_S_PER_TURN * turns_per_min / 60
+        media += AEC_CORES_PER_CALL if transport == "telephony" else 0.0
     return Profile(turns_per_min, round(media, 4), cores_per_box, 0.9, (
         # ESTIMATE: Step-Audio-Chat 130B on vLLM, tensor parallel 4 (docs/step-audio.md: 4 × 80 GB).
         # A reply of ~30 tokens at an assumed 30 tokens/s per sequence under batching + ~0.1 s of
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", default="100,1000")
     p.add_argument("--turns-per-min", type=float, default=TURNS_PER_MIN)
     p.add_argument("--cores-per-box", type=int, default=16)
-    p.add_argument("--transport", choices=["webrtc", "websocket"], default="webrtc")
+    p.add_argument("--transport", choices=["webrtc", "websocket", "telephony"], default="webrtc")
     p.add_argument("--simulate", action="store_true", help="check each stage's p95 wait by simulation")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

@@ -53,6 +53,8 @@ def test_the_media_cost_is_the_measured_total_less_the_models() -> None:
     assert cm.webrtc_media_cores(4) == pytest.approx(cm.EMBEDDED_CORES_PER_CALL - models)
     assert 0 < cm.webrtc_media_cores(4) < cm.EMBEDDED_CORES_PER_CALL
     assert cm.embedded_boxes(100) == math.ceil(100 * 0.34 / 1.8)
+    phone, ws = (cm.step_audio_profile(transport=t).media_cores_per_call for t in ("telephony", "websocket"))
+    assert phone - ws == pytest.approx(cm.AEC_CORES_PER_CALL, abs=1e-4)  # a phone line adds the echo canceller
 
 
 def test_the_cli_prints_a_table_for_each_size(capsys: pytest.CaptureFixture) -> None:

@@ -140,6 +140,12 @@ async def test_a_draining_worker_gets_no_new_calls_and_finishes_its_own() -> Non
             async with realtime(http, cluster.entry), realtime(http, cluster.entry), realtime(http, cluster.entry):
                 assert await cluster.sessions(http) == {busy: 1, other: 3}
             await one_turn(mine)  # its own call is served to the end
+            # SIGTERM to the parent drains every worker: the call goes on through HAProxy until the
+            # grace period (server.drain_grace_s 3 s) is over, is told so, and then closes
+            cluster.proc.send_signal(signal.SIGTERM)
+            await mine.next("step.session_ending", timeout=WAIT * 2)
+            assert (await mine.next("error"))["error"]["code"] == "session_ending"
+            await asyncio.wait_for(asyncio.shield(mine._reader), WAIT)
     assert cluster.proc.returncode == 0
     gone = [cluster.haproxy_pid, *(w.pid for w in cluster.workers.values())]
     await wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
