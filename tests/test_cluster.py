@@ -10,6 +10,8 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
+import sys
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -94,6 +96,10 @@ async def test_webrtc_through_the_entry_sends_media_to_the_worker() -> None:
             assert caller.location.rsplit("/", 1)[1] in table
             async with http.post(f"{cluster.entry}{caller.location}/hangup") as r:
                 assert r.status == 200 and r.headers["X-Step-Worker"] == worker.name
+            # the operator's view of the entry (python -m realtime.cluster STATS_SOCKET)
+            shown = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "realtime.cluster",
+                                                             cluster.stats_socket], capture_output=True, text=True)
+            assert shown.returncode == 0 and re.search(r"^w0 +UP ", shown.stdout, re.M), shown.stdout + shown.stderr
         finally:
             await caller.close()
 

@@ -131,3 +131,4 @@ async def show_stat(stats_socket: Path) -> list[dict[str, str]]:
         raise HAProxyError(f"unexpected answer from the stats socket: {text[:200]!r}")
     header = lines[0][2:].split(",")
     return [dict(zip(header, ln.split(","))) for ln in lines[1:]]
+
