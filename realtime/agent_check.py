@@ -93,6 +93,10 @@ async def resume_route(request: web.Request) -> web.Response:
     return web.json_response({"draining": False, "sessions": len(server.sessions)})
 
 
+def _not_a_health_check(record: logging.LogRecord) -> bool:
+    return '"GET /healthz ' not in record.getMessage()
+
+
 def install(app: web.Application) -> None:
     """With server.agent_port set (a worker behind the entry): the agent-check listener and the
     admin drain routes. A lone server has neither (it has no authentication of its own)."""
@@ -102,6 +106,8 @@ def install(app: web.Application) -> None:
         return
     app.router.add_post("/admin/drain", drain_route)
     app.router.add_post("/admin/resume", resume_route)
+    # The entry checks /healthz every second: not a line in the access log each time.
+    logging.getLogger("aiohttp.access").addFilter(_not_a_health_check)
     agent = app[AGENT_KEY] = AgentCheckServer(server, server.config.server.host, port)
 
     async def start(_app: web.Application) -> None:

@@ -110,3 +110,16 @@ def test_the_cli_prints_the_config_and_refuses_haproxy_without_workers(capsys: p
     assert "server w1 127.0.0.1:7002 agent-addr 127.0.0.1 agent-port 8002" in out
     assert main(["serve", "--config", str(FAKE_CONFIG), "--haproxy"]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+async def test_the_entrys_health_checks_stay_out_of_the_access_log(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    async with running_server(fake_config(**{"server.agent_port": 0})) as server, aiohttp.ClientSession() as http:
+        with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+            for path in ("/healthz", "/readyz"):
+                async with http.get(server.make_url(path)):
+                    pass
+            await asyncio.sleep(0.1)
+    logged = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert any("GET /readyz " in m for m in logged) and not any("GET /healthz " in m for m in logged)
