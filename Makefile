@@ -33,7 +33,7 @@ run-cluster: setup $(STAMPS)/haproxy
 test: setup $(STAMPS)/step-audio $(STAMPS)/browser $(STAMPS)/haproxy
 	$(BIN)/python -m pytest -ra
 
-test-fast: $(STAMPS)/venv
+test-fast: $(STAMPS)/venv $(STAMPS)/haproxy
 	$(BIN)/python -m pytest -ra -m "not integration and not browser"
 
 bench: setup

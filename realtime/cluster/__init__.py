@@ -77,7 +77,7 @@ async def run_cluster(cfg: Config, config_path: str, overrides: list[str], worke
                       log_level: str = "info", checks: Checks = Checks()) -> None:
     entry_port, ports, agents = plan_ports(cfg, workers, worker_port, agent_port)
     host = cfg.server.host
-    run_dir = Path(tempfile.mkdtemp(prefix="step-realtime-cluster-"))
+    run_dir: Path | None = None  # HAProxy's config, stats socket and log
     llm = await _shared_llm(cfg)
     ours = [f"server.admission.cores={worker_cores(workers)}"]
     if llm is not None:
@@ -98,6 +98,7 @@ async def run_cluster(cfg: Config, config_path: str, overrides: list[str], worke
         await asyncio.gather(*(p.start() for p in procs))
         shown = f"[{host}]" if ":" in host else host
         if with_haproxy:
+            run_dir = Path(tempfile.mkdtemp(prefix="step-realtime-cluster-"))
             stats = run_dir / "haproxy.sock"
             path = run_dir / "haproxy.cfg"
             path.write_text(haproxy_config(cfg, entry_port, specs, stats, checks), encoding="utf-8")
@@ -112,7 +113,8 @@ async def run_cluster(cfg: Config, config_path: str, overrides: list[str], worke
         await _until_signalled(procs, proxy)
     finally:
         await _stop_all(procs, proxy, llm, cfg.server.drain_grace_s)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 async def _wait_listening(host: str, port: int, proxy: HAProxyProcess, timeout_s: float = 30.0) -> None:
