@@ -205,6 +205,11 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['concurrency']} | {_fmt(p50['a'])} | {_fmt(p50['b'])} | {_fmt(p50['diff'])} | "
                          f"{_fmt(p50['ratio'])} | {_fmt(p95['a'])} | {_fmt(p95['b'])} | {_fmt(p95['diff'])} | "
                          f"{_fmt(p95['ratio'])} |")
+    spread = [r for r in result["runs"] if r["summary"].get("worker_calls")]
+    if spread:  # bench/cluster.py: how the entry spread each level's calls
+        lines += ["", "## Calls per worker (sessions each worker started during the level; ? = restarted)", ""]
+        lines += [f"- {r['variant']} × {r['concurrency']}: "
+                  + ", ".join(f"{k} {_fmt(v)}" for k, v in r["summary"]["worker_calls"].items()) for r in spread]
     if result["notes"]:
         lines += ["", "Notes:", *[f"- {n}" for n in result["notes"]]]
     refusals: dict[str, int] = {}

@@ -99,6 +99,8 @@ class ServerConfig(BaseModel):
     cache_dir: str = Field("~/.cache/step-realtime", description="assembled embedded models")
     echo_cancellation: EchoCancellationConfig = EchoCancellationConfig()
     audiosocket: AudioSocketConfig | None = Field(None, description="Asterisk AudioSocket listener; off by default")
+    agent_port: int | None = Field(None, ge=0, le=65535, description="HAProxy agent-check (realtime/agent_check.py): "
+                                                                     "this server's load on a TCP port; off by default")
     recordings: RecordingsConfig | None = Field(None, description="phone call recordings; off by default")
     carriers: CarriersConfig | None = None
     ice_servers: list[str | IceServer] = Field(
