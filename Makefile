@@ -23,11 +23,11 @@ help:
 run: setup
 	$(BIN)/step-realtime serve --config $(CONFIG)
 
-test: setup $(STAMPS)/step-audio $(STAMPS)/browser
+test: setup $(STAMPS)/step-audio $(STAMPS)/browser $(STAMPS)/ray
 	$(BIN)/python -m pytest -ra
 
 test-fast: $(STAMPS)/venv
-	$(BIN)/python -m pytest -ra -m "not integration and not browser"
+	$(BIN)/python -m pytest -ra -m "not integration and not browser and not ray"
 
 bench: setup
 	$(BIN)/python -m bench --config $(CONFIG)
@@ -79,6 +79,11 @@ $(STAMPS)/venv: pyproject.toml requirements/models.txt
 $(STAMPS)/step-audio: $(STAMPS)/venv
 	$(BIN)/pip install -q '$(TORCH)'
 	$(BIN)/pip install -q -e '.[step-audio]'
+	@touch $@
+
+# The model tier's Ray Serve (docs/model-tier.md), for its tests; `make run` does not need it.
+$(STAMPS)/ray: $(STAMPS)/venv requirements/ray.txt
+	$(BIN)/pip install -q -r requirements/ray.txt
 	@touch $@
 
 # llama.cpp's llama-server, compiled once per machine from the hash-pinned llama-cpp-python sdist
