@@ -97,9 +97,9 @@ def connect(address: str) -> None:
     prepare_env(address)  # before ray is imported: it reads the environment at import
     import ray
 
+    _check_reachable(address)
     with _lock:
         if not ray.is_initialized():
-            _check_reachable(address)
             try:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
             except Exception as exc:

@@ -57,6 +57,10 @@ class WhisperReplica:
                 results[i] = result
         return results
 
+    async def echo(self, audio, language: str | None) -> tuple[str, str | None]:
+        """The transcribe() call without the model: what a call costs on its own (bench/ray_overhead.py)."""
+        return ("", language) if len(audio) else ("", None)
+
     def stats(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "batch_sizes": dict(self.batch_sizes), "window_runs": self.engine.window_runs,
                 "loop_retries": self.engine.loop_retries, "full_runs": self.engine.full_runs}
@@ -88,6 +92,13 @@ class PiperReplica:
             finished = True
         finally:
             self.counts["finished" if finished else "stopped_early"] += 1
+
+    async def echo_stream(self, pieces: int, samples: int):
+        """span_audio() without the model: `pieces` int16 arrays of `samples` (bench/ray_overhead.py)."""
+        import numpy as np
+
+        for _ in range(pieces):
+            yield np.zeros(samples, np.int16)
 
     def stats(self) -> dict[str, Any]:
         return {"pid": os.getpid(), **self.counts}

@@ -254,3 +254,20 @@ async def test_a_replica_killed_mid_reply_fails_that_turn_and_the_call_goes_on(t
         assert done["response"]["status"] == "completed", done["response"]
         deltas = [e for e in client.events[client.index(heard):] if e["type"] == "response.output_audio.delta"]
         assert deltas, "the next turn was answered with audio"
+
+
+def test_model_tier_without_a_remote_stage_is_a_one_line_config_error():
+    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "model-tier", "--config",
+                           str(REPO / "configs" / "default.yaml")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "no remote stage" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_worker_whose_model_tier_is_down_fails_at_start_with_the_address():
+    from core.config import ConfigError
+    from core.stages import BuildEnv, build_stage
+
+    address = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    with pytest.raises(ConfigError, match=address):
+        build_stage("decoder", "ray-piper", {"address": address}, BuildEnv(cache_dir=REPO))
