@@ -30,11 +30,11 @@ WORKERS ?= 2
 run-cluster: setup $(STAMPS)/haproxy
 	$(BIN)/step-realtime serve --config $(CONFIG) --workers $(WORKERS) --haproxy
 
-test: setup $(STAMPS)/step-audio $(STAMPS)/browser $(STAMPS)/haproxy
+test: setup $(STAMPS)/step-audio $(STAMPS)/browser $(STAMPS)/haproxy $(STAMPS)/ray
 	$(BIN)/python -m pytest -ra
 
 test-fast: $(STAMPS)/venv $(STAMPS)/haproxy
-	$(BIN)/python -m pytest -ra -m "not integration and not browser"
+	$(BIN)/python -m pytest -ra -m "not integration and not browser and not ray"
 
 bench: setup
 	$(BIN)/python -m bench --config $(CONFIG)
@@ -95,6 +95,11 @@ $(STAMPS)/venv: pyproject.toml requirements/models.txt
 $(STAMPS)/step-audio: $(STAMPS)/venv
 	$(BIN)/pip install -q '$(TORCH)'
 	$(BIN)/pip install -q -e '.[step-audio]'
+	@touch $@
+
+# The model tier's Ray Serve (docs/model-tier.md), for its tests; `make run` does not need it.
+$(STAMPS)/ray: $(STAMPS)/venv requirements/ray.txt
+	$(BIN)/pip install -q -r requirements/ray.txt
 	@touch $@
 
 # llama.cpp's llama-server, compiled once per machine from the hash-pinned llama-cpp-python sdist

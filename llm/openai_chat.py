@@ -16,7 +16,7 @@ from pathlib import Path
 import openai
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.scheduler import Scheduler, WorkDropped
+from core.scheduler import Scheduler, WorkDropped, ticket_now
 from llm.base import Message, ToolCallDelta, chat_message
 from llm.llama_server import LlamaServer
 from llm.tool_text import calls_in_text
@@ -38,6 +38,10 @@ class Options(BaseModel):
                                                     "(small models do that) becomes a tool call (llm/tool_text.py)")
     warm_prefix: bool = Field(True, description="at the start of each user turn, send the conversation so far "
                                                 "(1 token) so the server's prompt cache holds it")
+    affinity_header: str | None = Field(None, description="send each request's session id in this HTTP header "
+                                                          "(e.g. X-Session-Id): a balancer hashing it sends a "
+                                                          "conversation to one LLM replica, whose prefix cache "
+                                                          "holds it (docs/model-tier.md)")
     concurrency: int | None = Field(None, ge=1, description="requests in flight at once (the scheduler's \"llm\" "
                                                            "lane; more wait, most urgent first); null: n_parallel")
     # The bundled server (base_url null, llama.cpp's llama-server) only:
@@ -140,13 +144,21 @@ class OpenAIChatClient:
                 extra["tool_choice"] = tool_choice
         request = self._client.chat.completions.create(
             model=self.options.model, messages=[chat_message(m) for m in messages],
-            stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature, **extra)
+            stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature,
+            **self._affinity(), **extra)
         pieces = stream_text(request, self.base_url or "the LLM server", _pieces_of)
         if tools and self.options.text_tool_calls:
             pieces = calls_in_text(pieces, [t["function"]["name"] for t in tools])
         async with aclosing(pieces) as pieces:
             async for piece in pieces:
                 yield piece
+
+    def _affinity(self) -> dict:
+        """The session's id in `affinity_header` (the scheduler's ticket says whose work this is)."""
+        session = ticket_now().session
+        if not self.options.affinity_header or not session:
+            return {}
+        return {"extra_headers": {self.options.affinity_header: session}}
 
     async def warm(self, history: Sequence[Message]) -> None:
         """Evaluate `history` + an empty user message, generating one token, so that the server
@@ -158,7 +170,7 @@ class OpenAIChatClient:
         try:
             async with self.lane.slot():  # a warm-up waits behind real work, and is dropped if superseded
                 await self._client.chat.completions.create(model=self.options.model, messages=messages,
-                                                           max_tokens=1, temperature=0.0)
+                                                           max_tokens=1, temperature=0.0, **self._affinity())
         except WorkDropped:
             pass
         except openai.APIError as exc:  # the turn's own request reports real failures

@@ -1,4 +1,4 @@
-"""step-realtime: serve | chat | tts | models | check-config | bench.
+"""step-realtime: serve | chat | tts | models | check-config | bench | eval | model-tier.
 
 Config problems print one line (file, option, why) and exit 2, without a traceback.
 """
@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--config", default=DEFAULT_CONFIG)
     sub.add_parser("bench", help="measure voice-to-voice latency at the caller (see: step-realtime bench --help)")
     sub.add_parser("eval", help="typed turns checked for tool calls and answers (see: step-realtime eval --help)")
+    sub.add_parser("model-tier", help="deploy the remote ASR/TTS on Ray Serve (see: step-realtime model-tier --help)")
     check = sub.add_parser("check-config", help="validate a config file (and, with --build, build its stages)")
     check.add_argument("--config", default=DEFAULT_CONFIG)
     check.add_argument("--build", action="store_true", help="also build every stage (loads the models)")
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         from realtime.eval import main as eval_main
 
         return eval_main(argv[1:])
+    if argv[:1] == ["model-tier"]:  # the remote stages on Ray Serve (model_tier/cli.py; needs the ray extra)
+        from model_tier.cli import main as tier_main
+
+        return tier_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         cfg = _load(args)
