@@ -141,7 +141,27 @@ def _quiet_session(voice, model_path: Path, threads: int):
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
-    return dataclasses.replace(voice, session=session)
+    return dataclasses.replace(voice, session=ShrinkingSession(session))
+
+
+class ShrinkingSession:
+    """An onnxruntime session whose memory arena gives back, after each run, what the run grew.
+    Without it the arena keeps the high-water mark of the longest sentence ever spoken: +320 MiB
+    after one of 80 words, for good (piper's 63 MB VITS allocates per phoneme). Costs ~0-10 % of
+    the synthesis CPU (docs/operations.md, "Soak")."""
+
+    def __init__(self, session) -> None:
+        import onnxruntime
+
+        self._session = session
+        self._run_options = onnxruntime.RunOptions()
+        self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    def run(self, output_names, input_feed, run_options=None):
+        return self._session.run(output_names, input_feed, run_options or self._run_options)
+
+    def __getattr__(self, name):  # everything else piper asks of a session
+        return getattr(self._session, name)
 
 
 def resolve_model(name_or_path: str, cache_dir: Path) -> Path:

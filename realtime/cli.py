@@ -215,6 +215,9 @@ def _run(coro):
 async def _serve(cfg: Config) -> None:
     from aiohttp import web
 
+    from core.memory import bound_malloc_arenas
+    bound_malloc_arenas()  # before the model threads start (core/memory.py)
+
     from realtime.app import create_app
 
     runner = web.AppRunner(create_app(cfg), handle_signals=False)

@@ -26,6 +26,7 @@ from controller.failures import describe_failure
 from controller.metrics import SpeculationStats
 from controller.ports import AudioOutput
 from controller.states import State
+from core import memory
 from core.load import LoadMonitor
 from core.scheduler import Scheduler
 from realtime import protocol as p
@@ -318,3 +319,5 @@ class RealtimeSession:
             await self.controller.close()
         finally:
             self.output.clear()
+            # what the call's turns freed goes back to the OS (core/memory.py); off the loop
+            asyncio.get_running_loop().run_in_executor(None, memory.trim)
