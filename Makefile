@@ -20,8 +20,11 @@ help:
 	@echo "make fuzz   - the fuzz tests at ten times their test-suite size (FUZZ_SCALE)"
 	@echo "make soak   - 30 min of 2 callers calling continuously against the embedded default"
 
+# `make run` is local development on loopback: auth off, explicitly (RUN_FLAGS). Any other start
+# (step-realtime serve, containers) asks for API keys unless its config turns auth off.
+RUN_FLAGS ?= --set server.auth.enabled=false
 run: setup
-	$(BIN)/step-realtime serve --config $(CONFIG)
+	$(BIN)/step-realtime serve --config $(CONFIG) $(RUN_FLAGS)
 
 test: setup $(STAMPS)/step-audio $(STAMPS)/browser
 	$(BIN)/python -m pytest -ra

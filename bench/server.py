@@ -49,7 +49,8 @@ class ServerProcess:
         log = open(self.log_path, "w")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "realtime.cli", "serve", "--config", self.config,
-             "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
+             "--host", "127.0.0.1", "--port", "0", "--log-level", "warning",
+             "--set", "server.auth.enabled=false"],  # a loopback server the bench alone talks to
             stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout_s
