@@ -15,6 +15,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from realtime.protocol import ProtocolError
+from vad.base import SAMPLE_RATE as FRAME_RATE
+
 log = logging.getLogger(__name__)
 WINDOW_S = 60.0
 
@@ -116,3 +119,33 @@ def _duration(seconds: float) -> str:
         minutes = int(seconds // 60)
         return f"{minutes} minute{'s' if minutes != 1 else ''}"
     return f"{seconds:g} seconds"
+
+
+def bound_input(session, frames: list, event_id: str | None) -> None:
+    """With turn detection off, appended audio waits for a commit: at most max_input_buffer_s of
+    it (ProtocolError past it; the audio is not added). With it on, turns end by themselves
+    (controller max_turn_s)."""
+    ctl = session.controller
+    if ctl.turn_detection or not ctl.has_uncommitted_input:
+        session.uncommitted_s = 0.0
+    if ctl.turn_detection:
+        return
+    seconds = sum(len(f) for f in frames) / FRAME_RATE
+    limit = session.limits.max_input_buffer_s
+    if session.uncommitted_s + seconds > limit:
+        raise ProtocolError("input_audio_buffer_full", f"the input audio buffer holds {session.uncommitted_s:.1f} s "
+                            f"of audio, the most it takes is {limit:g} s: commit or clear it (this audio was not "
+                            "added)", "audio", event_id)
+    session.uncommitted_s += seconds
+
+
+def forget_oldest_items(session) -> None:
+    """Spoken turns past max_conversation_items push the oldest items out (long gone from the
+    prompt's token budget by then); the client is told as if it had deleted them."""
+    turns = session.context.turns
+    while len(turns) > session.limits.max_conversation_items:
+        item_id = turns[0].item_id
+        if not session.controller.delete_item(item_id):
+            del turns[0]
+        session.renderer.forget_item(item_id, turns[-1].item_id if turns else None)
+        session.send({"type": "conversation.item.deleted", "item_id": item_id})

@@ -34,8 +34,7 @@ from realtime.audio import AudioFormatError, PcmInput, input_for
 from realtime.config import Config
 from realtime.echo import EchoCanceller, aec_rate
 from realtime.events_out import EventRenderer
-from realtime.limits import Lifetime
-from vad.base import SAMPLE_RATE as FRAME_RATE
+from realtime.limits import Lifetime, bound_input, forget_oldest_items
 from realtime.output_buffer import OutputBufferEvents
 from realtime.outputs import WebSocketAudioOutput
 from realtime.tool_protocol import create_function_item
@@ -184,18 +183,7 @@ class RealtimeSession:
         if isinstance(event, ev.ResponseDone) and self.output_events is not None:
             self.output_events.response_done(event.response_id)
         if len(self.context.turns) > self.limits.max_conversation_items:
-            self._forget_oldest()
-
-    def _forget_oldest(self) -> None:
-        """Spoken turns past max_conversation_items push the oldest items out (long gone from the
-        prompt's token budget by then); the client is told as if it had deleted them."""
-        while len(self.context.turns) > self.limits.max_conversation_items:
-            item_id = self.context.turns[0].item_id
-            if not self.controller.delete_item(item_id):
-                del self.context.turns[0]
-            turns = self.context.turns
-            self.renderer.forget_item(item_id, turns[-1].item_id if turns else None)
-            self.send({"type": "conversation.item.deleted", "item_id": item_id})
+            forget_oldest_items(self)
 
     # -- in ------------------------------------------------------------------------------------
 
@@ -245,7 +233,7 @@ class RealtimeSession:
                     frames = self.input.append(event.audio)
                 except AudioFormatError as exc:
                     raise p.ProtocolError("invalid_audio", str(exc), "audio", event.event_id) from None
-                self._bound_input(frames, event.event_id)
+                bound_input(self, frames, event.event_id)
                 self.push_frames(frames)
             case p.SessionUpdate():
                 self._update_session(event)
@@ -277,22 +265,6 @@ class RealtimeSession:
                 ctl.clear_input()
                 self.input.clear()
                 self.send({"type": "input_audio_buffer.cleared"})
-
-    def _bound_input(self, frames: list[np.ndarray], event_id: str | None) -> None:
-        """With turn detection off, appended audio waits for a commit: at most max_input_buffer_s
-        of it. With it on, turns end by themselves (controller max_turn_s)."""
-        ctl = self.controller
-        if ctl.turn_detection or not ctl.has_uncommitted_input:
-            self.uncommitted_s = 0.0
-        if ctl.turn_detection:
-            return
-        seconds = sum(len(f) for f in frames) / FRAME_RATE
-        limit = self.limits.max_input_buffer_s
-        if self.uncommitted_s + seconds > limit:
-            raise p.ProtocolError("input_audio_buffer_full", f"the input audio buffer holds {self.uncommitted_s:.1f} s "
-                                  f"of audio, the most it takes is {limit:g} s: commit or clear it "
-                                  "(this audio was not added)", "audio", event_id)
-        self.uncommitted_s += seconds
 
     async def _commit(self, event: p.ClientEvent) -> None:
         ctl = self.controller
