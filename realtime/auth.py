@@ -251,6 +251,14 @@ GRANT_KEY = web.RequestKey("auth_grant", Grant)
 TWILIO_FORM_KEY = web.RequestKey("twilio_form", dict)
 
 
+def _count(request: web.Request, code: str) -> None:
+    """Refusals count in step_errors_total by code, as the error events do."""
+    from realtime.ws import SERVER_KEY  # (ws.py imports this module)
+    server = request.app.get(SERVER_KEY)
+    if server is not None:
+        server.metrics.count_error(code)
+
+
 @web.middleware
 async def middleware(request: web.Request, handler):
     auth = request.app[AUTH_KEY]
@@ -261,6 +269,7 @@ async def middleware(request: web.Request, handler):
     if route in NEW_SESSION_ROUTES:
         wait_s = auth.limiter.hit(client_ip(request, auth.trust_forwarded_for))
         if wait_s is not None:
+            _count(request, "rate_limit_exceeded")
             return web.json_response(
                 error_event("invalid_request_error", "rate_limit_exceeded",
                             f"too many new sessions from this address; try again in {wait_s} s"),
@@ -272,6 +281,7 @@ async def middleware(request: web.Request, handler):
         request[GRANT_KEY] = auth.check(request, kind)
     except AuthError as exc:
         log.info("refused %s %s from %s: %s", request.method, request.path, request.remote, exc)
+        _count(request, exc.code)
         return exc.response()
     return await handler(request)
 

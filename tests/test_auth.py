@@ -89,7 +89,9 @@ async def test_probes_and_page_are_open_everything_else_needs_a_key() -> None:
                     assert body["type"] == "error" and body["error"]["code"] in ("missing_credentials",
                                                                                  "invalid_api_key"), body
         async with http.get(server.make_url("/metrics"), headers=bearer()) as r:
-            assert r.status == 200 and "step_sessions_max" in await r.text()
+            text = await r.text()
+            assert r.status == 200 and "step_sessions_max" in text
+            assert 'step_errors_total{code="missing_credentials"} 11.0' in text  # the refusals above
         async with http.get(server.make_url("/metrics.json"), headers=bearer()) as r:
             assert r.status == 200 and "sessions" in await r.json()
 
@@ -267,3 +269,17 @@ async def test_carrier_streams_need_a_key_in_the_url_or_the_authorization_header
         assert await handshake_status(http, server.make_url(f"{route}?token={KEY}")) == 101
         # Vonage's NCCO websocket endpoint can send it as a header: authorization {type: custom, value}.
         assert await handshake_status(http, server.make_url(route), headers=bearer()) == 101
+
+
+def test_serve_refuses_to_start_with_auth_on_and_no_key() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.realtime_util import FAKE_CONFIG, REPO
+    env = {k: v for k, v in os.environ.items() if k != "STEP_REALTIME_API_KEYS"}
+    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "serve", "--config", str(FAKE_CONFIG),
+                           "--set", "server.auth.enabled=true"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no API key is configured" in proc.stderr and "STEP_REALTIME_API_KEYS" in proc.stderr
