@@ -298,6 +298,7 @@ async function start() {
   const resp = await fetch("v1/realtime/calls", {method: "POST", headers, body: c.pc.localDescription.sdp});
   const body = await resp.text();
   if (resp.status === 401) {
+    sessionStorage.removeItem("step-realtime-secret"); // expired or wrong: not tried again
     throw new Error("this server asks for a key: open the page as …/#key=YOUR_API_KEY, or with " +
                     "#client_secret=ek_… from your backend (docs/operations.md#authentication)");
   }
