@@ -283,3 +283,20 @@ def test_serve_refuses_to_start_with_auth_on_and_no_key() -> None:
                           text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "no API key is configured" in proc.stderr and "STEP_REALTIME_API_KEYS" in proc.stderr
+
+
+async def test_the_openai_sdks_calls_create_sends_its_key() -> None:
+    async with running_server(auth_config()) as server:
+        for key, ok in (("sk-wrong-key-0123456789", False), (KEY, True)):
+            caller = Caller(SyntheticMic(mic_audio(0.0, 0.0)))
+            try:
+                async with AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=key) as client:
+                    if not ok:
+                        with pytest.raises(Exception, match="401|invalid_api_key"):
+                            await client.realtime.calls.create(sdp=await caller.offer())
+                        continue
+                    answer = await client.realtime.calls.create(sdp=await caller.offer())
+                await caller.answer(answer.text)
+                await caller.next("session.created")
+            finally:
+                await caller.close()
