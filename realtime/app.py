@@ -14,6 +14,8 @@
   GET  /v1/telephony/vonage            phone calls over Vonage WebSocket audio (L16 16 kHz)
   (TCP server.audiosocket.port)        phone calls over Asterisk AudioSocket, if configured
   POST /v1/telephony/calls/{id}/hangup, /transfer   call control (realtime/telephony/control.py)
+  POST /admin/drain, /admin/resume     stop / start taking new sessions (realtime/agent_check.py)
+  (TCP server.agent_port)              HAProxy agent-check: load and drain state, if configured
 
 Every route but /, its files, /healthz and /readyz needs a key (realtime/auth.py) unless
 server.auth.enabled is false. Stages are built once per server from the config (core.stages.build_all) and shared by all
@@ -27,10 +29,11 @@ import statistics
 import weakref
 from pathlib import Path
 
+import psutil
 from aiohttp import web
 
 from core.stages import BuildEnv, build_all, close_all as close_all_stages, start_all as start_all_stages
-from realtime import auth, client_secrets, prometheus, telephony, webrtc
+from realtime import agent_check, auth, client_secrets, prometheus, telephony, webrtc
 from realtime.telephony import audiosocket, control, telnyx, vonage
 from realtime.config import Config
 from realtime.session import ServerContext
@@ -71,6 +74,7 @@ def create_app(config: Config, stages: dict | None = None) -> web.Application:
     app.router.add_get("/{name:[A-Za-z0-9_./-]+}", web_client)
     app.on_startup.append(_start_stages)
     audiosocket.install(app)
+    agent_check.install(app)  # /admin/drain, /admin/resume; HAProxy's agent-check if server.agent_port
     app.on_shutdown.append(_end_sessions)
     app.on_cleanup.append(_close_stages)
     return app
@@ -151,6 +155,8 @@ async def metrics(request: web.Request) -> web.Response:
         "scheduler": {"lanes": server.scheduler.snapshot(), "load": server.admission.snapshot()},
         "turns": {"recent": len(turns), "speculative": sum(t.speculative for t in turns),
                   "median_ms": medians},
+        # what a leak would grow (the soak watches them): tasks left behind, sockets and files left open
+        "process": {"asyncio_tasks": len(asyncio.all_tasks()), "open_fds": psutil.Process().num_fds()},
     })
 
 

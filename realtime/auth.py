@@ -62,6 +62,7 @@ ROUTES = {
     "/v1/telephony/vonage": CARRIER,
     "/v1/telephony/calls/{session_id}/hangup": KEY,
     "/v1/telephony/calls/{session_id}/transfer": KEY,
+    "/admin/drain": KEY, "/admin/resume": KEY,  # a worker's (realtime/agent_check.py)
 }
 NEW_SESSION_ROUTES = {"/v1/realtime", "/v1/realtime/calls", "/v1/realtime/client_secrets"}
 BROWSER_ROUTES = {path for path, kind in ROUTES.items() if kind == KEY_OR_SECRET} | {"/v1/realtime/client_secrets"}

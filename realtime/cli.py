@@ -26,6 +26,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port (0: any free port)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    cluster = serve.add_argument_group("many workers on this box (realtime/cluster/, docs/deploy.md)")
+    cluster.add_argument("--workers", type=int, default=0, metavar="N",
+                         help="run N worker processes, each a whole server on port worker-port + i")
+    cluster.add_argument("--haproxy", action="store_true",
+                         help="with --workers: HAProxy on --port/server.port as their entry (agent-check load)")
+    cluster.add_argument("--worker-port", type=int, help="first worker's port (default: server.port + 1)")
+    cluster.add_argument("--agent-port", type=int, help="first worker's agent-check port (default: worker-port + 1000)")
+    cluster.add_argument("--print-haproxy-config", action="store_true",
+                         help="with --workers: print the entry's HAProxy config and exit")
     models = sub.add_parser("models", help="assemble the embedded models into the cache directory")
     models.add_argument("--config", default=DEFAULT_CONFIG)
     sub.add_parser("bench", help="measure voice-to-voice latency at the caller (see: step-realtime bench --help)")
@@ -100,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             return _models(cfg)
         if args.command in ("chat", "tts"):
             return _offline(cfg, args)
+        if args.workers or args.haproxy or args.print_haproxy_config:
+            return _cluster(cfg, args)
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         _run(_serve(cfg))
         return 0
@@ -132,6 +143,30 @@ def _check(cfg: Config, args: argparse.Namespace) -> int:
             Authenticator(cfg)
         except ConfigError as exc:
             print(f"note: {exc}")
+    return 0
+
+
+def _cluster(cfg: Config, args: argparse.Namespace) -> int:
+    """serve --workers N [--haproxy]: realtime/cluster/ (the parent supervises; workers serve)."""
+    if args.workers < 1:
+        raise ConfigError("--haproxy and --print-haproxy-config need --workers N (N >= 1)")
+    from pathlib import Path
+
+    from realtime import cluster
+
+    if args.print_haproxy_config:
+        entry, ports, agents = cluster.plan_ports(cfg, args.workers, args.worker_port, args.agent_port)
+        specs = [cluster.WorkerSpec(f"w{i}", cfg.server.host, ports[i], agents[i], args.config)
+                 for i in range(args.workers)]
+        print(cluster.haproxy_config(cfg, entry, specs, Path("/run/haproxy/step-realtime.sock")), end="")
+        return 0
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        _run(cluster.run_cluster(cfg, args.config, args.overrides, args.workers, with_haproxy=args.haproxy,
+                                 worker_port=args.worker_port, agent_port=args.agent_port,
+                                 log_level=args.log_level))
+    except (RuntimeError, OSError) as exc:  # a worker or HAProxy would not start (HAProxyError too)
+        raise StartupError(str(exc)) from None
     return 0
 
 

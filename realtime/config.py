@@ -57,12 +57,30 @@ class TelnyxApiConfig(BaseModel):
     api_base: str = "https://api.telnyx.com"
 
 
+class VonageApiConfig(BaseModel):
+    """A Vonage application: its id and private key sign the JWT each Voice API request carries."""
+    model_config = ConfigDict(extra="forbid")
+    application_id: str
+    private_key_file: Path = Field(description="the application's PEM private key (RS256)")
+    api_base: str = "https://api.nexmo.com"
+
+    @field_validator("private_key_file")
+    @classmethod
+    def _readable(cls, path: Path) -> Path:
+        path = path.expanduser()
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file (the Vonage application's private key)")
+        return path
+
+
 class CarriersConfig(BaseModel):
     """The carriers' REST APIs, for call control (hang up, transfer: realtime/telephony/control.py)."""
     model_config = ConfigDict(extra="forbid")
     twilio: TwilioApiConfig | None = None
     telnyx: TelnyxApiConfig | None = None
-    public_url: str | None = Field(None, description="https://this-server, for Twilio to fetch a warm transfer's whisper")
+    vonage: VonageApiConfig | None = None
+    public_url: str | None = Field(None, description="https://this-server, for Twilio and Vonage to fetch a warm "
+                                                             "transfer's whisper")
     model_tools: bool = Field(False, description="offer the model end_call and transfer_call on phone calls "
                                                  "(realtime/telephony/call_tools.py)")
 
@@ -136,6 +154,8 @@ class ServerConfig(BaseModel):
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     audiosocket: AudioSocketConfig | None = Field(None, description="Asterisk AudioSocket listener; off by default")
+    agent_port: int | None = Field(None, ge=0, le=65535, description="HAProxy agent-check (realtime/agent_check.py): "
+                                                                     "this server's load on a TCP port; off by default")
     recordings: RecordingsConfig | None = Field(None, description="phone call recordings; off by default")
     carriers: CarriersConfig | None = None
     ice_servers: list[str | IceServer] = Field(

@@ -300,3 +300,13 @@ async def test_the_openai_sdks_calls_create_sends_its_key() -> None:
                 await caller.next("session.created")
             finally:
                 await caller.close()
+
+
+async def test_a_workers_admin_drain_needs_a_key() -> None:
+    async with running_server(auth_config(**{"server.agent_port": 0})) as server, aiohttp.ClientSession() as http:
+        async with http.post(server.make_url("/admin/drain")) as r:
+            assert r.status == 401
+        assert not server_context(server).admission.draining
+        async with http.post(server.make_url("/admin/drain"), headers=bearer()) as r:
+            assert r.status == 200
+        assert server_context(server).admission.draining
