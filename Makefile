@@ -31,7 +31,7 @@ run: setup
 # on the ports after it, one llama-server shared by all.
 WORKERS ?= 2
 run-cluster: setup $(STAMPS)/haproxy
-	$(BIN)/step-realtime serve --config $(CONFIG) --workers $(WORKERS) --haproxy
+	$(BIN)/step-realtime serve --config $(CONFIG) --workers $(WORKERS) --haproxy $(RUN_FLAGS)
 
 test: setup $(STAMPS)/step-audio $(STAMPS)/browser $(STAMPS)/haproxy
 	$(BIN)/python -m pytest -ra
