@@ -8,7 +8,7 @@ Realtime `error` body; a WebSocket handshake is answered 401 and never upgraded)
   API key (server.auth.api_keys,    every protected route
     $STEP_REALTIME_API_KEYS)
   client secret (ek_…, minted by    the Realtime WebSocket, POST /v1/realtime/calls and its hangup
-    POST /v1/realtime/client_secrets)
+    POST /v1/realtime/client_secrets; signed, so every server with the same keys accepts it)
   X-Twilio-Signature               the Twilio routes (stream upgrade, whisper TwiML)
   ?token=<API key> in the URL      the carriers' stream URLs (a carrier cannot always set headers)
 
@@ -25,10 +25,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -42,6 +44,7 @@ from realtime.protocol import error_event
 log = logging.getLogger(__name__)
 SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 CLIENT_SECRET_PREFIX = "ek_"
+MAX_SECRET_PAYLOAD = 3000  # bytes before base64: the secret travels in a header (8 KiB at most)
 
 # Route (aiohttp's canonical path) → what it accepts. Routes not listed are open (web client files).
 OPEN = "open"
@@ -139,27 +142,42 @@ class Authenticator:
         self.public_url = cfg.public_url or (carriers.public_url if carriers else None)
         self.allowed_origins = [o.rstrip("/") for o in cfg.allowed_origins]
         self.ttl_s = cfg.client_secret_ttl_s
-        self.max_secrets = cfg.max_client_secrets
-        self.secrets: dict[str, ClientSecret] = {}
+        # Client secrets are signed, not stored: any server (every worker of a cluster) holding the
+        # same API keys accepts the ones any of them minted. Changing the keys revokes them all.
+        self._signing_key = hmac.new(b"step-realtime client secrets", "\n".join(sorted(self.keys)).encode(),
+                                     hashlib.sha256).digest()
         self.limiter = RateLimiter(config.server.limits.sessions_per_ip_per_minute)
         self.trust_forwarded_for = config.server.limits.trust_forwarded_for
 
     # -- client secrets ------------------------------------------------------------------------
 
     def mint(self, ttl_s: int | None = None, session: dict[str, Any] | None = None) -> ClientSecret:
-        self._forget_expired()
-        if len(self.secrets) >= self.max_secrets:
-            raise AuthError(429, "too_many_client_secrets", f"{self.max_secrets} client secrets are unexpired; "
-                                                            "try again when some have expired")
-        secret = ClientSecret(CLIENT_SECRET_PREFIX + secrets.token_urlsafe(24), time.time() + (ttl_s or self.ttl_s),
-                              session)
-        self.secrets[secret.value] = secret
-        return secret
+        """ek_<payload>.<mac>: the payload (expiry, a nonce, the session config; compressed JSON)
+        signed with HMAC-SHA256 under a key derived from the API keys."""
+        expires_at = int(time.time() + (ttl_s or self.ttl_s))
+        payload = zlib.compress(json.dumps({"exp": expires_at, "n": secrets.token_urlsafe(9), "s": session},
+                                           separators=(",", ":")).encode())
+        if len(payload) > MAX_SECRET_PAYLOAD:
+            raise AuthError(400, "invalid_value", f"the session config is too large for a client secret (at most "
+                                                  f"{MAX_SECRET_PAYLOAD} bytes compressed); send the rest with "
+                                                  "session.update once connected")
+        mac = hmac.new(self._signing_key, payload, hashlib.sha256).digest()
+        return ClientSecret(CLIENT_SECRET_PREFIX + _b64(payload) + "." + _b64(mac), expires_at, session)
 
-    def _forget_expired(self) -> None:
-        now = time.time()
-        for value in [v for v, s in self.secrets.items() if s.expires_at <= now]:
-            del self.secrets[value]
+    def verify_secret(self, token: str) -> ClientSecret | None:
+        """The secret's contents if it is ours and unexpired, else None."""
+        body, _, mac = token[len(CLIENT_SECRET_PREFIX):].partition(".")
+        try:
+            payload, given = _unb64(body), _unb64(mac)
+        except ValueError:
+            return None
+        expected = hmac.new(self._signing_key, payload, hashlib.sha256).digest()
+        if not hmac.compare_digest(given, expected):
+            return None
+        data = json.loads(zlib.decompress(payload))
+        if data["exp"] <= time.time():
+            return None
+        return ClientSecret(token, data["exp"], data["s"])
 
     # -- checking a request --------------------------------------------------------------------
 
@@ -177,8 +195,8 @@ class Authenticator:
             if self._is_key(token):
                 return Grant("api_key")
             if kind == KEY_OR_SECRET and token.startswith(CLIENT_SECRET_PREFIX):
-                secret = self.secrets.get(token)
-                if secret is not None and secret.expires_at > time.time():
+                secret = self.verify_secret(token)
+                if secret is not None:
                     return Grant("client_secret", secret.session)
                 raise AuthError(401, "invalid_client_secret", "the client secret is unknown or has expired; "
                                                               "get a new one (POST /v1/realtime/client_secrets)")
@@ -228,6 +246,17 @@ class Authenticator:
                 return
         raise AuthError(403, "origin_not_allowed", f"Origin {origin} is not allowed here "
                                                    "(server.auth.allowed_origins)")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")  # token characters (a subprotocol may carry it)
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _route(request: web.Request) -> str | None:

@@ -7,8 +7,9 @@ it as its key for one or more sessions (POST /v1/realtime/calls, the WebSocket) 
   request   {"expires_after": {"anchor": "created_at", "seconds": 10..7200}, "session": {...}}  (both optional)
   response  {"value": "ek_...", "expires_at": <epoch seconds>, "session": {...the effective config}}
 
-Secrets live in this server's memory only (server.auth.max_client_secrets at once): behind a
-load balancer, send the page to the instance that minted its secret, or mint per instance.
+Secrets are signed (HMAC-SHA256 under a key derived from the API keys), not stored: every server
+with the same keys — each worker behind a load balancer — accepts them; changing the keys revokes
+them. The session config travels inside the secret (at most ~3 KB compressed).
 """
 from __future__ import annotations
 

@@ -98,7 +98,6 @@ class AuthConfig(BaseModel):
                                           "https://app.example.org; empty: this server's own origin only; '*': any")
     client_secret_ttl_s: int = Field(600, ge=10, le=7200, description="default lifetime of a client secret "
                                                                       "(POST /v1/realtime/client_secrets)")
-    max_client_secrets: int = Field(10_000, ge=1, description="unexpired client secrets held at once")
     twilio_auth_token: str | None = Field(None, description="checks X-Twilio-Signature (default: "
                                                             "server.carriers.twilio.auth_token)")
     public_url: str | None = Field(None, description="https://this-server as the carriers see it, for Twilio's "

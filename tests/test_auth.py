@@ -171,14 +171,37 @@ async def test_client_secret_is_minted_with_a_key_and_opens_sessions_with_its_co
             await caller.close()
 
 
-async def test_expired_and_unknown_client_secrets_are_refused() -> None:
+async def test_expired_forged_and_unknown_client_secrets_are_refused(monkeypatch) -> None:
     async with running_server(auth_config()) as server, aiohttp.ClientSession() as http:
-        async with http.post(server.make_url("/v1/realtime/client_secrets"), headers=bearer()) as r:
-            value = (await r.json())["value"]
-        server.app[AUTH_KEY].secrets[value].expires_at = time.time() - 1
-        for token in (value, "ek_never_minted"):
+        async with http.post(server.make_url("/v1/realtime/client_secrets"), headers=bearer(),
+                             json={"expires_after": {"anchor": "created_at", "seconds": 10}}) as r:
+            secret = await r.json()
+        value = secret["value"]
+        body, mac = value[3:].split(".")
+        other = server.app[AUTH_KEY].mint(7200, {"type": "realtime", "instructions": "forged"}).value
+        forged = f"ek_{other[3:].split('.')[0]}.{mac}"  # another payload under this MAC
+        for token in ("ek_never_minted", "ek_!!.??", forged, value[:-2] + ("AA" if value[-2:] != "AA" else "BB")):
             async with http.get(server.make_url("/v1/realtime"), headers=bearer(token)) as r:
-                assert r.status == 401 and (await r.json())["error"]["code"] == "invalid_client_secret"
+                assert r.status == 401 and (await r.json())["error"]["code"] == "invalid_client_secret", token
+        async with http.get(server.make_url("/v1/realtime"), headers=bearer(value)) as r:
+            assert r.status != 401  # still valid (a plain GET, not an upgrade: refused later, not by auth)
+        monkeypatch.setattr("realtime.auth.time.time", lambda: secret["expires_at"] + 1)
+        async with http.get(server.make_url("/v1/realtime"), headers=bearer(value)) as r:
+            assert r.status == 401 and (await r.json())["error"]["code"] == "invalid_client_secret"
+
+
+async def test_a_secret_minted_by_one_server_works_on_another_with_the_same_keys() -> None:
+    """Workers behind a load balancer (serve --workers N): the page's call may reach any of them."""
+    other_keys = auth_config(**{"server.auth.api_keys": ["sk-another-deployment-0123456789"]})
+    async with running_server(auth_config()) as minting, running_server(auth_config()) as worker, \
+            running_server(other_keys) as stranger, aiohttp.ClientSession() as http:
+        async with http.post(minting.make_url("/v1/realtime/client_secrets"), headers=bearer(),
+                             json={"session": {"type": "realtime", "instructions": "Across workers."}}) as r:
+            value = (await r.json())["value"]
+        async with http.ws_connect(worker.make_url("/v1/realtime"), headers=bearer(value)) as ws:
+            events = [await first_event(ws), await first_event(ws)]
+            assert events[1]["session"]["instructions"] == "Across workers."
+        assert await handshake_status(http, stranger.make_url("/v1/realtime"), headers=bearer(value)) == 401
 
 
 @pytest.mark.parametrize("body, param", [
@@ -187,6 +210,7 @@ async def test_expired_and_unknown_client_secrets_are_refused() -> None:
     ({"expires_after": {"anchor": "now", "seconds": 60}}, "expires_after.anchor"),
     ({"session": {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 7}}}}}, None),
     ({"session": "pirate"}, "session"),
+    ({"session": {"type": "realtime", "instructions": "".join(f"{i:x}" for i in range(40_000))}}, None),  # too big
 ])
 async def test_bad_client_secret_requests_get_400(body, param) -> None:
     async with running_server(auth_config()) as server, aiohttp.ClientSession() as http:
@@ -195,7 +219,6 @@ async def test_bad_client_secret_requests_get_400(body, param) -> None:
             assert r.status == 400 and error["message"], error
             if param is not None:
                 assert error["param"] == param
-        assert not server.app[AUTH_KEY].secrets
 
 
 # -- Origin ------------------------------------------------------------------------------------
