@@ -21,14 +21,17 @@ help:
 	@echo "make fuzz   - the fuzz tests at ten times their test-suite size (FUZZ_SCALE)"
 	@echo "make soak   - 30 min of 2 callers calling continuously against the embedded default"
 
+# `make run` is local development on loopback: auth off, explicitly (RUN_FLAGS). Any other start
+# (step-realtime serve, containers) asks for API keys unless its config turns auth off.
+RUN_FLAGS ?= --set server.auth.enabled=false
 run: setup
-	$(BIN)/step-realtime serve --config $(CONFIG)
+	$(BIN)/step-realtime serve --config $(CONFIG) $(RUN_FLAGS)
 
 # Many workers on this box behind HAProxy (realtime/cluster/): the entry on server.port, workers
 # on the ports after it, one llama-server shared by all.
 WORKERS ?= 2
 run-cluster: setup $(STAMPS)/haproxy
-	$(BIN)/step-realtime serve --config $(CONFIG) --workers $(WORKERS) --haproxy
+	$(BIN)/step-realtime serve --config $(CONFIG) --workers $(WORKERS) --haproxy $(RUN_FLAGS)
 
 test: setup $(STAMPS)/step-audio $(STAMPS)/browser $(STAMPS)/haproxy $(STAMPS)/ray
 	$(BIN)/python -m pytest -ra

@@ -57,6 +57,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "realtime.cli", "serve", "--config", self.config,
              "--host", "127.0.0.1", "--port", "0", "--log-level", "warning",
+             "--set", "server.auth.enabled=false",  # a loopback server the bench alone talks to
              *(["--workers", str(self.n_workers), "--haproxy"] if self.n_workers else [])],
             stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
         loop = asyncio.get_running_loop()

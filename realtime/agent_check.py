@@ -99,7 +99,8 @@ def _not_a_health_check(record: logging.LogRecord) -> bool:
 
 def install(app: web.Application) -> None:
     """With server.agent_port set (a worker behind the entry): the agent-check listener and the
-    admin drain routes. A lone server has neither (it has no authentication of its own)."""
+    admin drain routes (an API key needed, realtime/auth.py, and the entry refuses /admin/ from
+    outside). A lone server has neither."""
     server = app[SERVER_KEY]
     port = server.config.server.agent_port
     if port is None:

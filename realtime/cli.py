@@ -142,6 +142,12 @@ def _check(cfg: Config, args: argparse.Namespace) -> int:
         print("stages: " + ", ".join(f"{k}={type(v).__name__}" for k, v in stages.items()))
     impls = ", ".join(f"{kind}={getattr(cfg, kind).impl}" for kind in REGISTRY)
     print(f"{args.config}: ok ({impls}; {cfg.server.host}:{cfg.server.port})")
+    if cfg.server.auth.enabled:  # keys may come from the environment at serve time
+        from realtime.auth import Authenticator
+        try:
+            Authenticator(cfg)
+        except ConfigError as exc:
+            print(f"note: {exc}")
     return 0
 
 

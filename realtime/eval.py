@@ -94,8 +94,9 @@ async def run_eval(config_path: str, eval_path: str, timeout: float, emit=print)
     from realtime.app import create_app
 
     spec = EvalFile.model_validate(yaml.safe_load(Path(eval_path).read_text(encoding="utf-8")))
-    # Only the eval file's tools: the config's server-side tools would answer calls themselves.
-    runner = web.AppRunner(create_app(load_config(config_path, {"server.port": 0, "tools": []})))
+    # A loopback server only this process talks to: auth off. Only the eval file's tools: the config's server-side tools would answer calls themselves.
+    runner = web.AppRunner(create_app(load_config(config_path, {"server.port": 0, "tools": [],
+                                                         "server.auth.enabled": False})))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -63,7 +63,11 @@ def test_the_worker_runs_its_config_with_probes_and_a_drain(objects, worker_conf
     assert port(c, "http") == server.port and port(c, "agent") == server.agent_port and server.host == "0.0.0.0"
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert f":{server.port}/admin/drain" in " ".join(c["lifecycle"]["preStop"]["exec"]["command"])
+    pre_stop = " ".join(c["lifecycle"]["preStop"]["exec"]["command"])
+    assert f":{server.port}/admin/drain" in pre_stop and "Authorization" in pre_stop  # /admin/ needs a key
+    assert server.auth.enabled  # keys from the Secret in the environment
+    keys = next(e for e in c["env"] if e["name"] == server.auth.api_keys_env)
+    assert keys["valueFrom"]["secretKeyRef"]["name"]
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace >= server.drain_grace_s + 10  # the process drains, then exits, before it is killed
     assert server.drain_grace_s >= 300  # "as long as a call"
