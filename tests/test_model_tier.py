@@ -109,7 +109,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def _config(address: str, **more):
     from realtime.config import load_config
 
-    return load_config(REPO / "configs" / "ray.yaml", {"server.port": 0, **tier_overrides(address), **more})
+    return load_config(REPO / "configs" / "ray.yaml", {"server.port": 0, "server.auth.enabled": False, **tier_overrides(address), **more})
 
 
 def _remote_stages(address: str):
