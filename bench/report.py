@@ -169,12 +169,13 @@ def _sustained_section(result: dict) -> list[str]:
 
 
 def _after_warm_up(grown: dict) -> list[str]:
-    """Second window → last: what a leak would grow."""
-    names = {"rss_server_max_mib": "server RSS MiB", "rss_children_max_mib": "LLM server (children) RSS MiB",
+    """After warm-up, first third of the windows → last third: what a leak would grow."""
+    names = {"rss_server_median_mib": "server RSS (median) MiB", "rss_server_max_mib": "(largest)",
+             "rss_children_median_mib": "LLM server (children) RSS (median) MiB", "rss_children_max_mib": "(largest)",
              "asyncio_tasks_max": "asyncio tasks", "open_fds_max": "open file descriptors"}
     parts = [f"{label} {_fmt(g.get('first'))} → {_fmt(g.get('last'))} ({_fmt(g.get('growth_percent'))} %)"
              for key, label in names.items() if (g := grown.get(key)) and g.get("first") is not None]
-    return [f"- after warm-up (second window → last): {'; '.join(parts)}"] if parts else []
+    return [f"- after warm-up (first third of the windows → last third, median window): {'; '.join(parts)}"] if parts else []
 
 
 def markdown(result: dict) -> str:

@@ -97,23 +97,36 @@ def windows(turns: list[dict], calls: list[dict], server_samples: list[dict], me
 
 
 def _leak_watch(server_samples: list[dict], metrics_samples: list[dict]) -> dict:
-    """In a window: the server's and its children's (the LLM server) RSS, the server's asyncio
-    tasks and open file descriptors, each at its largest."""
+    """In a window: the server's and its children's (the LLM server) RSS, at its largest and its
+    median (a reply in synthesis lifts the largest for a moment; a leak lifts the median), the
+    server's asyncio tasks and open file descriptors at their largest."""
+    def values(rows: list[dict], key: str) -> list:
+        return [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+
     def top(rows: list[dict], key: str):
-        return max((r[key] for r in rows if isinstance(r.get(key), (int, float))), default=None)
+        return max(values(rows, key), default=None)
+
+    def median(rows: list[dict], key: str):
+        found = values(rows, key)
+        return round(float(np.median(found)), 1) if found else None
     process = [s["process"] for s in metrics_samples if isinstance(s.get("process"), dict)]
     return {"rss_server_max_mib": top(server_samples, "rss_server_mib"),
+            "rss_server_median_mib": median(server_samples, "rss_server_mib"),
             "rss_children_max_mib": top(server_samples, "rss_children_mib"),
+            "rss_children_median_mib": median(server_samples, "rss_children_mib"),
             "asyncio_tasks_max": top(process, "asyncio_tasks"), "open_fds_max": top(process, "open_fds")}
 
 
 def _growth(rows: list[dict], key: str) -> dict:
-    """From the second window (the first is warm-up: models load, caches fill) to the last."""
+    """After warm-up (the first window: models load, caches fill), the first third of the windows
+    against the last third, each by its median window: one busy window is not a trend."""
     values = [r[key] for r in rows[1:] if r.get(key) is not None]
     if len(values) < 2:
         return {"first": None, "last": None, "growth_percent": None}
-    return {"first": values[0], "last": values[-1],
-            "growth_percent": round(100 * (values[-1] - values[0]) / values[0], 1) if values[0] else None}
+    third = max(1, len(values) // 3)
+    first, last = float(np.median(values[:third])), float(np.median(values[-third:]))
+    return {"first": round(first, 1), "last": round(last, 1),
+            "growth_percent": round(100 * (last - first) / first, 1) if first else None}
 
 
 def report(turns: list[dict], calls: list[dict], server_samples: list[dict], metrics_samples: list[dict],
@@ -144,6 +157,7 @@ def report(turns: list[dict], calls: list[dict], server_samples: list[dict], met
         "server_rss_growth_mib": round(srv[-1]["rss_mib"] - srv[0]["rss_mib"], 1) if srv else None,
         "server_rss_slope_mib_per_min": None if rss_slope is None else round(rss_slope, 2),
         "after_warm_up": {key: _growth(rows, key) for key in
-                          ("rss_server_max_mib", "rss_children_max_mib", "asyncio_tasks_max", "open_fds_max")},
+                          ("rss_server_median_mib", "rss_children_median_mib", "rss_server_max_mib",
+                           "rss_children_max_mib", "asyncio_tasks_max", "open_fds_max")},
     }
     return {"overall": overall, "windows": rows}

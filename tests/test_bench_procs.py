@@ -259,7 +259,8 @@ def test_sustained_watches_each_process_tasks_and_fds_after_warm_up():
     grown = rep["overall"]["after_warm_up"]
     assert grown["rss_server_max_mib"] == {"first": 400.0, "last": 440.0, "growth_percent": 10.0}
     assert grown["rss_children_max_mib"]["growth_percent"] == 0.0
-    assert grown["asyncio_tasks_max"] == {"first": 30, "last": 30, "growth_percent": 0.0}
+    assert grown["asyncio_tasks_max"] == {"first": 30.0, "last": 30.0, "growth_percent": 0.0}
+    assert grown["rss_server_median_mib"]["growth_percent"] == 10.0  # one sample per window: median = it
     assert grown["open_fds_max"]["growth_percent"] == 0.0
 
 
