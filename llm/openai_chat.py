@@ -144,6 +144,10 @@ class OpenAIChatClient:
         pieces = stream_text(request, self.base_url or "the LLM server", _pieces_of)
         if tools and self.options.text_tool_calls:
             pieces = calls_in_text(pieces, [t["function"]["name"] for t in tools])
+        elif self.options.text_tool_calls:
+            # Offered no tools (the answer after a tool round), a small model may still write a
+            # call as JSON: it is not read aloud, and it is no call either (none may be made now).
+            pieces = _without_calls(calls_in_text(pieces, []))
         async with aclosing(pieces) as pieces:
             async for piece in pieces:
                 yield piece
@@ -163,6 +167,16 @@ class OpenAIChatClient:
             pass
         except openai.APIError as exc:  # the turn's own request reports real failures
             log.debug("prefix warm-up failed: %s", exc)
+
+
+async def _without_calls(pieces: AsyncIterator[str | ToolCallDelta]) -> AsyncIterator[str]:
+    async with aclosing(pieces):
+        async for piece in pieces:
+            if isinstance(piece, ToolCallDelta):
+                if piece.name:
+                    log.warning("the model wrote a call of %r with no tools offered: not spoken", piece.name)
+                continue
+            yield piece
 
 
 async def stream_text(request, where: str, text_of) -> AsyncIterator[str]:

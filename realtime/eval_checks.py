@@ -35,9 +35,13 @@ def language_problem(text: str, language: str) -> str:
     raise ValueError(f"unknown language {language!r} (en, zh)")
 
 
+# A numbered list read out in one line (the transcript joins the lines): "… 1. a map 2. boots"
+_INLINE_LIST = re.compile(r"(^|\s)1[.)]\s.{1,200}?\s2[.)]\s", re.S)
+
+
 def markdown_problem(text: str) -> str:
-    match = _MARKDOWN.search(text)
-    return f"markdown or a list: {match.group(0).strip()!r}" if match else ""
+    match = _MARKDOWN.search(text) or _INLINE_LIST.search(text)
+    return f"markdown or a list: {match.group(0).strip()[:40]!r}" if match else ""
 
 
 def spoken_words(text: str) -> float:

@@ -33,7 +33,10 @@ def test_language_check() -> None:
 def test_markdown_length_words_and_call_checks() -> None:
     assert "list" in checks.markdown_problem("Pack these:\n1. boots\n2. a jacket")
     assert "list" in checks.markdown_problem("- boots\n- a jacket")
+    assert "list" in checks.markdown_problem("You should include: 1. A backpack 2. A map")
     assert checks.markdown_problem("Bring boots, a warm jacket and water.") == ""
+    assert checks.markdown_problem("It costs 1. 5 dollars, or 2. 5 euros") != ""  # a list as far as we can tell
+    assert checks.markdown_problem("Room 1. Then floor 12.") == ""
     assert checks.markdown_problem("Take **boots**") != ""
     assert checks.length_problem("one two three", max_words=2) != ""
     assert checks.length_problem("", max_words=60) != ""

@@ -149,3 +149,16 @@ def test_without_base_url_a_bundled_server_is_configured(tmp_path: Path):
     assert cmd[cmd.index("--threads") + 1] == "2" and cmd[cmd.index("--parallel") + 1] == "8"
     assert cmd[cmd.index("--ctx-size") + 1] == str(8 * 2048)  # n_ctx is per slot
     assert client.server.log_path == tmp_path / "logs" / "llama-server.log"
+
+
+async def test_a_call_written_as_text_with_no_tools_offered_is_not_spoken(sse: SSEServer):
+    """After a tool round the model is offered no tools; Qwen 0.5B may still write a JSON call,
+    which must not be read aloud (nor become a call). Plain text is untouched."""
+    sse.words = ['{"name": "weather_info", ', '"arguments": {"city": "Oslo"}}']
+    client = OpenAIChatClient(Options(base_url=sse.base_url, model="tiny"))
+    try:
+        assert [p async for p in client.stream(MESSAGES)] == []
+        sse.words = ["{Braces}", " are fine."]
+        assert "".join([p async for p in client.stream(MESSAGES)]) == "{Braces} are fine."
+    finally:
+        await client.close()
