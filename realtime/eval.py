@@ -39,17 +39,30 @@ class Events:
     def __init__(self, ws, timeout: float) -> None:
         self.ws = ws
         self.timeout = timeout
+        self.errors: list[str] = []  # error events (e.g. invalid_tool_call: the session goes on)
+        self.tool_status: dict[str, str] = {}  # call_id -> step.tool_call status
+
+    def _note(self, event: dict) -> None:
+        if event["type"] == "error":
+            self.errors.append(f"{event['error'].get('code')}: {event['error'].get('message')}")
+        elif event["type"] == "step.tool_call":
+            self.tool_status[event["call_id"]] = event["status"]
 
     async def next(self, type_: str) -> dict:
         async def find():
             async for msg in self.ws:
                 event = json.loads(msg.data)
+                self._note(event)
                 if event["type"] == type_:
                     return event
-                if event["type"] == "error":
-                    raise RuntimeError(f"error event: {event['error']}")
             raise RuntimeError(f"the session ended before {type_}")
         return await asyncio.wait_for(find(), self.timeout)
+
+    async def statuses(self, call_ids: list[str]) -> dict[str, str]:
+        """The server's word on each call: "client" (ours to answer), "invalid" (it answered)…"""
+        while not all(c in self.tool_status for c in call_ids):
+            await self.next("step.tool_call")
+        return {c: self.tool_status[c] for c in call_ids}
 
     async def response(self, t0: float) -> dict[str, Any]:
         """Until response.done and its step.turn_metrics: the response, first audio, metrics."""
@@ -59,6 +72,7 @@ class Events:
             nonlocal first_audio, done, metrics
             async for msg in self.ws:
                 event = json.loads(msg.data)
+                self._note(event)
                 kind = event["type"]
                 if kind == "response.output_audio.delta" and first_audio is None:
                     first_audio = time.monotonic()
@@ -67,8 +81,6 @@ class Events:
                 elif kind == "step.turn_metrics" and done is not None and event["response_id"] == done["id"]:
                     metrics = event["values"]
                     return
-                elif kind == "error":
-                    raise RuntimeError(f"error event: {event['error']}")
             raise RuntimeError("the session ended during a response")
         await asyncio.wait_for(read(), self.timeout)
         assert done is not None
@@ -138,12 +150,16 @@ async def run_turn(ws, events: Events, conv: Conversation, turn: Turn, voice: Vo
     answer = first
     if calls:
         out["call_ms"] = first["done_ms"]
-        for call in calls:
+        statuses = await events.statuses([c["call_id"] for c in calls])
+        ours = [c for c in calls if statuses[c["call_id"]] == "client"]
+        for call in ours:
             output = turn.tool_output if turn.tool_output is not None and call is calls[0] else NOT_OFFERED
             await ws.send_json({"type": "conversation.item.create", "item": {
                 "type": "function_call_output", "call_id": call["call_id"], "output": output}})
         t1 = time.monotonic()
-        await ws.send_json({"type": "response.create", "response": {"tool_choice": "none"}})
+        if ours:
+            await ws.send_json({"type": "response.create", "response": {"tool_choice": "none"}})
+        # else the server answered the calls itself (an unknown tool, bad arguments) and goes on
         answer = await events.response(t1)
         out["answer_first_token_ms"] = answer["metrics"].get("llm_ttft_ms")
         answer["first_audio_ms"] = answer["first_audio_ms"] and round(answer["first_audio_ms"] + first["done_ms"], 1)
@@ -152,6 +168,8 @@ async def run_turn(ws, events: Events, conv: Conversation, turn: Turn, voice: Vo
     out["llm_ms"] = answer["metrics"].get("llm_ms")  # the whole reply's text, from the LLM
     out["llm_cpu_ms"] = round((cpu() - cpu_before) * 1000, 1)
     said = out["said"] = _said(answer["response"]).strip()
+    if events.errors:
+        out["errors"], events.errors = events.errors, []
     problems = {
         "call": checks.call_problem(turn.expect_call, calls[0] if calls else None),
         "words": checks.words_problem(said, turn.expect_any, turn.expect_all),

@@ -8,8 +8,8 @@ from functools import lru_cache
 
 _HAN = re.compile(r"[\u3400-\u9fff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
-# What a speaking voice cannot say: list items, headings, emphasis, code, tables.
-_MARKDOWN = re.compile(r"(^|\n)\s*([-*•]|\d+[.)]|#{1,6})\s|\*\*|__|`|\|\s*-{3}", re.M)
+# What a speaking voice cannot say: list items, headings, emphasis, code, tables, JSON.
+_MARKDOWN = re.compile(r"(^|\n)\s*([-*•]|\d+[.)]|#{1,6})\s|\*\*|__|`|\|\s*-{3}|^\s*[\[{]\s*\"", re.M)
 
 
 @lru_cache(maxsize=1)
@@ -36,12 +36,13 @@ def language_problem(text: str, language: str) -> str:
 
 
 # A numbered list read out in one line (the transcript joins the lines): "… 1. a map 2. boots"
-_INLINE_LIST = re.compile(r"(^|\s)1[.)]\s.{1,200}?\s2[.)]\s", re.S)
+# … and bullets: "you can choose: - boots - a map"
+_INLINE_LIST = re.compile(r"(^|\s)1[.)]\s.{1,200}?\s2[.)]\s|(^|\s)[-*•]\s[^-*•]{1,200}?\s[-*•]\s", re.S)
 
 
 def markdown_problem(text: str) -> str:
     match = _MARKDOWN.search(text) or _INLINE_LIST.search(text)
-    return f"markdown or a list: {match.group(0).strip()[:40]!r}" if match else ""
+    return f"markdown, a list or JSON: {match.group(0).strip()[:40]!r}" if match else ""
 
 
 def spoken_words(text: str) -> float:

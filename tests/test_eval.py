@@ -34,6 +34,10 @@ def test_markdown_length_words_and_call_checks() -> None:
     assert "list" in checks.markdown_problem("Pack these:\n1. boots\n2. a jacket")
     assert "list" in checks.markdown_problem("- boots\n- a jacket")
     assert "list" in checks.markdown_problem("You should include: 1. A backpack 2. A map")
+    assert "list" in checks.markdown_problem("you can choose: - A pair of boots. - A map.")
+    assert "JSON" in checks.markdown_problem('{"message": "There was an error."}')
+    assert checks.markdown_problem("Paris - the capital - is lovely") != ""  # two dashes read as bullets
+    assert checks.markdown_problem("Paris - the capital of France.") == ""
     assert checks.markdown_problem("Bring boots, a warm jacket and water.") == ""
     assert checks.markdown_problem("It costs 1. 5 dollars, or 2. 5 euros") != ""  # a list as far as we can tell
     assert checks.markdown_problem("Room 1. Then floor 12.") == ""
@@ -123,3 +127,14 @@ def test_a_bad_eval_file_names_itself(tmp_path) -> None:
                                                                         "turns": [{"say": "hi"}]}]}))
     with pytest.raises(ConfigError, match="x.yaml"):
         load_eval(str(tmp_path / "x.yaml"))
+
+
+async def test_a_call_of_an_unknown_tool_is_answered_by_the_server_and_the_turn_goes_on(tmp_path) -> None:
+    config = _fake_config(tmp_path, tool_call={"name": "transact_to_human", "arguments": {}})
+    run = await run_eval(config, [_eval_file(tmp_path, ["transfer-to-human", "no-tool-needed"])], 30,
+                         emit=lambda line: None)
+    transfer, plain = run["turns"]
+    assert transfer["call"]["name"] == "transact_to_human" and "call" in transfer["failed"]
+    assert any(e.startswith("invalid_tool_call") for e in transfer["errors"])
+    assert "unknown tool" in transfer["said"]  # the server's error result, said by the fake
+    assert plain["conversation"] == "no-tool-needed" and "error" not in plain["failed"]
