@@ -162,3 +162,25 @@ async def test_a_call_written_as_text_with_no_tools_offered_is_not_spoken(sse: S
         assert "".join([p async for p in client.stream(MESSAGES)]) == "{Braces} are fine."
     finally:
         await client.close()
+
+
+async def test_after_a_tool_result_with_no_tools_offered_a_reminder_follows_it(sse: SSEServer):
+    from llm.base import ToolCall
+
+    sse.words = ["It is sunny."]
+    history = [*MESSAGES, Message("assistant", "", tool_calls=(ToolCall("c1", "get_weather", '{"city": "Oslo"}'),)),
+               Message("tool", '{"sky": "sunny"}', tool_call_id="c1")]
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    client = OpenAIChatClient(Options(base_url=sse.base_url, model="tiny", after_tool_instruction="Say it."))
+    plain = OpenAIChatClient(Options(base_url=sse.base_url, model="tiny"))
+    try:
+        for c, kwargs in ((client, {}), (client, {"tools": tools}), (plain, {})):
+            assert "".join([p async for p in c.stream(history, **kwargs)]) == "It is sunny."
+        [p async for p in client.stream(MESSAGES)]
+    finally:
+        await client.close()
+        await plain.close()
+    answer, offered, without, no_tool_result = (b["messages"] for b in sse.bodies)
+    assert answer[-1] == {"role": "system", "content": "Say it."} and answer[-2]["role"] == "tool"
+    assert offered[-1]["role"] == "tool" and without[-1]["role"] == "tool"
+    assert no_tool_result[-1] == {"role": "user", "content": "Hi!"}
