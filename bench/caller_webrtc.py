@@ -19,6 +19,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
+from bench import impair
 from bench.corpus import Conversation
 from bench.measure import REFUSED_STATUS, Playout, Refused, TurnTiming, http_refusal, refusal_reason
 from bench.mic import Mic, ScriptOptions, talk
@@ -80,6 +81,8 @@ async def connect(base_url: str, track: MediaStreamTrack, http: aiohttp.ClientSe
         pulls.append(asyncio.ensure_future(pull()))
 
     await pc.setLocalDescription(await pc.createOffer())
+    if (impairment := impair.from_env()) is not None:  # loss and jitter without netem (bench/impair.py)
+        impairment.apply(pc)
     url = base_url.rstrip("/") + "/v1/realtime/calls"
     async with http.post(url, data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}) as resp:
         answer = await resp.text()

@@ -153,7 +153,8 @@ def _sustained_section(result: dict) -> list[str]:
              f"minute, max {_fmt(o['server_rss_max_mib'])})",
              f"- calls in progress, mean {_fmt(o['active_sessions_mean'])}; server CPU per call in progress "
              f"{_fmt(o['cpu_per_session_percent'])} % of a core (server process tree CPU / calls in progress, "
-             f"per 0.5 s sample)", "",
+             f"per 0.5 s sample)",
+             *_after_warm_up(o.get("after_warm_up") or {}), "",
              "| window | turns | answered | unanswered | refused calls | p50 | p95 | max gap | calls in progress "
              "| server CPU mean % | CPU per call % | RSS max MiB | queued max per lane |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -165,6 +166,15 @@ def _sustained_section(result: dict) -> list[str]:
                      f"{_fmt(w['server_cpu_mean_percent'])} | {_fmt(w['cpu_per_session_percent'])} | "
                      f"{_fmt(w['server_rss_max_mib'])} | {queued} |")
     return lines
+
+
+def _after_warm_up(grown: dict) -> list[str]:
+    """Second window → last: what a leak would grow."""
+    names = {"rss_server_max_mib": "server RSS MiB", "rss_children_max_mib": "LLM server (children) RSS MiB",
+             "asyncio_tasks_max": "asyncio tasks", "open_fds_max": "open file descriptors"}
+    parts = [f"{label} {_fmt(g.get('first'))} → {_fmt(g.get('last'))} ({_fmt(g.get('growth_percent'))} %)"
+             for key, label in names.items() if (g := grown.get(key)) and g.get("first") is not None]
+    return [f"- after warm-up (second window → last): {'; '.join(parts)}"] if parts else []
 
 
 def markdown(result: dict) -> str:
@@ -195,6 +205,11 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['concurrency']} | {_fmt(p50['a'])} | {_fmt(p50['b'])} | {_fmt(p50['diff'])} | "
                          f"{_fmt(p50['ratio'])} | {_fmt(p95['a'])} | {_fmt(p95['b'])} | {_fmt(p95['diff'])} | "
                          f"{_fmt(p95['ratio'])} |")
+    spread = [r for r in result["runs"] if r["summary"].get("worker_calls")]
+    if spread:  # bench/cluster.py: how the entry spread each level's calls
+        lines += ["", "## Calls per worker (sessions each worker started during the level; ? = restarted)", ""]
+        lines += [f"- {r['variant']} × {r['concurrency']}: "
+                  + ", ".join(f"{k} {_fmt(v)}" for k, v in r["summary"]["worker_calls"].items()) for r in spread]
     if result["notes"]:
         lines += ["", "Notes:", *[f"- {n}" for n in result["notes"]]]
     refusals: dict[str, int] = {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
-from bench import report, sustained
+from bench import cluster, report, sustained
 from bench.caller_proc import run_in_processes
 from bench.callers import (CALLER_MODULES, STAGGER_S, CallerPlan, LoopLag, ShareJob, auto_procs, caller_summary,
                            run_in_process, split)
@@ -40,6 +40,8 @@ class Variant:
     metrics: MetricsSampler | None = None
     url: str | None = None
     echo: object = None  # the in-process echo agent's runner
+    workers: int = 0  # > 0: that many workers behind HAProxy (bench/cluster.py)
+    worker_urls: dict = field(default_factory=dict)  # name -> the worker's own URL, for the spread
 
 
 class Progress:
@@ -95,6 +97,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reply-timeout-s", type=float, default=8.0)
     p.add_argument("--no-warmup", action="store_true", help="skip the unmeasured first turn per server")
     p.add_argument("--startup-timeout-s", type=float, default=300.0)
+    p.add_argument("--cluster", type=int, metavar="N",
+                   help="A/B: the single-process server vs N workers behind HAProxy (serve --workers N "
+                        "--haproxy), same config; reports calls per worker (bench/cluster.py)")
+    p.add_argument("--worker-url", action="append", default=[], metavar="URL",
+                   help="with --url (a running cluster's entry): a worker's own URL, for the spread; repeat")
     p.add_argument("--sustained", type=int, metavar="N",
                    help="instead of the sweep: N callers call continuously for --duration-s (no A/B)")
     p.add_argument("--duration-s", type=float, default=300.0, help="--sustained: how long (default: %(default)s)")
@@ -115,6 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--sustained: at least 1 caller")
     if args.sustained and args.vs:
         p.error("--sustained runs one server: no --vs")
+    if args.cluster is not None and (args.cluster < 1 or args.vs or args.url):
+        p.error("--cluster N: N >= 1, and not with --vs or --url")
     return args
 
 
@@ -124,7 +133,14 @@ def procs_for(args: argparse.Namespace, callers: int) -> int:
 
 def variants_of(args: argparse.Namespace) -> list[Variant]:
     if args.url:
-        return [Variant("url", None, url=args.url)]
+        return [Variant("url", None, url=args.url,
+                        worker_urls={f"w{i}": u for i, u in enumerate(args.worker_url)})]
+    if args.cluster:
+        stem = Path(args.config).stem
+        if args.sustained:
+            return [Variant(f"{stem}-{args.cluster}workers", args.config, workers=args.cluster)]
+        return [Variant(stem, args.config), Variant(f"{stem}-{args.cluster}workers", args.config,
+                                                    workers=args.cluster)]
     if args.echo_delay_ms:
         return [Variant(f"echo-{args.echo_delay_ms:g}ms", None)]
     if args.sustained:
@@ -171,6 +187,7 @@ async def run_level(args, variant: Variant, level: int, corpus: list[Conversatio
             s.current = tag
     job = ShareJob(args.transport, variant.url, plans, opts, args.max_turns, sustained=sustained_run)
     window: dict = {}
+    started = await cluster.sessions_started(variant.worker_urls) if variant.worker_urls else None
 
     def times() -> tuple[float, float, float]:
         t0 = time.monotonic() + 0.1  # every process has its "go" by then
@@ -205,6 +222,8 @@ async def run_level(args, variant: Variant, level: int, corpus: list[Conversatio
     summary["load_average_1m"] = round(os.getloadavg()[0], 2)
     if errors:
         summary["errors"] += len(errors)
+    if started is not None:  # the calls of this level on each worker (the entry chose)
+        summary["worker_calls"] = cluster.spread(started, await cluster.sessions_started(variant.worker_urls))
     t0 = window.get("t0", t_end)
     run = {"variant": variant.name, "concurrency": level, "seconds": round(t_end - t0, 1),
            "summary": summary, "server": variant.sampler.summary(tag) if variant.sampler else {},
@@ -239,9 +258,10 @@ async def start_servers(args, variants: list[Variant], out: Path, progress: Prog
         if args.echo_delay_ms:
             v.echo, v.url = await start_echo(args.echo_delay_ms)
         elif v.url is None:
-            v.server = ServerProcess(v.config, v.overrides, out / f"server-{v.name}.log")
+            v.server = ServerProcess(v.config, v.overrides, out / f"server-{v.name}.log", workers=v.workers)
             progress.note(f"bench: starting the server for {v.name} ({v.config})")
             v.url = await v.server.start(args.startup_timeout_s)
+            v.worker_urls = v.server.workers
         pid = v.server.pid if v.server else args.server_pid
         if pid:
             v.sampler = ResourceSampler(pid)
@@ -258,6 +278,8 @@ def _level_line(v: Variant, level: int, s: dict) -> str:
             f"max gap {s['max_gap_ms']} ms, errors {s['errors']}")
     if s.get("refused_calls"):
         line += f", refused {s['refused_calls']} call(s) ({s['refused']} turns)"
+    if s.get("worker_calls"):
+        line += "; " + cluster.spread_line(s["worker_calls"])
     procs = f"{s['caller_procs']} process(es)" if s.get("caller_procs") else "in-process"
     return line + (f"; callers {procs}: CPU {s.get('caller_cpu_percent')} %, "
                    f"loop lag max {s.get('caller_loop_lag_max_ms')} ms")
@@ -318,7 +340,9 @@ async def bench(args: argparse.Namespace) -> dict:
         "command": " ".join(["python -m bench", *args.argv]),
         "transport": args.transport, "threshold_ms": args.threshold_ms, "max_gap_ms": args.max_gap_ms,
         "caller_procs": args.caller_procs,
-        "variants": [{"name": v.name, "config": v.config, "overrides": v.overrides, "url": v.url} for v in variants],
+        "variants": [{"name": v.name, "config": v.config, "overrides": v.overrides, "url": v.url,
+                      **({"workers": v.workers or len(v.worker_urls), "worker_urls": v.worker_urls}
+                         if v.worker_urls else {})} for v in variants],
         "levels": levels, "seconds": round(time.monotonic() - t_start, 1), "notes": notes,
         "knee": {} if args.sustained else {name: knee(s, args.threshold_ms, args.max_gap_ms)
                                            for name, s in by_variant.items()},

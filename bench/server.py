@@ -15,6 +15,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from bench.cluster import WORKER_LINE
+
 LISTENING = re.compile(r"listening on (http://\S+?)/? ")
 
 
@@ -36,10 +38,15 @@ def config_with(path: str, overrides: dict) -> str:
 
 
 class ServerProcess:
-    """`python -m realtime.cli serve --config X --port 0`; the URL is read from its banner."""
+    """`python -m realtime.cli serve --config X --port 0`; the URL is read from its banner. With
+    `workers`: `--workers N --haproxy` (bench/cluster.py), the URL is HAProxy's entry and
+    `self.workers` maps each worker's name to its own URL."""
 
-    def __init__(self, config: str, overrides: dict | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, config: str, overrides: dict | None = None, log_path: Path | None = None,
+                 workers: int = 0) -> None:
         self.config = config_with(config, overrides or {})
+        self.n_workers = workers
+        self.workers: dict[str, str] = {}
         self._temp = self.config != config
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
@@ -49,7 +56,9 @@ class ServerProcess:
         log = open(self.log_path, "w")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "realtime.cli", "serve", "--config", self.config,
-             "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
+             "--host", "127.0.0.1", "--port", "0", "--log-level", "warning",
+             "--set", "server.auth.enabled=false",  # a loopback server the bench alone talks to
+             *(["--workers", str(self.n_workers), "--haproxy"] if self.n_workers else [])],
             stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout_s
@@ -58,6 +67,8 @@ class ServerProcess:
                                           max(1.0, deadline - time.monotonic()))
             if not line and self.proc.poll() is not None:
                 break
+            if m := WORKER_LINE.match(line):
+                self.workers[m.group(1)] = m.group(2)
             if m := LISTENING.search(line):
                 self.url = m.group(1)
                 loop.run_in_executor(None, self._drain)
@@ -106,18 +117,22 @@ class ResourceSampler:
         return [self._procs[p.pid] for p in procs]
 
     def sample(self, tag: str = "") -> None:
-        cpu = rss = 0.0
+        cpu = rss = rss_children = 0.0
         try:
             for p in self._tree():
                 try:
                     cpu += p.cpu_percent(None)
-                    rss += p.memory_info().rss
+                    mem = p.memory_info().rss
+                    rss += mem
+                    rss_children += mem if p.pid != self.pid else 0
                 except psutil.Error:
                     pass
         except psutil.Error:
             return
+        # the tree, and apart the server and its children (the LLM server): a leak shows in one of them
         self.samples.append({"t": time.monotonic(), "cpu_percent": round(cpu, 1),
-                             "rss_mib": round(rss / 2**20, 1), "tag": tag})
+                             "rss_mib": round(rss / 2**20, 1), "rss_server_mib": round((rss - rss_children) / 2**20, 1),
+                             "rss_children_mib": round(rss_children / 2**20, 1), "tag": tag})
 
     async def _run(self, tag_of) -> None:
         while True:
@@ -170,7 +185,8 @@ class MetricsSampler:
                     self.samples.append({
                         "t": time.monotonic(), "tag": tag_of(),
                         "scheduler": data.get("scheduler") if isinstance(data.get("scheduler"), dict) else None,
-                        "active_sessions": sessions.get("active") if isinstance(sessions, dict) else None})
+                        "active_sessions": sessions.get("active") if isinstance(sessions, dict) else None,
+                        "process": data.get("process") if isinstance(data.get("process"), dict) else None})
                 await asyncio.sleep(max(0.0, self.period - (time.monotonic() - t)))
 
     def start(self, tag_of=lambda: "") -> None:

@@ -91,8 +91,29 @@ def windows(turns: list[dict], calls: list[dict], server_samples: list[dict], me
             "cpu_per_session_percent": cpu_per_session(srv, sessions),
             "server_rss_max_mib": max((s["rss_mib"] for s in srv if s.get("rss_mib") is not None), default=None),
             "queued_max": _queue_max([s for s in metrics_samples if inside(s.get("t"))]),
+            **_leak_watch(srv, [s for s in metrics_samples if inside(s.get("t"))]),
         })
     return out
+
+
+def _leak_watch(server_samples: list[dict], metrics_samples: list[dict]) -> dict:
+    """In a window: the server's and its children's (the LLM server) RSS, the server's asyncio
+    tasks and open file descriptors, each at its largest."""
+    def top(rows: list[dict], key: str):
+        return max((r[key] for r in rows if isinstance(r.get(key), (int, float))), default=None)
+    process = [s["process"] for s in metrics_samples if isinstance(s.get("process"), dict)]
+    return {"rss_server_max_mib": top(server_samples, "rss_server_mib"),
+            "rss_children_max_mib": top(server_samples, "rss_children_mib"),
+            "asyncio_tasks_max": top(process, "asyncio_tasks"), "open_fds_max": top(process, "open_fds")}
+
+
+def _growth(rows: list[dict], key: str) -> dict:
+    """From the second window (the first is warm-up: models load, caches fill) to the last."""
+    values = [r[key] for r in rows[1:] if r.get(key) is not None]
+    if len(values) < 2:
+        return {"first": None, "last": None, "growth_percent": None}
+    return {"first": values[0], "last": values[-1],
+            "growth_percent": round(100 * (values[-1] - values[0]) / values[0], 1) if values[0] else None}
 
 
 def report(turns: list[dict], calls: list[dict], server_samples: list[dict], metrics_samples: list[dict],
@@ -122,5 +143,7 @@ def report(turns: list[dict], calls: list[dict], server_samples: list[dict], met
         "server_rss_max_mib": max((s["rss_mib"] for s in srv), default=None),
         "server_rss_growth_mib": round(srv[-1]["rss_mib"] - srv[0]["rss_mib"], 1) if srv else None,
         "server_rss_slope_mib_per_min": None if rss_slope is None else round(rss_slope, 2),
+        "after_warm_up": {key: _growth(rows, key) for key in
+                          ("rss_server_max_mib", "rss_children_max_mib", "asyncio_tasks_max", "open_fds_max")},
     }
     return {"overall": overall, "windows": rows}

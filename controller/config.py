@@ -30,6 +30,11 @@ class ControllerConfig(BaseModel):
     max_tool_rounds: int = Field(1, ge=1, description="tool rounds the server answers itself per user turn; the "
                                  "reply after the last one is offered no tools, so it speaks (small models "
                                  "otherwise call the same tool again)")
+    # Deadlines on the in-process stages, as the LLM client has its request timeout (llm.timeout):
+    # past one, the turn or reply ends with an `error` event and the session goes on.
+    asr_timeout_s: float = Field(30.0, gt=0, description="longest wait for a turn's transcript (queueing included)")
+    tts_timeout_s: float = Field(30.0, gt=0, description="longest the decoder may hold text without producing "
+                                                         "audio (waits for the LLM not counted)")
     max_end_of_turn_ms: int = Field(1500, ge=100, description="the longest wait, for a turn that sounds "
                                                               "unfinished (a cap, as in 'my number is 0 7 …')")
 

@@ -27,7 +27,7 @@ import numpy as np
 from context.history import Context
 from controller.client_requests import ClientRequests
 from controller.config import ControllerConfig
-from controller.failures import describe_failure
+from controller.failures import StageTimeout, describe_failure
 from controller.events import (
     ErrorEvent, InputCommitted, InputTranscript, ResponseCreated, ResponseDone, SpeechStarted, SpeechStopped,
     Speculation, StateChanged, new_id,
@@ -109,6 +109,11 @@ class Controller(ClientRequests, TurnTaking, ToolCalls):
         self._closed = False
 
     # -- input ---------------------------------------------------------------------------------
+
+    @property
+    def has_uncommitted_input(self) -> bool:
+        """The tokenizer holds audio of a turn not committed yet."""
+        return self._has_input
 
     def push_audio(self, frame: np.ndarray) -> None:
         """One 20 ms frame of 16 kHz int16 mono audio."""
@@ -231,7 +236,7 @@ class Controller(ClientRequests, TurnTaking, ToolCalls):
         self._discard_speculation()
         # Needed when the end of turn would be confirmed, if the user stays silent.
         ticket = self._ticket(Kind.SPECULATIVE, self.cfg.end_of_turn_ms - self.cfg.pause_ms)
-        spec = self._speculation = self._new_reply(self.stages.tokenizer.finalize(), ticket=ticket)
+        spec = self._speculation = self._new_reply(self._transcribe(), ticket=ticket)
         self.stats.count("started")
         self.emit(Speculation("started", self.t_ms))
         asyncio.create_task(self._hint_from(spec))
@@ -304,8 +309,15 @@ class Controller(ClientRequests, TurnTaking, ToolCalls):
             log.exception("commit failed")
             self.emit(ErrorEvent("turn_failed", describe_failure("the input could not be committed", exc)))
 
+    async def _transcribe(self) -> UserInput:
+        """The tokenizer's transcript of the turn, within asr_timeout_s (queueing included)."""
+        try:
+            return await asyncio.wait_for(self.stages.tokenizer.finalize(), self.cfg.asr_timeout_s)
+        except asyncio.TimeoutError:
+            raise StageTimeout("speech recognition", self.cfg.asr_timeout_s) from None
+
     async def _commit_input(self) -> UserInput:
-        user = await self.stages.tokenizer.finalize()
+        user = await self._transcribe()
         self._has_input = False
         speech_end = max(self._speech_start_ms, self.detector.last_speech_ms)
         self.emit(SpeechStopped(self._item_id, speech_end))
@@ -347,6 +359,7 @@ class Controller(ClientRequests, TurnTaking, ToolCalls):
             emit=self.emit,
             on_finished=self._reply_finished,
             ticket=ticket or self._ticket(Kind.FINAL),
+            tts_timeout_s=self.cfg.tts_timeout_s,
         )
 
     def _play(self, reply: Reply, speculative: bool) -> None:

@@ -16,6 +16,14 @@ _STAGE_BY_PACKAGE = {
 }
 
 
+class StageTimeout(TimeoutError):
+    """A stage missed its deadline (controller config asr_timeout_s / tts_timeout_s)."""
+
+    def __init__(self, stage: str, seconds: float) -> None:
+        super().__init__(f"{stage} took longer than {seconds:g} s")
+        self.stage, self.seconds = stage, seconds
+
+
 def _stage(exc: BaseException) -> str | None:
     for cls in type(exc).__mro__:  # a stage's own error class (llm.openai_chat.LLMError) says it
         stage = _STAGE_BY_PACKAGE.get(cls.__module__.split(".")[0])
@@ -33,7 +41,9 @@ def describe_failure(what: str, exc: BaseException) -> str:
     """E.g. describe_failure("the reply failed", exc) → "the reply failed: the language model is not
     reachable right now; try again in a moment"."""
     stage = _stage(exc)
-    if isinstance(exc, ConnectionError):
+    if isinstance(exc, StageTimeout):
+        cause = f"{exc.stage} took longer than {exc.seconds:g} s"
+    elif isinstance(exc, ConnectionError):
         cause = f"{stage or 'a model server'} is not reachable right now; try again in a moment"
     elif isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         cause = f"{stage or 'a model'} took too long to answer"

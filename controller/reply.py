@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from controller.events import (
     AudioDone, FunctionCallDelta, FunctionCallDone, FunctionCallItem, FunctionCallStarted, TranscriptDelta, new_id,
 )
+from controller.failures import StageTimeout
 from core.scheduler import Ticket, current_ticket
 from controller.ports import AudioOutput
 from decoder.base import AudioChunk, Decoder
@@ -43,6 +44,7 @@ class Reply:
         ticket: Ticket | None = None,
         tools: Sequence[dict] = (),
         tool_choice: str | dict | None = None,
+        tts_timeout_s: float | None = None,
     ) -> None:
         self.response_id = response_id
         self.item_id = item_id
@@ -84,6 +86,10 @@ class Reply:
         # task's context; a speculation's ticket is committed or dropped with it.
         self.ticket = ticket or Ticket()
         self.generated = asyncio.Event()
+        # The decoder's deadline (tts_timeout_s): armed while it holds text and owes audio, paused
+        # while it waits for the LLM (which has its own timeout) or while the reply is held.
+        self._tts_timeout_s = tts_timeout_s
+        self._tts_deadline: asyncio.Timeout | None = None
         self.task = asyncio.create_task(self._run(), name=f"reply-{response_id}")
 
     @property
@@ -194,9 +200,20 @@ class Reply:
             self._emit(TranscriptDelta(self.response_id, self.item_id, chunk.text + " "))
         self._out.write(chunk)
 
+    def _deadline(self, armed: bool) -> None:
+        if self._tts_deadline is not None and self._tts_timeout_s is not None and not self._tts_deadline.expired():
+            when = asyncio.get_running_loop().time() + self._tts_timeout_s if armed else None
+            self._tts_deadline.reschedule(when)
+
     async def _text(self, pieces: AsyncIterator[str | ToolCallDelta]) -> AsyncIterator[str]:
         try:
-            async for piece in pieces:
+            while True:
+                self._deadline(armed=False)  # waiting for the LLM
+                try:
+                    piece = await anext(pieces)
+                except StopAsyncIteration:
+                    break
+                self._deadline(armed=True)  # the decoder has text: audio is owed
                 if self.t_first_token is None:
                     self.t_first_token = time.monotonic()
                 if isinstance(piece, ToolCallDelta):
@@ -209,6 +226,7 @@ class Reply:
                     continue
                 self.text += piece
                 yield piece
+            self._deadline(armed=True)  # the last text is in: the rest of the audio is owed
             self.t_last_token = time.monotonic()
             self.calls_done = True
             for call in self.calls:
@@ -250,15 +268,23 @@ class Reply:
             messages = self._build_messages(self.input)
             audio = self._decoder.synthesize(self._text(self._llm.stream(messages, **self._tool_args)))
             try:
-                async for chunk in audio:
-                    await self._may_generate.wait()
-                    if self.t_first_audio is None:
-                        self.t_first_audio = time.monotonic()
-                    if self._out is None:
-                        self._held.append(chunk)
-                    else:
-                        self._write(chunk)
+                async with asyncio.timeout(None) as self._tts_deadline:
+                    async for chunk in audio:
+                        self._deadline(armed=False)  # a held reply waits here: not the decoder's time
+                        await self._may_generate.wait()
+                        if self.t_first_audio is None:
+                            self.t_first_audio = time.monotonic()
+                        if self._out is None:
+                            self._held.append(chunk)
+                        else:
+                            self._write(chunk)
+                        self._deadline(armed=True)
+            except TimeoutError:
+                if self._tts_deadline is not None and self._tts_deadline.expired():
+                    raise StageTimeout("speech synthesis", self._tts_timeout_s or 0) from None
+                raise
             finally:
+                self._tts_deadline = None
                 await audio.aclose()  # type: ignore[attr-defined]
             self.t_audio_done = time.monotonic()
             self.generated.set()

@@ -47,6 +47,9 @@ class AdmissionConfig(BaseModel):
     max_final_wait_ms: float = Field(600.0, gt=0, description="refuse while a finished turn has waited longer than "
                                                              "this for a model worker (and is still waiting)")
     retry_after_s: int = Field(5, ge=1, description="the Retry-After of a refusal")
+    cores: float | None = Field(None, gt=0, le=1024, description="cores this server may fill (default: all it may "
+                                                                 "run on); `serve --workers N` gives each worker "
+                                                                 "its share of the box")
 
 
 @dataclass
@@ -61,7 +64,7 @@ class LoadMonitor:
                  period_s: float = 1.0, smoothing_s: float = 30.0) -> None:
         self.scheduler = scheduler
         self.cfg = config or AdmissionConfig()
-        self.cores = cores or len(os.sched_getaffinity(0))
+        self.cores = cores or self.cfg.cores or len(os.sched_getaffinity(0))
         self.period_s = period_s
         self.smoothing_s = smoothing_s
         self.cpu_util = 0.0  # smoothed, of all cores (1.0 = all busy)

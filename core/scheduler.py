@@ -19,7 +19,9 @@ most urgent of them and is dropped only when none is left.
 Cancelling a waiter removes its job from the queue; cancelling the holder of a worker frees the
 worker at once (an LLM stream is closed: the server stops generating). Work already running in a
 thread cannot be stopped mid-call, so lanes keep those calls short (one Whisper batch, one piper
-sentence) and a cancelled caller just stops waiting for it.
+sentence) and a cancelled caller just stops waiting for it. A lane whose `batch_fn` is async (a
+remote model call: streaming_tokenizer/ray_whisper.py) is cancelled once nobody waits for it any
+more, which cancels the remote request.
 
 The stages find their ticket in a context variable (`current_ticket`): the controller runs each
 reply in a task that carries its ticket, so the stages' Protocols need no extra argument.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import inspect
 import itertools
 import time
 from collections import deque
@@ -106,6 +109,8 @@ class Job:
         self.seq = next(self._seq)
         self.enqueued = time.monotonic()
         self.started: float | None = None
+        self.task: asyncio.Task | None = None  # the batch running it (lanes with a batch_fn)
+        self.batch: list[Job] = []
         loop = asyncio.get_running_loop()
         self.granted: asyncio.Future[None] = loop.create_future()  # a worker is ours
         self.outcome: asyncio.Future[Any] = loop.create_future()  # a batched job's result
@@ -133,6 +138,8 @@ class Job:
             self.tickets.remove(ticket)
         if self.started is None and not self.live():
             self.lane._remove(self, dropped=True)
+        elif self.started is not None and not self.tickets:
+            self.lane._abandon(self)
 
 
 class Lane:
@@ -229,7 +236,9 @@ class Lane:
                 self._start(job)
             self.running += 1
             if self.batch_fn is not None:
-                asyncio.get_running_loop().create_task(self._run_batch(batch), name=f"lane-{self.name}")
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch), name=f"lane-{self.name}")
+                for job in batch:
+                    job.task, job.batch = task, batch
 
     def _start(self, job: Job) -> None:
         job.started = time.monotonic()
@@ -245,10 +254,18 @@ class Lane:
         self.batches += 1
         self.batched_items += len(batch)
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.batch_fn, [j.item for j in batch])
+            if inspect.iscoroutinefunction(self.batch_fn):
+                results = await self.batch_fn([j.item for j in batch])
+            else:
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self.batch_fn, [j.item for j in batch])
             for job, res in zip(batch, results, strict=True):
                 job.outcome.set_result(res)
+        except asyncio.CancelledError:  # _abandon: nobody waits for it any more
+            for job in batch:
+                if not job.outcome.done():
+                    job.outcome.set_exception(WorkDropped(f"{self.name}: cancelled, nobody waited"))
+                    job.outcome.exception()
         except Exception as exc:  # every waiter hears of it
             for job in batch:
                 if not job.outcome.done():
@@ -268,6 +285,13 @@ class Lane:
             if dropped:
                 self._dropped(job, "no live ticket")
             self._dispatch()
+
+    def _abandon(self, job: Job) -> None:
+        """A started job nobody waits for: an async batch (a remote call) whose every job is
+        abandoned is cancelled. A thread cannot be stopped; it runs to its end."""
+        if (job.task is not None and inspect.iscoroutinefunction(self.batch_fn)
+                and all(not j.tickets for j in job.batch)):
+            job.task.cancel()
 
     def _purge(self) -> None:
         for job in [j for j in self._queue if not j.live()]:

@@ -23,6 +23,7 @@ REGISTRY: dict[str, dict[str, str]] = {
         "fake": "streaming_tokenizer.fake:build",
         "whisper": "streaming_tokenizer.whisper:build",
         "step-audio": "streaming_tokenizer.step_audio:build",
+        "ray-whisper": "streaming_tokenizer.ray_whisper:build",  # on the model tier (docs/model-tier.md)
     },
     "llm": {
         "fake": "llm.fake:build",
@@ -34,6 +35,7 @@ REGISTRY: dict[str, dict[str, str]] = {
         "piper": "decoder.piper_tts:build",
         "espeak": "decoder.espeak:build",
         "step-audio": "decoder.step_audio:build",
+        "ray-piper": "decoder.ray_piper:build",  # on the model tier (docs/model-tier.md)
     },
     "turn": {  # the end-of-turn model (optional: without it the controller's fixed wait applies)
         "none": "vad.smart_turn:build_none",

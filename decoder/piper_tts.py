@@ -1,17 +1,15 @@
 """Piper (VITS, ONNX) as the embedded decoder: en_US-joe-medium, 22050 Hz.
 
-synthesize() is a three-stage pipeline per reply, so the first clause is heard before the LLM has
-finished writing:  text pieces -> clauses (reader task) -> audio (synthesis task, model calls in
-the shared thread pool) -> ~200 ms chunks (the generator). While clause k is synthesized the reader
-already cuts clause k+1, and while clause k is being sent clause k+1 is synthesized (the audio
-queue holds a few spans of look-ahead).
+synthesize() (decoder/clause_pipeline.py) cuts the LLM's text into clauses and speaks each with
+span_audio(), one sentence per job in the scheduler's "tts" lane, so the first clause is heard
+before the LLM has finished writing. The same class runs inside the model tier's TTS replicas
+(model_tier/deployments.py), where span_audio() is what a remote call streams back.
 
 The voice is English only; clauses in a CJK script go to espeak-ng (the fallback), resampled to the
 voice's rate so one reply has one rate.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,14 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.scheduler import Scheduler
 from decoder import espeak
-from decoder.audio_chunks import (aclose_quietly, chunked, script_language, script_runs, trim_leading_silence,
-                                  trim_trailing_silence)
-from decoder.base import AudioChunk
-from decoder.clauses import clauses
+from decoder.audio_chunks import script_language, script_runs
+from decoder.clause_pipeline import ClausePipeline
 
 log = logging.getLogger(__name__)
-_END = object()  # queue sentinel: the stream is complete
-_PUNCTUATION = tuple(".!?,;:…。！？，；：、")
 
 
 class Options(BaseModel):
@@ -42,6 +36,9 @@ class Options(BaseModel):
     length_scale: float | None = Field(None, gt=0.1, le=4, description="> 1 is slower (voice default if null)")
     speed: float | None = Field(None, gt=0.25, le=10, description="1 / length_scale; give one of the two")
     speaker: int | str | None = Field(None, description="multi-speaker voices: id or name")
+    noise_scale: float | None = Field(None, ge=0, le=2, description="voice variation (voice default if null; 0: "
+                                                                    "the same audio for the same text every time)")
+    noise_w_scale: float | None = Field(None, ge=0, le=2, description="phoneme length variation (voice default if null)")
     chunk_ms: int = Field(200, ge=20, le=2000)
     first_clause_words: int = Field(5, ge=0, le=50, description="the reply's first clause goes to TTS after this "
                                                                 "many words if no punctuation came first (0: wait)")
@@ -58,7 +55,7 @@ class Options(BaseModel):
         return self
 
 
-class PiperDecoder:
+class PiperDecoder(ClausePipeline):
     """Shared per server: one loaded voice and one small thread pool for all sessions."""
 
     def __init__(self, model_path: Path, options: Options | None = None,
@@ -69,7 +66,8 @@ class PiperDecoder:
         self.voice = _quiet_session(PiperVoice.load(model_path), model_path, self.options.onnx_threads)
         self.sample_rate: int = self.voice.config.sample_rate
         length_scale = self.options.length_scale or (1 / self.options.speed if self.options.speed else None)
-        self.syn_config = SynthesisConfig(speaker_id=self._speaker_id(self.options.speaker), length_scale=length_scale)
+        self.syn_config = SynthesisConfig(speaker_id=self._speaker_id(self.options.speaker), length_scale=length_scale,
+                                          noise_scale=self.options.noise_scale, noise_w_scale=self.options.noise_w_scale)
         self.fallback = fallback
         self.pool = ThreadPoolExecutor(max_workers=self.options.threads, thread_name_prefix="piper")
         # One sentence per job in the scheduler's "tts" lane: a committed reply's next sentence
@@ -129,65 +127,6 @@ class PiperDecoder:
             if len(tail):
                 yield tail
 
-    async def synthesize(self, text: AsyncIterator[str]) -> AsyncIterator[AudioChunk]:
-        clause_q: asyncio.Queue = asyncio.Queue()
-        audio_q: asyncio.Queue = asyncio.Queue(maxsize=self.options.lookahead)
-        reader = asyncio.create_task(self._read(text, clause_q, self.options.first_clause_words), name="tts-read")
-        speaker = asyncio.create_task(self._speak(clause_q, audio_q), name="tts-speak")
-        try:
-            while (item := await audio_q.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                label, pcm = item
-                for chunk in chunked(pcm, self.sample_rate, self.chunk_s, label):
-                    yield chunk
-        finally:
-            # Cancelled (aclose, task cancel) or done: stop both stages, then close the LLM text.
-            for task in (reader, speaker):
-                task.cancel()
-            await asyncio.gather(reader, speaker, return_exceptions=True)
-            await aclose_quietly(text)
-
-    @staticmethod
-    async def _read(text: AsyncIterator[str], clause_q: asyncio.Queue, first_words: int) -> None:
-        try:
-            async with aclosing(clauses(text, first_words=first_words)) as cut:
-                async for clause in cut:
-                    clause_q.put_nowait(clause)
-            clause_q.put_nowait(_END)
-        except Exception as exc:  # the LLM failed: the reply fails with its error
-            clause_q.put_nowait(exc)
-
-    async def _speak(self, clause_q: asyncio.Queue, audio_q: asyncio.Queue) -> None:
-        first = True
-        try:
-            while (clause := await clause_q.get()) is not _END:
-                if isinstance(clause, BaseException):
-                    await audio_q.put(clause)
-                    return
-                label = clause  # the clause's text rides on its first chunk only
-                # A clause cut after its first words (no punctuation) goes on in the next one: no
-                # sentence pause after it. Its last piece is held until we know it is the last.
-                mid_sentence = not clause.endswith(_PUNCTUATION)
-                held = None
-                async with aclosing(self.span_audio(clause)) as spans:  # closed now if cancelled
-                    async for pcm in spans:
-                        if first:  # the voice's lead-in silence before the reply is only latency
-                            pcm, first = trim_leading_silence(pcm, self.sample_rate), False
-                        if mid_sentence:  # hold the last piece back: its sentence pause goes
-                            pcm, held = held, pcm
-                            if pcm is None:
-                                continue
-                        await audio_q.put((label, pcm))
-                        label = ""
-                if held is not None:
-                    await audio_q.put((label, trim_trailing_silence(held, self.sample_rate)))
-            await audio_q.put(_END)
-        except Exception as exc:
-            log.exception("synthesis failed")
-            await audio_q.put(exc)
-
-
 def _quiet_session(voice, model_path: Path, threads: int):
     """The voice with an onnxruntime session that uses `threads` threads that sleep when idle.
     piper's own session takes a thread per core that spin-waits between runs, taking CPU that
@@ -202,7 +141,27 @@ def _quiet_session(voice, model_path: Path, threads: int):
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
-    return dataclasses.replace(voice, session=session)
+    return dataclasses.replace(voice, session=ShrinkingSession(session))
+
+
+class ShrinkingSession:
+    """An onnxruntime session whose memory arena gives back, after each run, what the run grew.
+    Without it the arena keeps the high-water mark of the longest sentence ever spoken: +320 MiB
+    after one of 80 words, for good (piper's 63 MB VITS allocates per phoneme). Costs ~0-10 % of
+    the synthesis CPU (docs/operations.md, "Soak")."""
+
+    def __init__(self, session) -> None:
+        import onnxruntime
+
+        self._session = session
+        self._run_options = onnxruntime.RunOptions()
+        self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    def run(self, output_names, input_feed, run_options=None):
+        return self._session.run(output_names, input_feed, run_options or self._run_options)
+
+    def __getattr__(self, name):  # everything else piper asks of a session
+        return getattr(self._session, name)
 
 
 def resolve_model(name_or_path: str, cache_dir: Path) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import openai
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.scheduler import Scheduler, WorkDropped
+from core.scheduler import Scheduler, WorkDropped, ticket_now
 from llm.base import Message, ToolCallDelta, chat_message
 from llm.llama_server import LlamaServer
 from llm.tool_text import calls_in_text
@@ -41,6 +41,10 @@ class Options(BaseModel):
                           "to speak): small models otherwise write the call again instead of saying the result")
     warm_prefix: bool = Field(True, description="at the start of each user turn, send the conversation so far "
                                                 "(1 token) so the server's prompt cache holds it")
+    affinity_header: str | None = Field(None, description="send each request's session id in this HTTP header "
+                                                          "(e.g. X-Session-Id): a balancer hashing it sends a "
+                                                          "conversation to one LLM replica, whose prefix cache "
+                                                          "holds it (docs/model-tier.md)")
     concurrency: int | None = Field(None, ge=1, description="requests in flight at once (the scheduler's \"llm\" "
                                                            "lane; more wait, most urgent first); null: n_parallel")
     # The bundled server (base_url null, llama.cpp's llama-server) only:
@@ -146,7 +150,8 @@ class OpenAIChatClient:
             chat.append({"role": "system", "content": self.options.after_tool_instruction})
         request = self._client.chat.completions.create(
             model=self.options.model, messages=chat,
-            stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature, **extra)
+            stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature,
+            **self._affinity(), **extra)
         pieces = stream_text(request, self.base_url or "the LLM server", _pieces_of)
         if tools and self.options.text_tool_calls:
             pieces = calls_in_text(pieces, [t["function"]["name"] for t in tools])
@@ -158,6 +163,13 @@ class OpenAIChatClient:
             async for piece in pieces:
                 yield piece
 
+    def _affinity(self) -> dict:
+        """The session's id in `affinity_header` (the scheduler's ticket says whose work this is)."""
+        session = ticket_now().session
+        if not self.options.affinity_header or not session:
+            return {}
+        return {"extra_headers": {self.options.affinity_header: session}}
+
     async def warm(self, history: Sequence[Message]) -> None:
         """Evaluate `history` + an empty user message, generating one token, so that the server
         caches the prefix every prompt of the coming turn starts with (the prompt diverges only at
@@ -168,7 +180,7 @@ class OpenAIChatClient:
         try:
             async with self.lane.slot():  # a warm-up waits behind real work, and is dropped if superseded
                 await self._client.chat.completions.create(model=self.options.model, messages=messages,
-                                                           max_tokens=1, temperature=0.0)
+                                                           max_tokens=1, temperature=0.0, **self._affinity())
         except WorkDropped:
             pass
         except openai.APIError as exc:  # the turn's own request reports real failures
@@ -227,18 +239,23 @@ def _resolve_model(name_or_path: str, cache_dir: Path) -> Path:
     return assets.ensure(name_or_path, cache_dir)
 
 
+def bundled_server(opts: Options, cache_dir: Path) -> LlamaServer | None:
+    """The llama-server to start for these options (None when base_url points elsewhere). Also
+    used by `serve --workers N` (realtime/cluster/) to start one for all its workers."""
+    if opts.base_url is not None:
+        return None
+    cache_dir = Path(cache_dir).expanduser()
+    log_path = Path(opts.log_path).expanduser() if opts.log_path else cache_dir / "logs" / "llama-server.log"
+    return LlamaServer(_resolve_model(opts.model_path or opts.model, cache_dir), opts.model,
+                       n_parallel=opts.n_parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads,
+                       n_threads_batch=opts.n_threads_batch, prompt_cache_mb=opts.prompt_cache_mb,
+                       cache_reuse=opts.cache_reuse, cache_dir=cache_dir, log_path=log_path,
+                       binary=Path(opts.server_binary).expanduser() if opts.server_binary else None,
+                       startup_timeout_s=opts.startup_timeout_s)
+
+
 def build(options: dict, env) -> OpenAIChatClient:
     from core.config import validate_options
 
     opts = validate_options(Options, "llm", options)
-    server = None
-    if opts.base_url is None:
-        cache_dir = Path(env.cache_dir).expanduser()
-        log_path = Path(opts.log_path).expanduser() if opts.log_path else cache_dir / "logs" / "llama-server.log"
-        server = LlamaServer(_resolve_model(opts.model_path or opts.model, cache_dir), opts.model,
-                             n_parallel=opts.n_parallel, n_ctx=opts.n_ctx, n_threads=opts.n_threads,
-                             n_threads_batch=opts.n_threads_batch, prompt_cache_mb=opts.prompt_cache_mb,
-                             cache_reuse=opts.cache_reuse, cache_dir=cache_dir, log_path=log_path,
-                             binary=Path(opts.server_binary).expanduser() if opts.server_binary else None,
-                             startup_timeout_s=opts.startup_timeout_s)
-    return OpenAIChatClient(opts, server, env.scheduler)
+    return OpenAIChatClient(opts, bundled_server(opts, env.cache_dir), env.scheduler)

@@ -8,13 +8,17 @@
   GET  /v1/realtime                    OpenAI Realtime over WebSocket
   POST /v1/realtime/calls              OpenAI Realtime over WebRTC (SDP offer → answer)
   POST /v1/realtime/calls/{id}/hangup
+  POST /v1/realtime/client_secrets     a short-lived key for a browser (realtime/client_secrets.py)
   GET  /v1/telephony/twilio            phone calls over Twilio Media Streams (WebSocket, μ-law)
   GET  /v1/telephony/telnyx            phone calls over Telnyx media streaming (WebSocket, G.711)
   GET  /v1/telephony/vonage            phone calls over Vonage WebSocket audio (L16 16 kHz)
   (TCP server.audiosocket.port)        phone calls over Asterisk AudioSocket, if configured
   POST /v1/telephony/calls/{id}/hangup, /transfer   call control (realtime/telephony/control.py)
+  POST /admin/drain, /admin/resume     stop / start taking new sessions (realtime/agent_check.py)
+  (TCP server.agent_port)              HAProxy agent-check: load and drain state, if configured
 
-Stages are built once per server from the config (core.stages.build_all) and shared by all
+Every route but /, its files, /healthz and /readyz needs a key (realtime/auth.py) unless
+server.auth.enabled is false. Stages are built once per server from the config (core.stages.build_all) and shared by all
 sessions; each session gets its own VAD and tokenizer from their factories.
 """
 from __future__ import annotations
@@ -25,10 +29,11 @@ import statistics
 import weakref
 from pathlib import Path
 
+import psutil
 from aiohttp import web
 
 from core.stages import BuildEnv, build_all, close_all as close_all_stages, start_all as start_all_stages
-from realtime import prometheus, telephony, webrtc
+from realtime import agent_check, auth, client_secrets, prometheus, telephony, webrtc
 from realtime.telephony import audiosocket, control, telnyx, vonage
 from realtime.config import Config
 from realtime.session import ServerContext
@@ -41,7 +46,12 @@ ENV_KEY = web.AppKey("build_env", BuildEnv)
 
 def create_app(config: Config, stages: dict | None = None) -> web.Application:
     """`stages`: already-built stage objects (tests); by default they are built at startup."""
-    app = web.Application(client_max_size=4 * config.server.max_sdp_bytes)
+    authenticator = auth.Authenticator(config)  # ConfigError when auth is on without a key
+    app = web.Application(client_max_size=4 * config.server.max_sdp_bytes, middlewares=[auth.middleware])
+    app[auth.AUTH_KEY] = authenticator
+    if not config.server.auth.enabled:
+        log.warning("server.auth.enabled is false: every endpoint is open to whoever reaches %s:%s",
+                    config.server.host, config.server.port)
     env = app[ENV_KEY] = BuildEnv(cache_dir=config.cache_path)
     app[SERVER_KEY] = ServerContext(config, stages or {}, env.scheduler)
     app[webrtc.CALLS_KEY] = {}
@@ -55,6 +65,7 @@ def create_app(config: Config, stages: dict | None = None) -> web.Application:
     app.router.add_get("/v1/realtime", realtime_ws)
     app.router.add_post("/v1/realtime/calls", webrtc.create_call)
     app.router.add_post("/v1/realtime/calls/{call_id}/hangup", webrtc.hangup)
+    app.router.add_post("/v1/realtime/client_secrets", client_secrets.create)
     app.router.add_get("/v1/telephony/twilio", telephony.twilio_ws)
     app.router.add_get("/v1/telephony/telnyx", telnyx.telnyx_ws)
     app.router.add_get("/v1/telephony/vonage", vonage.vonage_ws)
@@ -63,6 +74,7 @@ def create_app(config: Config, stages: dict | None = None) -> web.Application:
     app.router.add_get("/{name:[A-Za-z0-9_./-]+}", web_client)
     app.on_startup.append(_start_stages)
     audiosocket.install(app)
+    agent_check.install(app)  # /admin/drain, /admin/resume; HAProxy's agent-check if server.agent_port
     app.on_shutdown.append(_end_sessions)
     app.on_cleanup.append(_close_stages)
     return app
@@ -143,6 +155,8 @@ async def metrics(request: web.Request) -> web.Response:
         "scheduler": {"lanes": server.scheduler.snapshot(), "load": server.admission.snapshot()},
         "turns": {"recent": len(turns), "speculative": sum(t.speculative for t in turns),
                   "median_ms": medians},
+        # what a leak would grow (the soak watches them): tasks left behind, sockets and files left open
+        "process": {"asyncio_tasks": len(asyncio.all_tasks()), "open_fds": psutil.Process().num_fds()},
     })
 
 

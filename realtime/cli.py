@@ -1,4 +1,4 @@
-"""step-realtime: serve | chat | tts | models | check-config | bench.
+"""step-realtime: serve | chat | tts | models | check-config | bench | eval | model-tier.
 
 Config problems print one line (file, option, why) and exit 2, without a traceback.
 """
@@ -26,10 +26,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port (0: any free port)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    cluster = serve.add_argument_group("many workers on this box (realtime/cluster/, docs/deploy.md)")
+    cluster.add_argument("--workers", type=int, default=0, metavar="N",
+                         help="run N worker processes, each a whole server on port worker-port + i")
+    cluster.add_argument("--haproxy", action="store_true",
+                         help="with --workers: HAProxy on --port/server.port as their entry (agent-check load)")
+    cluster.add_argument("--worker-port", type=int, help="first worker's port (default: server.port + 1)")
+    cluster.add_argument("--agent-port", type=int, help="first worker's agent-check port (default: worker-port + 1000)")
+    cluster.add_argument("--print-haproxy-config", action="store_true",
+                         help="with --workers: print the entry's HAProxy config and exit")
     models = sub.add_parser("models", help="assemble the embedded models into the cache directory")
     models.add_argument("--config", default=DEFAULT_CONFIG)
     sub.add_parser("bench", help="measure voice-to-voice latency at the caller (see: step-realtime bench --help)")
     sub.add_parser("eval", help="typed turns checked for tool calls and answers (see: step-realtime eval --help)")
+    sub.add_parser("model-tier", help="deploy the remote ASR/TTS on Ray Serve (see: step-realtime model-tier --help)")
     check = sub.add_parser("check-config", help="validate a config file (and, with --build, build its stages)")
     check.add_argument("--config", default=DEFAULT_CONFIG)
     check.add_argument("--build", action="store_true", help="also build every stage (loads the models)")
@@ -91,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         from realtime.eval import main as eval_main
 
         return eval_main(argv[1:])
+    if argv[:1] == ["model-tier"]:  # the remote stages on Ray Serve (model_tier/cli.py; needs the ray extra)
+        from model_tier.cli import main as tier_main
+
+        return tier_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         cfg = _load(args)
@@ -100,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             return _models(cfg)
         if args.command in ("chat", "tts"):
             return _offline(cfg, args)
+        if args.workers or args.haproxy or args.print_haproxy_config:
+            return _cluster(cfg, args)
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         _run(_serve(cfg))
         return 0
@@ -126,6 +142,36 @@ def _check(cfg: Config, args: argparse.Namespace) -> int:
         print("stages: " + ", ".join(f"{k}={type(v).__name__}" for k, v in stages.items()))
     impls = ", ".join(f"{kind}={getattr(cfg, kind).impl}" for kind in REGISTRY)
     print(f"{args.config}: ok ({impls}; {cfg.server.host}:{cfg.server.port})")
+    if cfg.server.auth.enabled:  # keys may come from the environment at serve time
+        from realtime.auth import Authenticator
+        try:
+            Authenticator(cfg)
+        except ConfigError as exc:
+            print(f"note: {exc}")
+    return 0
+
+
+def _cluster(cfg: Config, args: argparse.Namespace) -> int:
+    """serve --workers N [--haproxy]: realtime/cluster/ (the parent supervises; workers serve)."""
+    if args.workers < 1:
+        raise ConfigError("--haproxy and --print-haproxy-config need --workers N (N >= 1)")
+    from pathlib import Path
+
+    from realtime import cluster
+
+    if args.print_haproxy_config:
+        entry, ports, agents = cluster.plan_ports(cfg, args.workers, args.worker_port, args.agent_port)
+        specs = [cluster.WorkerSpec(f"w{i}", cfg.server.host, ports[i], agents[i], args.config)
+                 for i in range(args.workers)]
+        print(cluster.haproxy_config(cfg, entry, specs, Path("/run/haproxy/step-realtime.sock")), end="")
+        return 0
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        _run(cluster.run_cluster(cfg, args.config, args.overrides, args.workers, with_haproxy=args.haproxy,
+                                 worker_port=args.worker_port, agent_port=args.agent_port,
+                                 log_level=args.log_level))
+    except (RuntimeError, OSError) as exc:  # a worker or HAProxy would not start (HAProxyError too)
+        raise StartupError(str(exc)) from None
     return 0
 
 
@@ -174,6 +220,9 @@ def _run(coro):
 
 async def _serve(cfg: Config) -> None:
     from aiohttp import web
+
+    from core.memory import bound_malloc_arenas
+    bound_malloc_arenas()  # before the model threads start (core/memory.py)
 
     from realtime.app import create_app
 

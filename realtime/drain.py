@@ -27,6 +27,7 @@ async def drain(server: ServerContext, grace_s: float, hurry: asyncio.Event | No
                 flush_s: float = 2.0) -> None:
     """Returns when every session has ended, or after `grace_s` (or once `hurry` is set) with the
     remaining sessions told they are ending (their events given `flush_s` to leave)."""
+    server.exiting = True  # this drain ends in exit: POST /admin/resume may not undo it
     start_draining(server)
     hurry = hurry or asyncio.Event()
     loop = asyncio.get_running_loop()

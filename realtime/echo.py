@@ -24,6 +24,8 @@ import numpy as np
 import soxr
 from pywebrtc_audio import AudioProcessor
 
+from realtime.echo_presence import EchoPresence
+
 SNAP_S = 0.01  # a piece starting this close to where the last one ended continues it
 RESYNC_S = 0.2  # inbound audio this far off its arrival time (a stall, a burst) is re-paired from it
 KEEP_S = 2.0  # reference kept behind the clock when no inbound audio consumes it
@@ -104,6 +106,7 @@ class EchoCanceller:
         self._pending = np.zeros(0, dtype=np.int16)  # inbound audio short of a whole block
         self._cursor: int | None = None  # reference index paired with the next inbound sample
         self._dither = np.random.default_rng(0)
+        self.presence = EchoPresence(self.rate)  # an echo-free line skips AEC3 (realtime/echo_presence.py)
 
     def played(self, pcm: np.ndarray, rate: int, start_s: float) -> None:
         """Output audio at `rate` that starts playing at the caller at `start_s` on the clock."""
@@ -135,7 +138,10 @@ class EchoCanceller:
         self._pending = buf[n:].copy()
         if not n:
             return buf[:0]
-        return self._apm.process(self._dithered(buf[:n]), self._dithered(far))
+        near = buf[:n]
+        cleaned = self._apm.process(self._dithered(near), self._dithered(far))  # adapting all along
+        self.presence.observe(near, far)
+        return near.copy() if self.presence.raw_input else cleaned
 
     def _dithered(self, pcm: np.ndarray) -> np.ndarray:
         """±1 LSB of noise: on digital silence (no reply playing, a muted caller) AEC3 runs 10-15×

@@ -235,8 +235,10 @@ async def run_eval(config_path: str, eval_paths: list[str], timeout: float, spok
     from realtime.app import create_app
 
     specs = [load_eval(path) for path in eval_paths]
-    # Only the eval files' tools: the config's server-side tools would answer calls themselves.
-    config = load_config(config_path, {"server.port": 0, "tools": [], **(overrides or {})})
+    # A loopback server only this process talks to: auth off. Only the eval files' tools: the
+    # config's server-side tools would answer calls themselves.
+    config = load_config(config_path, {"server.port": 0, "tools": [], "server.auth.enabled": False,
+                                       **(overrides or {})})
     app = create_app(config)
     runner = web.AppRunner(app)
     await runner.setup()

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from controller.failures import describe_failure
 from controller.metrics import SpeculationStats
 from controller.ports import AudioOutput
 from controller.states import State
+from core import memory
 from core.load import LoadMonitor
 from core.scheduler import Scheduler
 from realtime import protocol as p
@@ -34,6 +35,7 @@ from realtime.audio import AudioFormatError, PcmInput, input_for
 from realtime.config import Config
 from realtime.echo import EchoCanceller, aec_rate
 from realtime.events_out import EventRenderer
+from realtime.limits import Lifetime, bound_input, forget_oldest_items
 from realtime.output_buffer import OutputBufferEvents
 from realtime.outputs import WebSocketAudioOutput
 from realtime.tool_protocol import create_function_item
@@ -76,7 +78,14 @@ class RealtimeSession:
         self.reservation = reservation  # its place under admission, given back at close()
         self.transport = transport
         self.closed = False
+        # Bounded by server.limits.max_outbound_events (send()); a transport that reads it slowly
+        # gets an error and is closed rather than holding the server's memory.
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
+        self.limits = cfg.server.limits
+        self.overflowed = False
+        self.uncommitted_s = 0.0  # appended audio not committed yet, with turn detection off
+        # The transport's way to end its connection from our side (limits, overflow); set by it.
+        self.closer: Callable[[str], Awaitable[None]] | None = None
         self.controller_config = cfg.controller.model_copy()  # session.update may change it
         if transport == "websocket":
             # A Realtime WebSocket client plays the audio itself: by the protocol it stops at
@@ -106,6 +115,8 @@ class RealtimeSession:
         server.sessions.add(self)
         server.metrics.sessions_started.labels(transport).inc()
         self.send({"type": "session.created", "session": self.settings.render()})
+        self.lifetime = Lifetime(self.limits.idle_timeout_s, self.limits.max_session_s, self.limits.expiry_warning_s,
+                                 self._warn_expiry, self.end)
 
     @property
     def id(self) -> str:
@@ -114,12 +125,54 @@ class RealtimeSession:
     # -- out -----------------------------------------------------------------------------------
 
     def send(self, event: dict[str, Any]) -> None:
-        if not self.closed:
-            if event.get("type") == "error":
-                self.server.metrics.count_error(event.get("error", {}).get("code"))
-            self.outbox.put_nowait(json.dumps({"event_id": p.new_id("event"), **event}))
+        if self.closed or self.overflowed:
+            return
+        if self.outbox.qsize() >= self.limits.max_outbound_events:
+            self._overflow()
+            return
+        if event.get("type") == "error":
+            self.server.metrics.count_error(event.get("error", {}).get("code"))
+        self.outbox.put_nowait(json.dumps({"event_id": p.new_id("event"), **event}))
+
+    def _overflow(self) -> None:
+        """The client does not read its events: one error past the bound, then the session ends."""
+        self.overflowed = True
+        log.warning("session %s: %d events unread; ending it", self.id, self.outbox.qsize())
+        message = (f"{self.limits.max_outbound_events} server events are waiting to be read; the session ends "
+                   "(server.limits.max_outbound_events)")
+        self.server.metrics.count_error("outbound_queue_full")
+        self.outbox.put_nowait(json.dumps({"event_id": p.new_id("event"), **p.error_event(
+            "server_error", "outbound_queue_full", message)}))
+        asyncio.get_running_loop().create_task(self._close_transport(message))
+
+    def _warn_expiry(self, reason: str, seconds_left: float) -> None:
+        """Before an idle timeout or the maximum duration: time to wrap up, or to reconnect."""
+        self.send({"type": "step.session_expiring", "reason": reason, "expires_in_s": seconds_left})
+
+    async def end(self, reason: str, message: str, flush_s: float = 2.0) -> None:
+        """End the session from the server's side, with an event saying why, then close its
+        connection (the transport's closer)."""
+        if self.closed:
+            return
+        log.info("session %s: ending (%s)", self.id, reason)
+        self.send({"type": "step.session_ending", "reason": reason})
+        code = "session_expired" if reason == "max_duration" else reason
+        self.send(p.error_event("invalid_request_error", code, message))
+        loop = asyncio.get_running_loop()
+        until = loop.time() + flush_s
+        while not self.outbox.empty() and loop.time() < until and not self.closed:
+            await asyncio.sleep(0.02)
+        await self._close_transport(message)
+
+    async def _close_transport(self, message: str) -> None:
+        try:
+            if self.closer is not None:
+                await self.closer(message)
+        finally:
+            await self.close()
 
     def _on_controller_event(self, event: object) -> None:
+        self.lifetime.touch()
         self.server.metrics.observe(event)
         if isinstance(event, ev.TurnMetrics):
             self.server.recent_turns.append(event)
@@ -130,6 +183,8 @@ class RealtimeSession:
             self.send(out)
         if isinstance(event, ev.ResponseDone) and self.output_events is not None:
             self.output_events.response_done(event.response_id)
+        if len(self.context.turns) > self.limits.max_conversation_items:
+            forget_oldest_items(self)
 
     # -- in ------------------------------------------------------------------------------------
 
@@ -159,6 +214,8 @@ class RealtimeSession:
         event = None
         try:
             event = p.parse_client_event(raw, self.server.config.server.max_event_bytes)
+            if event.type != "input_audio_buffer.append":  # streamed silence is not activity
+                self.lifetime.touch()
             await self._dispatch(event)
         except p.ProtocolError as exc:
             if exc.event_id is None and event is not None:
@@ -177,6 +234,7 @@ class RealtimeSession:
                     frames = self.input.append(event.audio)
                 except AudioFormatError as exc:
                     raise p.ProtocolError("invalid_audio", str(exc), "audio", event.event_id) from None
+                bound_input(self, frames, event.event_id)
                 self.push_frames(frames)
             case p.SessionUpdate():
                 self._update_session(event)
@@ -219,6 +277,9 @@ class RealtimeSession:
 
     def _create_item(self, event: p.ConversationItemCreate) -> None:
         item = event.item
+        if len(self.context.turns) >= self.limits.max_conversation_items:
+            raise p.ProtocolError("conversation_full", f"the conversation holds {len(self.context.turns)} items, the "
+                                  "most a session keeps (server.limits.max_conversation_items); delete some first")
         if item.id and self.context.find(item.id) is not None:
             raise p.ProtocolError("item_already_exists", f"an item {item.id!r} already exists", "item.id")
         try:
@@ -311,6 +372,7 @@ class RealtimeSession:
         if self.closed:
             return
         self.closed = True
+        self.lifetime.cancel()
         self.server.sessions.discard(self)
         if self.reservation is not None:
             self.reservation.release()
@@ -318,3 +380,5 @@ class RealtimeSession:
             await self.controller.close()
         finally:
             self.output.clear()
+            # what the call's turns freed goes back to the OS (core/memory.py); off the loop
+            asyncio.get_running_loop().run_in_executor(None, memory.trim)

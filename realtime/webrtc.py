@@ -21,7 +21,8 @@ from aiortc.mediastreams import MediaStreamError
 
 from realtime.audio import WebRtcInput
 from realtime.outputs import WebRTCAudioOutput
-from realtime.protocol import new_id
+from realtime.auth import grant
+from realtime.protocol import error_event, new_id
 from realtime.session import RealtimeSession, ServerContext
 from realtime.admission import Refused, busy
 from realtime.ws import SERVER_KEY
@@ -161,7 +162,10 @@ class WebRtcCall:
         self.calls = calls
         self.track_out = WebRTCAudioOutput()
         self.session = RealtimeSession(server, "webrtc", lambda s: self.track_out, reservation)
-        self.inbox: asyncio.Queue[str | bytes] = asyncio.Queue()
+        self.session.closer = lambda message: self.close()
+        self.inbox: asyncio.Queue[str | bytes] = asyncio.Queue()  # bounded in _receive
+        self.max_inbox = server.config.server.limits.max_inbound_events
+        self.channel_open = False
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
         pc.on("datachannel", self._on_datachannel)
@@ -187,8 +191,26 @@ class WebRtcCall:
         if channel.label != "oai-events":
             log.info("call %s: ignoring data channel %r", self.id, channel.label)
             return
-        channel.on("message", self.inbox.put_nowait)
+        channel.on("message", self._receive)
+        self.channel_open = True
         self._spawn(self._send_events(channel), "send")
+
+    def _receive(self, message: str | bytes) -> None:
+        if self.inbox.qsize() >= self.max_inbox:  # handled one at a time: a flood waits no further
+            self.session.send(error_event("invalid_request_error", "too_many_events",
+                                          f"{self.max_inbox} events are waiting to be handled; this one was "
+                                          "dropped (server.limits.max_inbound_events)"))
+            return
+        self.inbox.put_nowait(message)
+
+    async def watch_connect(self, timeout_s: float) -> None:
+        """A call whose peer never connects, or never opens its oai-events channel, is closed after
+        `timeout_s`: its session would otherwise hold a place and memory for good."""
+        await asyncio.sleep(timeout_s)
+        if self.pc.connectionState != "connected" or not self.channel_open:
+            log.info("call %s: not connected after %g s (peer %s, data channel %s); closing", self.id, timeout_s,
+                     self.pc.connectionState, "open" if self.channel_open else "never opened")
+            await self.close()
 
     def _on_track(self, track) -> None:
         if track.kind == "audio":
@@ -260,13 +282,15 @@ async def create_call(request: web.Request) -> web.Response:
     try:
         lean_receive_buffer(pc)
         call.attach_output()
-        if session_config is not None:
-            await call.session.handle_text(json.dumps({"type": "session.update", "session": session_config}))
+        for config in (grant(request).session, session_config):  # the client secret's, then the offer's
+            if config is not None:
+                await call.session.handle_text(json.dumps({"type": "session.update", "session": config}))
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:
         log.info("cannot answer an offer: %r", exc)
         await call.close()
         return _bad(400, "cannot answer this offer: it lacks a usable audio m-line (Opus, ICE and DTLS parameters)")
+    call._spawn(call.watch_connect(server.config.server.limits.webrtc_connect_timeout_s), "connect-watch")
     log.info("call %s: session %s from %s", call.id, call.session.id, request.remote)
     return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
                         headers={"Location": f"/v1/realtime/calls/{call.id}"})

@@ -6,12 +6,14 @@ a sender task so a slow client never blocks the controller.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import weakref
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from realtime.admission import serve_admitted
+from realtime.auth import grant
 from realtime.outputs import WebSocketAudioOutput
 from realtime.protocol import error_event
 from realtime.session import RealtimeSession, ServerContext
@@ -41,8 +43,11 @@ async def _serve(request: web.Request, server, reservation) -> web.WebSocketResp
     request.app[SOCKETS_KEY].add(ws)
     session = RealtimeSession(server, "websocket", lambda s: WebSocketAudioOutput(s.send, clock=server.clock),
                               reservation)
+    session.closer = lambda message: ws.close(code=WSCloseCode.GOING_AWAY, message=message.encode()[:120])
     if request.query.get("model"):
         session.settings.model = request.query["model"]
+    if grant(request).session:  # the client secret's session config
+        await session.handle_text(json.dumps({"type": "session.update", "session": grant(request).session}))
     log.info("session %s: websocket from %s", session.id, request.remote)
     sender = asyncio.create_task(_send_loop(session, ws), name=f"step-ws-send-{session.id}")
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import shutil
 import socket
@@ -89,13 +90,18 @@ def silence(seconds: float, rate: int = RATE) -> np.ndarray:
 # ---- the server ----
 
 @contextmanager
-def run_server(config: str, ready_timeout_s: float = 120.0, log_path: Path | None = None):
-    """`realtime.cli serve` on a free loopback port; yields its base URL."""
+def run_server(config: str, ready_timeout_s: float = 120.0, log_path: Path | None = None,
+               api_key: str | None = None):
+    """`realtime.cli serve` on a free loopback port; yields its base URL. With `api_key`: auth on,
+    the key given in $STEP_REALTIME_API_KEYS."""
     port = free_port()
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    args, env = [], dict(os.environ)
+    if api_key is not None:
+        args, env["STEP_REALTIME_API_KEYS"] = ["--set", "server.auth.enabled=true"], api_key
     proc = subprocess.Popen(
-        [sys.executable, "-m", "realtime.cli", "serve", "--config", config, "--port", str(port)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        [sys.executable, "-m", "realtime.cli", "serve", "--config", config, "--port", str(port), *args],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout_s

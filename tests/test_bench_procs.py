@@ -247,6 +247,22 @@ def test_sustained_windows_latency_refusals_sessions_cpu_and_memory():
     assert o["gaps_over_100ms"] == 1
 
 
+def test_sustained_watches_each_process_tasks_and_fds_after_warm_up():
+    t0 = 0.0
+    # the server grows 10 % from the second window on, its LLM child stays flat; tasks and fds flat
+    server = [{"t": t0 + m * 60 + 30, "cpu_percent": 10.0, "rss_mib": 0.0,
+               "rss_server_mib": [900.0, 400.0, 420.0, 440.0][m], "rss_children_mib": 300.0} for m in range(4)]
+    metrics = [{"t": t0 + m * 60 + 30, "process": {"asyncio_tasks": [50, 30, 31, 30][m], "open_fds": 40}}
+               for m in range(4)]
+    rep = sustained.report([], [], server, metrics, t0, t0 + 240, window_s=60)
+    assert [w["rss_server_max_mib"] for w in rep["windows"]] == [900.0, 400.0, 420.0, 440.0]
+    grown = rep["overall"]["after_warm_up"]
+    assert grown["rss_server_max_mib"] == {"first": 400.0, "last": 440.0, "growth_percent": 10.0}
+    assert grown["rss_children_max_mib"]["growth_percent"] == 0.0
+    assert grown["asyncio_tasks_max"] == {"first": 30, "last": 30, "growth_percent": 0.0}
+    assert grown["open_fds_max"]["growth_percent"] == 0.0
+
+
 def test_sustained_report_in_the_summary(tmp_path):
     t0 = 0.0
     rep = sustained.report([_turn(10.0, 900.0)], [{"t_start": 0.0, "t_end": 20.0, "outcome": "ok"}],

@@ -29,6 +29,7 @@ pytestmark = [
 
 REPLY_AUDIO_RMS = 0.02  # the fake TTS tone is ≈0.065 RMS, real speech more; silence is ≈0
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BROWSER_KEY = "sk-browser-test-0123456789"
 
 
 def _nonempty(values: list[str]) -> list[str]:
@@ -47,8 +48,9 @@ def _converse(config: str, wav: Path, tmp_path: Path, server_ready_s: float, rep
     (its collected lines stay readable) after taking a screenshot mid-conversation."""
     server_log = tmp_path / "server.log"
     keep_shot = os.environ.get("STEP_WEB_CLIENT_SCREENSHOT")
-    with run_server(config, ready_timeout_s=server_ready_s, log_path=server_log) as url:
-        with Chromium(f"{url}/?autostart=1", wav, tmp_path, executable=CHROMIUM) as browser:
+    # Auth on: the page exchanges the key for a client secret and calls with that (web_client/app.js).
+    with run_server(config, ready_timeout_s=server_ready_s, log_path=server_log, api_key=BROWSER_KEY) as url:
+        with Chromium(f"{url}/?autostart=1#key={BROWSER_KEY}", wav, tmp_path, executable=CHROMIUM) as browser:
             if not browser.wait_for(_reply_heard, reply_s):
                 pytest.fail(f"no complete spoken reply within {reply_s} s\n{browser.report()}\n"
                             f"server log tail:\n{server_log.read_text(errors='replace')[-3000:]}")

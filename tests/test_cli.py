@@ -55,7 +55,7 @@ def test_missing_config_file(capsys) -> None:
 def test_bad_stage_option_fails_serve_with_exit_2(tmp_path: Path) -> None:
     """Stage options are checked by the stage's own builder when the server starts."""
     path = tmp_path / "bad.yaml"
-    path.write_text("vad: {impl: energy, threshold_dbfs: loud}\ntokenizer: {impl: fake}\n"
+    path.write_text("server: {auth: {enabled: false}}\nvad: {impl: energy, threshold_dbfs: loud}\ntokenizer: {impl: fake}\n"
                     "llm: {impl: fake}\ndecoder: {impl: fake}\n")
     proc = subprocess.run([sys.executable, "-m", "realtime.cli", "serve", "--config", str(path), "--port", "0"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)

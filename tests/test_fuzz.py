@@ -237,7 +237,8 @@ def test_fuzz_sdp_offers() -> None:
 
 class _Stack:
     async def open(self) -> "_Stack":
-        self._cm = running_server()
+        # Thousands of offers from one address: the per-IP session rate (tests/test_limits.py) off.
+        self._cm = running_server(fake_config(**{"server.limits.sessions_per_ip_per_minute": 0}))
         self.server = await self._cm.__aenter__()
         # force_close: no idle keep-alive connection left over when the server closes
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))

@@ -25,6 +25,7 @@ class SSEServer:
     delay_s: float = 0.02
     status: int = 200
     bodies: list[dict] = field(default_factory=list)
+    sessions: list[str | None] = field(default_factory=list)  # the X-Session-Id header of each request
     sent: int = 0
     finished: bool = False
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -32,6 +33,7 @@ class SSEServer:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.bodies.append(await request.json())
+        self.sessions.append(request.headers.get("X-Session-Id"))
         if self.status != 200:
             return web.json_response({"error": {"message": "model exploded", "type": "server_error"}},
                                      status=self.status)
@@ -87,6 +89,21 @@ async def test_streams_content_deltas_and_sends_options(sse: SSEServer):
     assert body["stream"] is True and body["model"] == "tiny" and body["max_tokens"] == 7
     assert body["temperature"] == 0.1
     assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+
+
+async def test_affinity_header_carries_the_session_to_a_hashing_balancer(sse: SSEServer):
+    from core.scheduler import Ticket, working_for
+
+    sse.words = ["Hi"]
+    client = OpenAIChatClient(Options(base_url=sse.base_url, affinity_header="X-Session-Id"))
+    for session in ("sess_a", "sess_b"):
+        with working_for(Ticket(session)):
+            assert [p async for p in client.stream(MESSAGES)] == ["Hi"]
+    plain = OpenAIChatClient(Options(base_url=sse.base_url))
+    assert [p async for p in plain.stream(MESSAGES)] == ["Hi"]
+    await client.close()
+    await plain.close()
+    assert sse.sessions == ["sess_a", "sess_b", None]
 
 
 async def test_aclose_closes_the_http_stream(sse: SSEServer):

@@ -72,7 +72,7 @@ async def test_sdk_with_the_embedded_models() -> None:
 
     speech = spoken_sentence("What is the capital of France?", 24_000)
     pcm = (np.concatenate([np.zeros(4800), speech, np.zeros(36_000)]) * 32767).astype("<i2")
-    async with running_server(load_config(REPO / "configs" / "default.yaml", {"server.port": 0})) as server:
+    async with running_server(load_config(REPO / "configs" / "default.yaml", {"server.port": 0, "server.auth.enabled": False})) as server:
         async with AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="sk-test") as client:
             async with client.realtime.connect(model="step-realtime") as conn:
                 seen: list = []

@@ -247,3 +247,30 @@ async def test_a_first_clause_cut_mid_sentence_runs_on_without_a_sentence_pause(
         assert _trailing_silence_ms(first_clause, 22050) <= 45  # ...which the reply cuts to 40 ms
     finally:
         dec.pool.shutdown(wait=True)
+
+
+async def test_a_long_sentence_leaves_no_memory_arena_behind(decoder):
+    """onnxruntime's arena kept the high-water mark of the longest sentence (+320 MiB after one of
+    80 words, for good); the voice's session gives it back after each run (ShrinkingSession)."""
+    import psutil
+
+    def rss() -> int:
+        return psutil.Process().memory_info().rss
+
+    def say(text: str) -> int:
+        return sum(len(c.audio_int16_array) for c in decoder.voice.synthesize(text, decoder.syn_config))
+
+    await decoder._run(say, "Ready.")
+    before = rss()
+    samples = await decoder._run(say, " ".join(["hello there my friend"] * 20) + ".")
+    assert samples > 10 * decoder.sample_rate  # it did speak all 80 words
+    assert rss() - before < 150 * 2**20, f"grew {(rss() - before) / 2**20:.0f} MiB"
+
+
+def test_malloc_arenas_are_bounded_and_trim_works():
+    from core import memory
+
+    assert memory.bound_malloc_arenas() is True  # glibc (Debian): mallopt accepted
+    blocks = [bytearray(1 << 20) for _ in range(64)]
+    del blocks
+    assert memory.trim() in (True, False)  # returns whether memory went back; must not raise

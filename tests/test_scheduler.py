@@ -203,3 +203,39 @@ async def test_dropping_a_ticket_purges_all_its_queued_jobs_even_after_one_start
     gate.set()
     await first
     assert lane.dropped == 1 and lane.jobs == 1
+
+
+async def test_an_async_batch_is_cancelled_when_its_last_waiter_leaves():
+    """A remote call (async batch_fn) that nobody waits for any more is cancelled (which cancels
+    the remote request); while one of two waiters is left it runs on for that one."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+    release = asyncio.Event()
+
+    async def remote(items):
+        started.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return [f"done {item}" for item in items]
+
+    lane = Lane("asr", 2, batch_fn=remote, serial=False)
+    first, second = Ticket("a"), Ticket("a", Kind.SPECULATIVE)
+    job = lane.enqueue("x", first)
+    job.add(second)
+    waiter1 = asyncio.create_task(lane.result(job, first))
+    waiter2 = asyncio.create_task(lane.result(job, second))
+    await asyncio.wait_for(started.wait(), 5)
+    waiter2.cancel()
+    await asyncio.gather(waiter2, return_exceptions=True)
+    await asyncio.sleep(0.05)
+    assert not cancelled.is_set() and lane.running == 1  # the other waiter still wants it
+    waiter1.cancel()
+    await asyncio.gather(waiter1, return_exceptions=True)
+    await asyncio.wait_for(cancelled.wait(), 5)
+    await asyncio.sleep(0)
+    assert lane.running == 0  # the place is free again
+    # and the lane still works
+    release.set()
+    assert await asyncio.wait_for(lane.submit("y", Ticket("b")), 5) == "done y"

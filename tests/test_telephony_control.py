@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.carriers_util import asterisk_call, telnyx_call
+from tests.carriers_util import VONAGE_CONNECTED, asterisk_call, telnyx_call, vonage_call
 from tests.realtime_util import fake_config, running_server, server_context, wait_until
 from tests.telephony_util import twilio_call, utterance_8k
 
@@ -122,6 +122,73 @@ async def test_telnyx_call_control(carrier_api) -> None:
             assert status == 200
             await call.wait(lambda: call.closed_with is not None, "the close")
         assert carrier_api.requests[-1]["path"] == "/v2/calls/v3:call-1/actions/hangup"
+
+
+@pytest.fixture
+def vonage_key(tmp_path):
+    """A Vonage application's RSA key pair: the server signs with the private half."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path / "vonage.key"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path, key.public_key()
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+async def test_vonage_transfers_and_hangs_up_with_a_signed_call_update(carrier_api, vonage_key, mode) -> None:
+    import json
+
+    import jwt
+    key_file, public_key = vonage_key
+    cfg = config(carrier_api)
+    cfg.server.carriers = type(cfg.server.carriers).model_validate({
+        **cfg.server.carriers.model_dump(),
+        "vonage": {"application_id": "app-1", "private_key_file": str(key_file), "api_base": carrier_api.url}})
+    async with running_server(cfg) as server:
+        async with vonage_call(server, start=False) as call:
+            await call.send({**VONAGE_CONNECTED, "uuid": "call-uuid-1"})
+            await wait_until(lambda: server_context(server).sessions, what="the session")
+            status, _ = await post(server, f"/v1/telephony/calls/{session_id(server)}/transfer",
+                                   {"to": "+15551234567", "mode": mode, "summary": "Ada, about her invoice"})
+            assert status == 200
+            await call.wait(lambda: call.closed_with is not None, "the close")
+        [req] = carrier_api.requests
+        assert req["method"] == "PUT" and req["path"] == "/v1/calls/call-uuid-1"
+        claims = jwt.decode(req["auth"].removeprefix("Bearer "), public_key, algorithms=["RS256"])
+        assert claims["application_id"] == "app-1" and claims["exp"] > claims["iat"]
+        body = json.loads(req["body"])
+        assert body["action"] == "transfer" and body["destination"]["type"] == "ncco"
+        [connect] = body["destination"]["ncco"]
+        [endpoint] = connect["endpoint"]
+        assert connect["action"] == "connect" and endpoint["type"] == "phone" and endpoint["number"] == "15551234567"
+        if mode == "warm":
+            whisper = endpoint["onAnswer"]["url"]
+            assert whisper.startswith("https://agent.example/v1/telephony/vonage/whisper?")
+            async with aiohttp.ClientSession() as http:
+                async with http.get(server.make_url(whisper.removeprefix("https://agent.example"))) as resp:
+                    assert await resp.json() == [{"action": "talk", "text": "Ada, about her invoice"}]
+        else:
+            assert "onAnswer" not in endpoint
+        async with vonage_call(server, start=False) as call:
+            await call.send({**VONAGE_CONNECTED, "uuid": "call-uuid-2"})
+            await wait_until(lambda: server_context(server).sessions, what="the session")
+            status, _ = await post(server, f"/v1/telephony/calls/{session_id(server)}/hangup", {})
+            assert status == 200
+            await call.wait(lambda: call.closed_with is not None, "the close")
+        assert carrier_api.requests[-1]["path"] == "/v1/calls/call-uuid-2"
+        assert json.loads(carrier_api.requests[-1]["body"]) == {"action": "hangup"}
+
+
+def test_a_missing_vonage_key_file_is_a_config_error(carrier_api, tmp_path) -> None:
+    from core.config import ConfigError
+    from realtime.config import Config
+    cfg = config(carrier_api)
+    bad = {**cfg.model_dump(mode="json")}
+    bad["server"]["carriers"]["vonage"] = {"application_id": "a", "private_key_file": str(tmp_path / "none.key")}
+    with pytest.raises((ConfigError, ValueError), match="none.key: no such file"):
+        Config.model_validate(bad)
 
 
 async def test_audiosocket_hangup_and_bad_requests(carrier_api) -> None:

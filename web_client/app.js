@@ -292,14 +292,41 @@ async function start() {
 
   await c.pc.setLocalDescription(await c.pc.createOffer());
   await iceGatheringDone(c.pc, 3000);
-  const resp = await fetch("v1/realtime/calls", {
-    method: "POST", headers: {"Content-Type": "application/sdp"}, body: c.pc.localDescription.sdp,
-  });
+  const headers = {"Content-Type": "application/sdp"};
+  const secret = await clientSecret();
+  if (secret) headers.Authorization = `Bearer ${secret}`;
+  const resp = await fetch("v1/realtime/calls", {method: "POST", headers, body: c.pc.localDescription.sdp});
   const body = await resp.text();
+  if (resp.status === 401) {
+    sessionStorage.removeItem("step-realtime-secret"); // expired or wrong: not tried again
+    throw new Error("this server asks for a key: open the page as …/#key=YOUR_API_KEY, or with " +
+                    "#client_secret=ek_… from your backend (docs/operations.md#authentication)");
+  }
   if (!resp.ok) throw new Error(`POST v1/realtime/calls: ${resp.status} ${body}`);
   if (call !== c) return; // stopped while waiting
   await c.pc.setRemoteDescription({type: "answer", sdp: body});
   startLevels(c);
+}
+
+// With auth on, the call is made with a short-lived client secret (ek_…), never the API key:
+// #client_secret=ek_… is one your backend minted; #key=… is an API key (trusted operators), kept in
+// this tab's sessionStorage and exchanged for a fresh secret at each Start. The fragment is removed
+// from the address bar once read (it never reaches the server's logs: fragments are not sent).
+async function clientSecret() {
+  const given = new URLSearchParams(location.hash.slice(1));
+  if (given.get("key")) sessionStorage.setItem("step-realtime-key", given.get("key"));
+  if (given.get("client_secret")) sessionStorage.setItem("step-realtime-secret", given.get("client_secret"));
+  if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+  const secret = sessionStorage.getItem("step-realtime-secret");
+  if (secret) return secret;
+  const key = sessionStorage.getItem("step-realtime-key");
+  if (!key) return null; // auth off (make run), or the call is refused with 401 and says how
+  const resp = await fetch("v1/realtime/client_secrets", {
+    method: "POST", headers: {"Authorization": `Bearer ${key}`, "Content-Type": "application/json"},
+    body: JSON.stringify({expires_after: {anchor: "created_at", seconds: 60}}),
+  });
+  if (!resp.ok) throw new Error(`POST v1/realtime/client_secrets: ${resp.status} ${await resp.text()}`);
+  return (await resp.json()).value;
 }
 
 function stop() {

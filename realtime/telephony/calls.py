@@ -59,6 +59,7 @@ class PhoneCall:
         tools = CallTools(self, server.tool_runner) if carriers is not None and carriers.model_tools else None
         self.session = RealtimeSession(server, "telephony", lambda s: self.output, reservation, tools)
         self.session.set_input(source)
+        self.session.closer = self.end  # limits end a call from our side too
         self.call_id: str | None = None
         self.recorder: CallRecorder | None = None
         CALLS[self.session.id] = self  # for call control (control.py)

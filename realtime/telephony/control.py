@@ -7,22 +7,29 @@ methods on a call and as HTTP routes for whoever decides (an operator, a tool th
 
 Hanging up ends our side (AudioSocket: 0x00; WebSockets: close 1000 "hangup") and, where the
 carrier's REST API is configured (server.carriers), the call itself (Twilio: the call's Status set
-to completed; Telnyx: Call Control hangup). A transfer needs that API: Twilio's call update with new
-TwiML, `<Dial>` (cold) or `<Dial><Number url=whisper>` (warm: the target hears the summary first,
-then the caller is connected); Telnyx Call Control `transfer` (cold only). Elsewhere a transfer is
-answered 501 with what is missing.
+to completed; Telnyx: Call Control hangup; Vonage: a call update `hangup`). A transfer needs that
+API: Twilio's call update with new TwiML, `<Dial>` (cold) or `<Dial><Number url=whisper>` (warm: the
+target hears the summary first, then the caller is connected); Telnyx Call Control `transfer` (cold
+only); Vonage's call update `transfer` to an NCCO `connect` (warm: the endpoint's `onAnswer` NCCO,
+our whisper, plays to the target before the caller joins; the NCCO that opened our WebSocket must
+pass the call's `uuid` in its headers). AudioSocket carries no call control but hang-up: a transfer
+is Asterisk's dialplan's job after AudioSocket() returns. Elsewhere a transfer is answered 501 with
+what is missing.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import logging
+import time
+import uuid
 import weakref
 from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import escape, quoteattr
 
 import aiohttp
+import jwt
 from aiohttp import web
 
 from controller.states import State
@@ -52,9 +59,9 @@ class CarrierApi:
     def __init__(self, config) -> None:
         self.config = config
 
-    async def _post(self, url: str, *, headers=None, data=None, json=None) -> None:
+    async def _post(self, url: str, *, headers=None, data=None, json=None, method: str = "POST") -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-            async with http.post(url, headers=headers, data=data, json=json) as resp:
+            async with http.request(method, url, headers=headers, data=data, json=json) as resp:
                 if resp.status >= 300:
                     raise ControlError(f"the carrier answered {resp.status}: {(await resp.text())[:200]}", 502)
 
@@ -68,6 +75,26 @@ class CarrierApi:
         cfg = self.config.telnyx
         url = f"{cfg.api_base}/v2/calls/{quote(call_control_id, safe=':')}/actions/{action}"
         await self._post(url, headers={"Authorization": f"Bearer {cfg.api_key}"}, json=body or {})
+
+
+    async def vonage_update(self, call_uuid: str, body: dict) -> None:
+        """PUT /v1/calls/{uuid}, with a JWT the application's private key signs (Vonage's scheme)."""
+        cfg = self.config.vonage
+        now = int(time.time())
+        token = jwt.encode({"application_id": cfg.application_id, "iat": now, "exp": now + 300,
+                            "jti": str(uuid.uuid4())}, cfg.private_key_file.read_text(), algorithm="RS256")
+        await self._post(f"{cfg.api_base}/v1/calls/{quote(call_uuid, safe='')}", method="PUT",
+                         headers={"Authorization": f"Bearer {token}"}, json=body)
+
+
+def vonage_transfer(to: str, mode: str, summary: str, public_url: str | None) -> dict:
+    """The call update that connects the caller to `to`, a phone number or a sip: URI."""
+    endpoint = {"type": "sip", "uri": to} if to.startswith("sip:") else {"type": "phone", "number": to.lstrip("+")}
+    if mode == "warm":
+        if not public_url:
+            raise ControlError("a warm transfer needs server.carriers.public_url (the target fetches the whisper)")
+        endpoint["onAnswer"] = {"url": f"{public_url}/v1/telephony/vonage/whisper?text={quote(summary)}"}
+    return {"action": "transfer", "destination": {"type": "ncco", "ncco": [{"action": "connect", "endpoint": [endpoint]}]}}
 
 
 def transfer_twiml(to: str, mode: str, summary: str, public_url: str | None) -> str:
@@ -88,6 +115,8 @@ async def hang_up(call, after_reply: bool = True) -> None:
         await api.twilio_update(call.call_sid, Status="completed")
     elif kind == "TelnyxCall" and api.config is not None and api.config.telnyx and call.call_id:
         await api.telnyx_action(call.call_id, "hangup")
+    elif kind == "VonageCall" and api.config is not None and api.config.vonage and call.call_id:
+        await api.vonage_update(call.call_id, {"action": "hangup"})
     await call.end("hangup")
 
 
@@ -105,9 +134,13 @@ async def transfer(call, to: str, mode: str = "cold", summary: str = "") -> None
         await api.twilio_update(call.call_sid, Twiml=twiml)
     elif kind == "TelnyxCall" and cfg is not None and cfg.telnyx is not None and call.call_id and mode == "cold":
         await api.telnyx_action(call.call_id, "transfer", {"to": to})
+    elif kind == "VonageCall" and cfg is not None and cfg.vonage is not None and call.call_id:
+        body = vonage_transfer(to, mode, summary or "A caller is being transferred to you.", cfg.public_url)
+        await api.vonage_update(call.call_id, body)
     else:
         raise ControlError(f"{mode} transfer is not available for this call ({kind}: configure "
-                           f"server.carriers; Telnyx: cold only; Vonage and AudioSocket: not yet)", 501)
+                           f"server.carriers; Telnyx: cold only; Vonage: needs the call's uuid; "
+                           f"AudioSocket: Asterisk's dialplan transfers)", 501)
     await call.end("transferred")
 
 
@@ -151,7 +184,13 @@ async def whisper_route(request: web.Request) -> web.Response:
     return web.Response(text=f"<Response><Say>{escape(text)}</Say></Response>", content_type="text/xml")
 
 
+async def vonage_whisper_route(request: web.Request) -> web.Response:
+    """The NCCO a warm transfer's target hears before the caller joins."""
+    return web.json_response([{"action": "talk", "text": request.query.get("text", "")[:1000]}])
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/telephony/calls/{session_id}/hangup", hangup_route)
     app.router.add_post("/v1/telephony/calls/{session_id}/transfer", transfer_route)
     app.router.add_get("/v1/telephony/twilio/whisper", whisper_route)
+    app.router.add_get("/v1/telephony/vonage/whisper", vonage_whisper_route)
