@@ -24,8 +24,8 @@ def qwen_config():
     # tokenizer.language zh: Whisper base's language detection takes espeak-ng's robotic Mandarin
     # for Thai more often than not (a Mandarin line would be configured so too).
     return load_config(REPO / "configs" / "qwen.yaml", {
-        "server.port": 0, "tools": [], "llm.temperature": 0, "llm.max_tokens": 40, "controller.speculation": False,
-        "tokenizer.language": "zh"})
+        "server.port": 0, "server.auth.enabled": False, "tools": [], "llm.temperature": 0, "llm.max_tokens": 40,
+        "controller.speculation": False, "tokenizer.language": "zh"})
 
 
 async def test_a_mandarin_question_gets_a_mandarin_answer() -> None:

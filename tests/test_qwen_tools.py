@@ -65,7 +65,7 @@ async def test_a_server_tool_and_an_mcp_tool_in_spoken_turns() -> None:
     mcp = {"type": "mcp", "command": sys.executable, "allowed_tools": ["get_forecast"],
            "args": [str(REPO / "tests" / "fixtures" / "mcp_weather_server.py")]}
     config = load_config(REPO / "configs" / "qwen.yaml", {
-        "server.port": 0, "llm.temperature": 0, "controller.speculation": False,
+        "server.port": 0, "server.auth.enabled": False, "llm.temperature": 0, "controller.speculation": False,
         "tools": [{"type": "python", "function": "tests.tool_fixtures:get_weather", "timeout_s": 5}, mcp]})
     async with running_server(config) as server:
         statuses = []
