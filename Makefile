@@ -11,13 +11,14 @@ STAMPS  := .stamps
 TORCH   ?= torch==2.13.0
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: run run-cluster test test-fast bench bench-cluster fuzz soak setup models llama-server system-deps clean help
+.PHONY: run run-cluster test test-fast bench bench-cluster eval fuzz soak setup models llama-server system-deps clean help
 
 help:
 	@echo "make run    - set up and start the server ($(CONFIG))"
 	@echo "make run-cluster - WORKERS (2) worker processes behind HAProxy on the same port (docs/deploy.md)"
 	@echo "make test   - set up and run all tests"
 	@echo "make bench  - set up and run the latency benchmark"
+	@echo "make eval   - the conversation evals: the default and configs/qwen.yaml side by side (slow)"
 	@echo "make fuzz   - the fuzz tests at ten times their test-suite size (FUZZ_SCALE)"
 	@echo "make soak   - 30 min of 2 callers calling continuously against the embedded default"
 
@@ -41,6 +42,12 @@ test-fast: $(STAMPS)/venv $(STAMPS)/haproxy
 
 bench: setup
 	$(BIN)/python -m bench --config $(CONFIG)
+
+# Scripted conversations (evals/) against the embedded default and EVAL_CONFIG, side by side
+# (docs/evals.md); EVAL_ARGS=--spoken for spoken questions. Real models: minutes, not in `make test`.
+EVAL_CONFIG ?= configs/qwen.yaml
+eval: setup
+	$(BIN)/step-realtime eval evals/*.yaml --config $(EVAL_CONFIG) $(EVAL_ARGS) --markdown eval-results.md --json eval-results.json
 
 # The fuzz tests (tests/test_fuzz.py) with FUZZ_SCALE times the inputs of the test suite's run.
 FUZZ_SCALE ?= 10

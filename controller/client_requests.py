@@ -49,9 +49,10 @@ class ClientRequests:
         self.output.clear()
         heard_s = reply.heard_offset_s + self.output.played_seconds()
         heard = reply.heard_text(heard_s)
-        self.context.add_assistant(heard, heard_s, reply.item_id)
+        if reply.has_message:
+            self.context.add_assistant(heard, heard_s, reply.item_id)
         self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, "client_cancelled",
-                               calls=self._finished_calls(reply, completed=False)))
+                               calls=self._finished_calls(reply, completed=False), message=reply.has_message))
         await reply.cancel()
         self.signal(Signal.REPLY_DONE, "response.cancel")
         return True

@@ -379,9 +379,11 @@ class Controller(ClientRequests, TurnTaking, ToolCalls):
         status = "failed" if reply.error else "completed"
         if reply.error:
             self.emit(ErrorEvent("reply_failed", describe_failure("the reply failed", reply.error)))
-        self.context.add_assistant(reply.spoken_text(), reply.spoken_seconds(), reply.item_id)
+        if reply.has_message:  # a response that only called adds no empty assistant message
+            self.context.add_assistant(reply.spoken_text(), reply.spoken_seconds(), reply.item_id)
         calls = self._finished_calls(reply, completed=not reply.error)
-        self.emit(ResponseDone(reply.response_id, reply.item_id, status, reply.spoken_text(), calls=calls))
+        self.emit(ResponseDone(reply.response_id, reply.item_id, status, reply.spoken_text(), calls=calls,
+                               message=reply.has_message))
         self.emit(turn_metrics(reply, *reply.turn_facts))
         if not reply.error and self._answer_calls(calls):
             return  # server-side tools run; a follow-up reply speaks their result (controller/tools.py)

@@ -106,8 +106,9 @@ class AudioDone:
 
 @dataclass(frozen=True)
 class FunctionCallItem:
-    """A function call the reply made, as its output item (`output_index` ≥ 1: the spoken message
-    is item 0). `status`: "completed" once its arguments are whole, else "incomplete"."""
+    """A function call the reply made, as its output item (`output_index`: after the spoken
+    message, item 0, if the model said something before calling; else from 0). `status`:
+    "completed" once its arguments are whole, else "incomplete"."""
     item_id: str
     call_id: str
     name: str
@@ -163,6 +164,7 @@ class ResponseDone:
     text: str  # what the assistant said (after a barge-in: what was heard)
     reason: str = ""
     calls: tuple[FunctionCallItem, ...] = ()  # function_call output items, after the message
+    message: bool = True  # False: the model only called (no assistant message was said or kept)
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ class Reply:
         self._tool_args = {"tools": list(tools), "tool_choice": tool_choice} if tools else {}
         self.calls: list[FunctionCallItem] = []  # the function calls made, by the LLM's call index
         self.calls_done = False  # the LLM's stream ended: every call's arguments are whole
+        self._first_call_index = 1  # 0 when the model called before saying anything (no message item)
         self._held: list[AudioChunk] = []
         self._replay: list[AudioChunk] = []  # written but not heard when held (text deltas already sent)
         self.heard_offset_s = 0.0  # audio heard before the last resume (the output counts anew)
@@ -195,9 +196,9 @@ class Reply:
         if self.t_first_played is None:
             self.t_first_played = time.monotonic()
         self.spoken.append(chunk)
-        self._out.write(chunk)
-        if chunk.text:
+        if chunk.text:  # first: the transport announces the message item before its first audio
             self._emit(TranscriptDelta(self.response_id, self.item_id, chunk.text + " "))
+        self._out.write(chunk)
 
     def _deadline(self, armed: bool) -> None:
         if self._tts_deadline is not None and self._tts_timeout_s is not None and not self._tts_deadline.expired():
@@ -221,6 +222,8 @@ class Reply:
                     await self._released.wait()
                     self._call_piece(piece)
                     continue
+                if self.calls:  # words after a call (the model explaining it) are not spoken
+                    continue
                 self.text += piece
                 yield piece
             self._deadline(armed=True)  # the last text is in: the rest of the audio is owed
@@ -232,11 +235,18 @@ class Reply:
             # Closing the LLM's iterator closes its HTTP stream: the server stops generating.
             await pieces.aclose()  # type: ignore[attr-defined]
 
+    @property
+    def has_message(self) -> bool:
+        """False for a response that only called: it has no assistant message item (as OpenAI's)."""
+        return self._first_call_index == 1
+
     def _call_piece(self, piece: ToolCallDelta) -> None:
-        index = next((i for i, c in enumerate(self.calls) if c.output_index == piece.index + 1), None)
+        if not self.calls:
+            self._first_call_index = 1 if self.text.strip() else 0
+        position = piece.index + self._first_call_index
+        index = next((i for i, c in enumerate(self.calls) if c.output_index == position), None)
         if index is None:
-            call = FunctionCallItem(new_id("item"), piece.call_id or new_id("call"), piece.name, "",
-                                    piece.index + 1)
+            call = FunctionCallItem(new_id("item"), piece.call_id or new_id("call"), piece.name, "", position)
             self.calls.append(call)
             self._emit(FunctionCallStarted(self.response_id, call))
             index = len(self.calls) - 1

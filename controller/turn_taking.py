@@ -85,7 +85,7 @@ class TurnTaking:
         if reply is not None:
             self.output.clear()
             self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", "", "turn_resumed",
-                                   calls=self._finished_calls(reply, completed=False)))
+                                   calls=self._finished_calls(reply, completed=False), message=reply.has_message))
             asyncio.create_task(reply.cancel())
         old_item = self._item_id
         committed = self.context.delete(old_item)
@@ -105,9 +105,10 @@ class TurnTaking:
         if pending is None:
             return
         reply, heard_s, heard = pending
-        self.context.add_assistant(heard, heard_s, reply.item_id)
+        if reply.has_message:
+            self.context.add_assistant(heard, heard_s, reply.item_id)
         self.emit(ResponseDone(reply.response_id, reply.item_id, "cancelled", heard, reason,
-                               calls=self._finished_calls(reply, completed=False)))
+                               calls=self._finished_calls(reply, completed=False), message=reply.has_message))
         self.emit(turn_metrics(reply, *reply.turn_facts))
         asyncio.create_task(reply.cancel())
 

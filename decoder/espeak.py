@@ -27,7 +27,9 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
     language: str = Field("en", description="language of text in no CJK script (a key of voices)")
     voices: dict[str, str] = Field(
-        default_factory=lambda: {"en": "en-us", "zh": "cmn", "ja": "ja", "ko": "ko"},
+        # zh: Debian's espeak-ng 1.51 `cmn` voice turns Han characters into pinyin and reads that
+        # as English ("jin1" → "dʒɪn wʌn"); `cmn-latn-pinyin` reads the same characters in Mandarin.
+        default_factory=lambda: {"en": "en-us", "zh": "cmn-latn-pinyin", "ja": "ja", "ko": "ko"},
         description="language -> espeak-ng voice name (`espeak-ng --voices` lists them)")
     speed_wpm: int = Field(175, ge=80, le=450, description="words per minute")
     pitch: int = Field(50, ge=0, le=99)

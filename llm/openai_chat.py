@@ -36,6 +36,9 @@ class Options(BaseModel):
     max_retries: int = Field(0, ge=0, description="retries cost a turn's latency: none by default")
     text_tool_calls: bool = Field(True, description="a reply that is only a tool call written as JSON text "
                                                     "(small models do that) becomes a tool call (llm/tool_text.py)")
+    after_tool_instruction: str | None = Field(
+        None, description="a system message added after a tool's result when no tools are offered (the answer "
+                          "to speak): small models otherwise write the call again instead of saying the result")
     warm_prefix: bool = Field(True, description="at the start of each user turn, send the conversation so far "
                                                 "(1 token) so the server's prompt cache holds it")
     affinity_header: str | None = Field(None, description="send each request's session id in this HTTP header "
@@ -142,13 +145,20 @@ class OpenAIChatClient:
             extra["tools"] = list(tools)
             if tool_choice is not None:
                 extra["tool_choice"] = tool_choice
+        chat = [chat_message(m) for m in messages]
+        if not tools and self.options.after_tool_instruction and messages and messages[-1].role == "tool":
+            chat.append({"role": "system", "content": self.options.after_tool_instruction})
         request = self._client.chat.completions.create(
-            model=self.options.model, messages=[chat_message(m) for m in messages],
+            model=self.options.model, messages=chat,
             stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature,
             **self._affinity(), **extra)
         pieces = stream_text(request, self.base_url or "the LLM server", _pieces_of)
         if tools and self.options.text_tool_calls:
             pieces = calls_in_text(pieces, [t["function"]["name"] for t in tools])
+        elif self.options.text_tool_calls:
+            # Offered no tools (the answer after a tool round), a small model may still write a
+            # call as JSON: it is not read aloud, and it is no call either (none may be made now).
+            pieces = _without_calls(calls_in_text(pieces, []))
         async with aclosing(pieces) as pieces:
             async for piece in pieces:
                 yield piece
@@ -175,6 +185,16 @@ class OpenAIChatClient:
             pass
         except openai.APIError as exc:  # the turn's own request reports real failures
             log.debug("prefix warm-up failed: %s", exc)
+
+
+async def _without_calls(pieces: AsyncIterator[str | ToolCallDelta]) -> AsyncIterator[str]:
+    async with aclosing(pieces):
+        async for piece in pieces:
+            if isinstance(piece, ToolCallDelta):
+                if piece.name:
+                    log.warning("the model wrote a call of %r with no tools offered: not spoken", piece.name)
+                continue
+            yield piece
 
 
 async def stream_text(request, where: str, text_of) -> AsyncIterator[str]:

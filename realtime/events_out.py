@@ -32,6 +32,10 @@ class EventRenderer:
         self._speech_ms: dict[str, int] = {}
         self._last_item: str | None = None
         self._transcripts: dict[str, str] = {}  # response_id -> transcript deltas so far
+        # The assistant message of a response is announced with its first words, not at
+        # response.created: a response that only calls a function has no message (as OpenAI's).
+        self._unopened: dict[str, str] = {}  # response_id -> message item id, not yet announced
+        self._calls_seen: set[str] = set()  # responses that started a function call
 
     def note_item(self, item_id: str) -> None:
         """An item was added at the end of the conversation (conversation.item.create)."""
@@ -92,21 +96,20 @@ class EventRenderer:
                          "heard": event.heard}]
             case ev.ResponseCreated():
                 self._transcripts[event.response_id] = ""
-                self._last_item = event.item_id
-                rid, iid = event.response_id, event.item_id
-                return [{"type": "response.created", "response": self._response(rid, "in_progress")},
-                        {"type": "response.output_item.added", "response_id": rid, "output_index": 0,
-                         "item": _assistant_item(iid, "in_progress", None)},
-                        {"type": "response.content_part.added", "response_id": rid, "item_id": iid, **_PART,
-                         "part": {"type": "audio", "transcript": ""}}]
+                self._unopened[event.response_id] = event.item_id
+                return [{"type": "response.created", "response": self._response(event.response_id, "in_progress")}]
             case ev.TranscriptDelta():
                 self._transcripts[event.response_id] = self._transcripts.get(event.response_id, "") + event.delta
-                return [{"type": "response.output_audio_transcript.delta", "response_id": event.response_id,
-                         "item_id": event.item_id, **_PART, "delta": event.delta}]
+                return self._open_message(event.response_id) + [
+                    {"type": "response.output_audio_transcript.delta", "response_id": event.response_id,
+                     "item_id": event.item_id, **_PART, "delta": event.delta}]
             case ev.AudioDone():
                 rid, iid = event.response_id, event.item_id
+                if rid in self._calls_seen and rid in self._unopened:
+                    return []  # it only called: no message, no audio
                 text = self._transcripts.get(rid, "")
-                return [{"type": "response.output_audio.done", "response_id": rid, "item_id": iid, **_PART},
+                return self._open_message(rid) + [
+                        {"type": "response.output_audio.done", "response_id": rid, "item_id": iid, **_PART},
                         {"type": "response.output_audio_transcript.done", "response_id": rid, "item_id": iid,
                          **_PART, "transcript": text},
                         {"type": "response.content_part.done", "response_id": rid, "item_id": iid, **_PART,
@@ -130,14 +133,28 @@ class EventRenderer:
                 return [error_event("server_error", event.code, event.message)]
         return []
 
+    def _open_message(self, response_id: str) -> list[dict[str, Any]]:
+        """The assistant message's output_item.added and content_part.added, once per response."""
+        iid = self._unopened.pop(response_id, None)
+        if iid is None:
+            return []
+        self._last_item = iid
+        return [{"type": "response.output_item.added", "response_id": response_id, "output_index": 0,
+                 "item": _assistant_item(iid, "in_progress", None)},
+                {"type": "response.content_part.added", "response_id": response_id, "item_id": iid, **_PART,
+                 "part": {"type": "audio", "transcript": ""}}]
+
     def _function_call(self, event) -> list[dict[str, Any]]:
         call, rid = event.call, event.response_id
         where = {"response_id": rid, "item_id": call.item_id, "output_index": call.output_index,
                  "call_id": call.call_id}
         match event:
             case ev.FunctionCallStarted():
-                return [{"type": "response.output_item.added", "response_id": rid, "output_index": call.output_index,
-                         "item": function_call_item(call, "in_progress")}]
+                self._calls_seen.add(rid)
+                # Words before the call (output_index ≥ 1) make a message that comes first.
+                opened = self._open_message(rid) if call.output_index > 0 else []
+                return opened + [{"type": "response.output_item.added", "response_id": rid,
+                                  "output_index": call.output_index, "item": function_call_item(call, "in_progress")}]
             case ev.FunctionCallDelta():
                 return [{"type": "response.function_call_arguments.delta", **where, "delta": event.delta}]
         self._last_item = call.item_id
@@ -148,14 +165,21 @@ class EventRenderer:
 
     def _response_done(self, event: ev.ResponseDone) -> list[dict[str, Any]]:
         self._transcripts.pop(event.response_id, None)
+        self._calls_seen.discard(event.response_id)
+        opened = self._open_message(event.response_id) if event.message else []
+        self._unopened.pop(event.response_id, None)
         details: dict[str, Any] = {"type": event.status}
         if event.status == "cancelled":
             details["reason"] = _CANCEL_REASONS.get(event.reason, "client_cancelled")
         elif event.status == "failed":
             details["error"] = {"type": "server_error", "code": "reply_failed", "message": event.reason or None}
+        calls = [function_call_item(call) for call in event.calls]
+        if not event.message:
+            return [{"type": "response.done", "response": self._response(event.response_id, event.status,
+                                                                         calls, details)}]
         item = _assistant_item(event.item_id, "completed" if event.status == "completed" else "incomplete",
                                event.text)
-        return [{"type": "response.output_item.done", "response_id": event.response_id, "output_index": 0,
-                 "item": item},
-                {"type": "response.done", "response": self._response(
-                    event.response_id, event.status, [item, *map(function_call_item, event.calls)], details)}]
+        return opened + [{"type": "response.output_item.done", "response_id": event.response_id, "output_index": 0,
+                          "item": item},
+                         {"type": "response.done", "response": self._response(
+                             event.response_id, event.status, [item, *calls], details)}]

@@ -52,6 +52,10 @@ class Options(BaseModel):
     workers: int = Field(1, ge=1, le=2, description="batches running at once (server-wide)")
     max_batch: int = Field(8, ge=1, le=32, description="transcriptions of one encoder window size run as one "
                                                        "batch (all sessions)")
+    chinese_script: str | None = Field(
+        "simplified", pattern="^(simplified|traditional)$",
+        description="write Chinese transcripts in this script (OpenCC); null: as Whisper writes them "
+                    "(Whisper base mixes traditional characters into Mandarin: 秋風 for 秋风)")
     encoder_window_s: float | None = Field(
         10.0, ge=1.0, le=30.0,
         description="shortest encoder window; null: always the full 30 s (faster-whisper transcribe)")
@@ -80,6 +84,7 @@ class WhisperEngine:
         self._tokenizer = Tokenizer(self.model.hf_tokenizer, multilingual, "transcribe",
                                     "en" if multilingual else None)
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
+        self._script = _script_converter(opts.chinese_script)
         self.window_runs = 0  # how often each path ran, for tests and benchmarks
         self.loop_retries = 0
         self.full_runs = 0
@@ -116,8 +121,9 @@ class WhisperEngine:
                 again = self._transcribe_window([items[i] for i in redo], window, no_repeat_ngram=4)
                 for i, result in zip(redo, again):
                     results[i] = result
-        return [(text, lang) if text is not None else self._transcribe_full(audio, lang)
+        done = [(text, lang) if text is not None else self._transcribe_full(audio, lang)
                 for (audio, _), (text, lang) in zip(items, results)]
+        return [(self._script(text) if lang == "zh" else text, lang) for text, lang in done]
 
     def _transcribe_full(self, audio: np.ndarray, language: str | None) -> tuple[str, str | None]:
         self.full_runs += 1
@@ -180,6 +186,15 @@ class WhisperEngine:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
+
+
+def _script_converter(script: str | None):
+    """Text → text in the wanted Chinese script (OpenCC's t2s / s2t tables; identity for None)."""
+    if script is None:
+        return lambda text: text
+    import opencc
+
+    return opencc.OpenCC("t2s" if script == "simplified" else "s2t").convert
 
 
 def token_budget(seconds: float) -> int:

@@ -64,7 +64,7 @@ def test_bad_option_names_itself(tmp_path: Path):
 def test_voice_per_language():
     dec = espeak.EspeakDecoder()
     assert dec.voice_for("Hello there.") == "en-us"
-    assert dec.voice_for("你好，世界。") == "cmn"
+    assert dec.voice_for("你好，世界。") == "cmn-latn-pinyin"
     assert dec.voice_for("こんにちは。") == "ja"
 
 

@@ -166,3 +166,38 @@ def test_without_base_url_a_bundled_server_is_configured(tmp_path: Path):
     assert cmd[cmd.index("--threads") + 1] == "2" and cmd[cmd.index("--parallel") + 1] == "8"
     assert cmd[cmd.index("--ctx-size") + 1] == str(8 * 2048)  # n_ctx is per slot
     assert client.server.log_path == tmp_path / "logs" / "llama-server.log"
+
+
+async def test_a_call_written_as_text_with_no_tools_offered_is_not_spoken(sse: SSEServer):
+    """After a tool round the model is offered no tools; Qwen 0.5B may still write a JSON call,
+    which must not be read aloud (nor become a call). Plain text is untouched."""
+    sse.words = ['{"name": "weather_info", ', '"arguments": {"city": "Oslo"}}']
+    client = OpenAIChatClient(Options(base_url=sse.base_url, model="tiny"))
+    try:
+        assert [p async for p in client.stream(MESSAGES)] == []
+        sse.words = ["{Braces}", " are fine."]
+        assert "".join([p async for p in client.stream(MESSAGES)]) == "{Braces} are fine."
+    finally:
+        await client.close()
+
+
+async def test_after_a_tool_result_with_no_tools_offered_a_reminder_follows_it(sse: SSEServer):
+    from llm.base import ToolCall
+
+    sse.words = ["It is sunny."]
+    history = [*MESSAGES, Message("assistant", "", tool_calls=(ToolCall("c1", "get_weather", '{"city": "Oslo"}'),)),
+               Message("tool", '{"sky": "sunny"}', tool_call_id="c1")]
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    client = OpenAIChatClient(Options(base_url=sse.base_url, model="tiny", after_tool_instruction="Say it."))
+    plain = OpenAIChatClient(Options(base_url=sse.base_url, model="tiny"))
+    try:
+        for c, kwargs in ((client, {}), (client, {"tools": tools}), (plain, {})):
+            assert "".join([p async for p in c.stream(history, **kwargs)]) == "It is sunny."
+        [p async for p in client.stream(MESSAGES)]
+    finally:
+        await client.close()
+        await plain.close()
+    answer, offered, without, no_tool_result = (b["messages"] for b in sse.bodies)
+    assert answer[-1] == {"role": "system", "content": "Say it."} and answer[-2]["role"] == "tool"
+    assert offered[-1]["role"] == "tool" and without[-1]["role"] == "tool"
+    assert no_tool_result[-1] == {"role": "user", "content": "Hi!"}

@@ -18,7 +18,7 @@ async def test_an_mcp_tool_is_called_in_a_spoken_turn() -> None:
         async with ws_client(server) as c:
             await c.send_audio(utterance(1.0))
             first = await c.next("response.done")
-            assert first["response"]["output"][1]["name"] == "get_forecast"
+            assert first["response"]["output"][0]["name"] == "get_forecast"
             second = await c.next("response.done")
             assert second["response"]["output"][0]["content"][0]["transcript"] == \
                 "The tool said: Sunny in Oslo, 24 degrees.."

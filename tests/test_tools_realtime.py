@@ -88,9 +88,47 @@ async def test_events_match_the_sdk_types_and_history_order() -> None:
                     SDK_EVENT.validate_python(e)
             assert json.dumps(session["tools"]) == json.dumps([WEATHER])
             turns = server_context(server).sessions.copy().pop().context.turns
-            assert [t.role for t in turns] == ["user", "assistant", "assistant"]
+            assert [t.role for t in turns] == ["user", "assistant"]  # no empty message before the call
             assert turns[-1].call.name == "get_weather"
             assert c.of_type("step.tool_call")[0]["status"] == "client"
+
+
+async def test_a_response_that_only_calls_has_no_message_item() -> None:
+    """As OpenAI's: the function_call is output item 0; no empty assistant message is announced,
+    spoken (no audio events) or kept in the history."""
+    async with running_server(tool_config()) as server:
+        async with ws_client(server) as c:
+            await c.send({"type": "session.update", "session": {"tools": [WEATHER]}})
+            await c.next("session.updated")
+            await c.send_audio(utterance(1.0))
+            done = (await c.next("response.done"))["response"]
+            assert [(o["type"], o["name"]) for o in done["output"]] == [("function_call", "get_weather")]
+            added = c.of_type("response.output_item.added")
+            assert [(e["item"]["type"], e["output_index"]) for e in added] == [("function_call", 0)]
+            for kind in ("response.content_part.added", "response.output_audio.delta",
+                         "response.output_audio.done", "response.output_audio_transcript.done"):
+                assert not c.of_type(kind), kind
+            assert c.of_type("response.function_call_arguments.done")[0]["output_index"] == 0
+            turns = server_context(server).sessions.copy().pop().context.turns
+            assert not [t for t in turns if t.role == "assistant" and t.call is None]
+
+
+async def test_words_before_a_call_are_a_message_that_comes_first() -> None:
+    async with running_server(tool_config(**{"llm.tool_preamble": "Let me check that."})) as server:
+        async with ws_client(server) as c:
+            await c.send({"type": "session.update", "session": {"tools": [WEATHER]}})
+            await c.next("session.updated")
+            await c.send_audio(utterance(1.0))
+            done = (await c.next("response.done"))["response"]
+            assert [o["type"] for o in done["output"]] == ["message", "function_call"]
+            assert done["output"][0]["content"][0]["transcript"] == "Let me check that."
+            added = c.of_type("response.output_item.added")
+            assert [(e["item"]["type"], e["output_index"]) for e in added] == [("message", 0), ("function_call", 1)]
+            assert c.of_type("response.output_audio.delta")
+            types = [e["type"] for e in c.events]
+            assert types.index("response.output_item.added") < types.index("response.output_audio.delta")
+            turns = server_context(server).sessions.copy().pop().context.turns
+            assert [(t.role, t.text) for t in turns[1:]] == [("assistant", "Let me check that."), ("assistant", "")]
 
 
 async def test_a_speculation_stops_at_the_tool_call_until_the_turn_ends() -> None:
@@ -127,7 +165,7 @@ async def test_a_committed_speculation_releases_its_call() -> None:
             await c.send_audio(utterance(1.0))
             await c.next("step.speculation", action="committed")
             done = await c.next("response.done")
-            assert [o["type"] for o in done["response"]["output"]] == ["message", "function_call"]
+            assert [o["type"] for o in done["response"]["output"]] == ["function_call"]
 
 
 def server_tools(*entries: dict, **more):
@@ -144,7 +182,7 @@ async def test_python_tool_from_the_config_is_run_and_spoken() -> None:
             assert session["parameters"]["required"] == ["city"]
             await c.send_audio(utterance(1.0))
             first = await c.next("response.done")
-            assert first["response"]["output"][1]["type"] == "function_call"
+            assert first["response"]["output"][0]["type"] == "function_call"
             output = await c.next("conversation.item.added")
             while output["item"]["type"] != "function_call_output":
                 output = await c.next("conversation.item.added")
@@ -233,7 +271,7 @@ async def test_response_create_overrides_tools_for_one_response_and_bad_tools_ar
                 "type": "message", "role": "user", "content": [{"type": "input_text", "text": "and now?"}]}})
             await c.send({"type": "response.create"})  # the session's tools again
             done = await c.next("response.done")
-            assert [o["type"] for o in done["response"]["output"]] == ["message", "function_call"]
+            assert [o["type"] for o in done["response"]["output"]] == ["function_call"]
     llm = fake_llm(server)
     assert [bool(s.tools) for s in llm.streams] == [False, True]
 
@@ -272,7 +310,7 @@ async def test_speech_while_a_call_streams_leaves_it_incomplete_and_unrun(take_b
             await c.send_audio(tone(0.6))  # the caller speaks over the call
             done = await c.next("response.done")
             assert done["response"]["status"] == "cancelled"
-            call = done["response"]["output"][1]
+            call = done["response"]["output"][0]
             assert call["type"] == "function_call" and call["status"] == "incomplete"
             assert not c.of_type("response.function_call_arguments.done") and not c.of_type("step.tool_call")
             turns = server_context(server).sessions.copy().pop().context.turns

@@ -339,3 +339,34 @@ def test_bad_options(tmp_path):
         build_stage("tokenizer", "whisper", {"beam_size": 5}, BuildEnv(tmp_path))
     with pytest.raises(ConfigError, match="neither an embedded model"):
         build_stage("tokenizer", "whisper", {"model": str(tmp_path)}, BuildEnv(tmp_path))
+
+
+def _han(text: str) -> int:
+    return sum("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+@pytest.mark.integration
+async def test_mandarin_comes_out_in_simplified_characters(model_cache):
+    """Whisper base writes this sentence with traditional characters (過, 來); the transcript
+    is converted to simplified ones (chinese_script, the default), and null keeps Whisper's."""
+    import opencc
+
+    to_simplified = opencc.OpenCC("t2s").convert
+    audio = espeak("秋风吹过，树叶落下来了。", "cmn-latn-pinyin", 150)
+    raw_factory = build_stage("tokenizer", "whisper", {"language": "zh", "chinese_script": None},
+                              BuildEnv(model_cache))
+    factory = build_stage("tokenizer", "whisper", {"language": None}, BuildEnv(model_cache))
+    try:
+        _, raw = await _transcribe(raw_factory, audio)
+        _, result = await _transcribe(factory, audio)
+    finally:
+        await raw_factory.close()
+        await factory.close()
+    assert result.language == "zh" and _han(result.text) >= 5, result.text
+    assert to_simplified(raw.text) != raw.text, f"Whisper wrote no traditional character: {raw.text}"
+    assert result.text == to_simplified(raw.text)
+
+
+def test_bad_chinese_script(tmp_path):
+    with pytest.raises(ConfigError, match="chinese_script"):
+        build_stage("tokenizer", "whisper", {"chinese_script": "pinyin"}, BuildEnv(tmp_path))
