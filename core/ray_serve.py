@@ -169,6 +169,16 @@ def app_handle(app: str, address: str) -> Any:
                           "deploy it with `step-realtime model-tier --config ...`") from None
 
 
+def connected_handle(app: str, address: str) -> Any:
+    """Connect to the cluster and return the application's handle; disconnected again if it fails."""
+    connect(address)
+    try:
+        return app_handle(app, address)
+    except Exception:
+        disconnect()
+        raise
+
+
 def translate(exc: BaseException, unreachable: type[Exception], failed: type[Exception]) -> Exception:
     """A Ray/Serve error as the stage's own: `failed` when the model code raised in the replica,
     else `unreachable` (the replica died, none is up, the cluster is gone)."""

@@ -79,10 +79,5 @@ def build(options: dict, env) -> RayPiperDecoder:
 
     opts = validate_options(Options, "decoder", options)
     validate_options(PiperOptions, "decoder.piper", opts.piper)  # the tier's voice options, checked here too
-    ray_serve.connect(opts.address)
-    try:
-        handle = ray_serve.app_handle(opts.app, opts.address)
-    except Exception:
-        ray_serve.disconnect()
-        raise
+    handle = ray_serve.connected_handle(opts.app, opts.address)
     return RayPiperDecoder(handle, opts, env.scheduler)

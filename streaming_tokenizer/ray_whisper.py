@@ -65,12 +65,7 @@ def build(options: dict, env) -> WhisperTokenizerFactory:
 
     opts = validate_options(Options, "tokenizer", options)
     validate_options(WhisperOptions, "tokenizer.whisper", opts.whisper)  # the tier's model options, checked here too
-    ray_serve.connect(opts.address)
-    try:
-        handle = ray_serve.app_handle(opts.app, opts.address)
-    except Exception:
-        ray_serve.disconnect()
-        raise
+    handle = ray_serve.connected_handle(opts.app, opts.address)
     return WhisperTokenizerFactory(RayWhisperEngine(handle, opts, env.scheduler), opts.language)
 
 
