@@ -33,6 +33,7 @@ from controller.events import (
     Speculation, StateChanged, new_id,
 )
 from controller.metrics import SpeculationStats, turn_metrics
+from controller.prompt import PromptBuilding
 from controller.ports import AudioOutput, ToolRunner
 from controller.reply import Reply
 from controller.states import Signal, State, next_state
@@ -58,7 +59,7 @@ class Stages:
     turn: TurnCompletion | None = None  # the end-of-turn model; None: the fixed wait
 
 
-class Controller(ClientRequests, TurnTaking, ToolCalls):
+class Controller(ClientRequests, TurnTaking, ToolCalls, PromptBuilding):
     def __init__(
         self,
         stages: Stages,
@@ -330,21 +331,7 @@ class Controller(ClientRequests, TurnTaking, ToolCalls):
 
     def _new_reply(self, user_input, in_context: bool = False, ticket: Ticket | None = None) -> Reply:
         def build(user: UserInput | None) -> list[Message]:
-            if not in_context and user is not None:
-                messages = self.context.messages(Message("user", user.prompt_text()))
-                if self._interrupted is not None and self._interrupted[2]:
-                    # Speculating on an interruption: the history will hold what was heard of
-                    # the interrupted reply before this input (if the interruption is real).
-                    messages.insert(-1, Message("assistant", self._interrupted[2]))
-                return messages
-            # The input is already the last turn of the history, as its transcript. A spoken turn
-            # with audio tokens (Step-Audio) is heard as those tokens; only past turns are text.
-            last = self.context.turns[-1] if self.context.turns else None
-            if self._committed is not None and last is not None and last.item_id == self._committed[0]:
-                item_id, committed = self._committed
-                if committed.audio_tokens:
-                    return self.context.messages(Message("user", committed.prompt_text()), replaces=item_id)
-            return self.context.messages()
+            return self._reply_messages(user, in_context)
 
         tools, tool_choice = self.offered_tools()
         return Reply(
