@@ -99,7 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--startup-timeout-s", type=float, default=300.0)
     p.add_argument("--cluster", type=int, metavar="N",
                    help="A/B: the single-process server vs N workers behind HAProxy (serve --workers N "
-                        "--haproxy), same config; reports calls per worker (bench/cluster.py)")
+                        "--haproxy), same config (or the --vs config for the workers, e.g. configs/ray.yaml "
+                        "with its model tier running); reports calls per worker (bench/cluster.py)")
     p.add_argument("--worker-url", action="append", default=[], metavar="URL",
                    help="with --url (a running cluster's entry): a worker's own URL, for the spread; repeat")
     p.add_argument("--sustained", type=int, metavar="N",
@@ -122,8 +123,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--sustained: at least 1 caller")
     if args.sustained and args.vs:
         p.error("--sustained runs one server: no --vs")
-    if args.cluster is not None and (args.cluster < 1 or args.vs or args.url):
-        p.error("--cluster N: N >= 1, and not with --vs or --url")
+    if args.cluster is not None and (args.cluster < 1 or args.url or (args.vs and args.sustained)):
+        p.error("--cluster N: N >= 1, not with --url, and --vs (the workers' config) not with --sustained")
     return args
 
 
@@ -139,8 +140,9 @@ def variants_of(args: argparse.Namespace) -> list[Variant]:
         stem = Path(args.config).stem
         if args.sustained:
             return [Variant(f"{stem}-{args.cluster}workers", args.config, workers=args.cluster)]
-        return [Variant(stem, args.config), Variant(f"{stem}-{args.cluster}workers", args.config,
-                                                    workers=args.cluster)]
+        workers_config = args.vs or args.config  # --vs: the workers run another config (a model tier)
+        return [Variant(stem, args.config), Variant(f"{Path(workers_config).stem}-{args.cluster}workers",
+                                                    workers_config, workers=args.cluster)]
     if args.echo_delay_ms:
         return [Variant(f"echo-{args.echo_delay_ms:g}ms", None)]
     if args.sustained:

@@ -3,6 +3,7 @@
 A/B variants --cluster makes."""
 from __future__ import annotations
 
+import pytest
 
 from bench import cluster
 from bench.run import parse_args, variants_of
@@ -29,6 +30,12 @@ def test_spread_of_a_restarted_or_silent_worker_is_unknown() -> None:
 def test_cluster_option_makes_an_ab_of_one_server_and_n_workers() -> None:
     single, many = variants_of(parse_args(["--config", "configs/fake.yaml", "--cluster", "3"]))
     assert (single.workers, many.workers) == (0, 3) and single.config == many.config
+    # --vs: the workers run another config (the Ray model tier), the single process the first
+    single, many = variants_of(parse_args(["--config", "configs/default.yaml", "--cluster", "2", "--vs", "configs/ray.yaml"]))
+    assert (single.config, single.workers) == ("configs/default.yaml", 0)
+    assert (many.config, many.workers, many.name) == ("configs/ray.yaml", 2, "ray-2workers")
+    with pytest.raises(SystemExit):
+        parse_args(["--cluster", "2", "--vs", "configs/ray.yaml", "--sustained", "1"])
     (only,) = variants_of(parse_args(["--cluster", "2", "--sustained", "1"]))
     assert only.workers == 2
     (url,) = variants_of(parse_args(["--url", "http://h:1", "--worker-url", "http://h:2", "--worker-url", "http://h:3"]))

@@ -256,6 +256,41 @@ async def test_a_replica_killed_mid_reply_fails_that_turn_and_the_call_goes_on(t
         assert deltas, "the next turn was answered with audio"
 
 
+async def test_an_asr_replica_killed_during_a_turn_leaves_the_call_up(tier):
+    """The ASR replica is killed (SIGKILL) as the caller stops talking, so the turn's
+    transcription is in flight or about to be sent: that turn ends with a plain `error` (or, if
+    Serve re-routed the request to the new replica, with its transcript), Serve starts a new
+    replica, and the call's next turn is transcribed and answered."""
+    cfg = _config(tier, **{"llm": {"impl": "fake", "reply": "Sure.", "token_delay_s": 0.001},
+                           "turn": {"impl": "none"}})
+    before = await _stats("asr")
+    pid = before["pid"]
+    async with running_server(cfg) as server, ws_client(server) as client:
+        await client.send_audio(_speech_24k(SENTENCES[0]))
+        await client.next("input_audio_buffer.speech_stopped", timeout=120)
+        os.kill(pid, signal.SIGKILL)
+        outcomes = ("error", "conversation.item.input_audio_transcription.completed")
+        await wait_until(lambda: any(e["type"] in outcomes for e in client.events), timeout=120,
+                         what="the killed turn's outcome")
+        outcome = next(e for e in client.events if e["type"] in outcomes)
+        if outcome["type"] == "error":
+            message = outcome["error"]["message"]
+            assert "speech recognition" in message and "Traceback" not in message and "Ray" not in message, message
+        else:
+            assert wer(SENTENCES[0], outcome["transcript"]) <= 0.2, outcome["transcript"]
+        await wait_until_async(lambda s: s["pid"] != pid, "asr", what="a new ASR replica", timeout=180)
+        start = len(client.events)
+        await client.send_audio(_speech_24k(SENTENCES[2]))
+        done = "conversation.item.input_audio_transcription.completed"
+        await wait_until(lambda: any(e["type"] == done for e in client.events[start:]), timeout=120,
+                         what="the next turn's transcript")
+        heard = next(e for e in client.events[start:] if e["type"] == done)
+        assert wer(SENTENCES[2], heard["transcript"]) <= 0.2, heard["transcript"]
+        await wait_until(lambda: any(e["type"] == "response.done" and client.index(e) > client.index(heard)
+                                     and e["response"]["status"] == "completed" for e in client.events),
+                         timeout=120, what="the next turn's reply")
+
+
 def test_model_tier_without_a_remote_stage_is_a_one_line_config_error():
     proc = subprocess.run([sys.executable, "-m", "realtime.cli", "model-tier", "--config",
                            str(REPO / "configs" / "default.yaml")], cwd=REPO, capture_output=True, text=True,
