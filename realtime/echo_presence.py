@@ -12,7 +12,11 @@ linear echo path into a peak at its delay whatever the echo's level or colour. M
 peaks at 9-48 robust standard deviations above the median lag (median ~20); noise peaks at 4-7,
 another voice at 4-11. One window can land in the overlap, a run of them cannot. So:
 
-- "echo": one window peaked at ECHO_PROMINENCE or more. Latched for the call: AEC3 handles it.
+- "echo": ECHO_CONFIRM windows within ECHO_CONFIRM_S peaked at ECHO_PROMINENCE or more *at the
+  same delay* (within LAG_TOLERANCE_S). Latched for the call: AEC3 handles it. An echo path's
+  delay is fixed, so its windows agree; a caller talking over the bot peaks at random delays, and
+  over a long call now and then one window of double talk reaches 16-30 (seen on the bench's phone
+  line: one such window latched "echo" and the caller's barge-ins were suppressed from then on).
 - "no_echo": while the bot talked, the input was digital silence (a muted or echo-free digital
   line: conclusive at once), or NO_ECHO_RUN windows in a row stayed under NO_ECHO_PROMINENCE with
   the input well below the bot (a loud voice can hide a quieter echo, so loud windows decide
@@ -24,13 +28,20 @@ and MAX_DELAY_S before it): a quiet input right after the bot starts proves noth
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 MAX_DELAY_S = 0.5  # of the echo after the reference: network back + jitter buffer + acoustic path
 SILENT_WINDOW_S = 0.2  # digital silence this long while the bot talks: no echo
 GCC_WINDOW_S = 0.5
 SILENT_HOP_S, GCC_HOP_S = 0.1, 0.2  # how often each test runs while the bot talks
 ECHO_PROMINENCE = 16.0
+ECHO_CONFIRM = 2  # strong windows at one delay ...
+ECHO_CONFIRM_S = 1.2  # ... within this long (a window every GCC_HOP_S)
+LAG_TOLERANCE_S = 0.002  # the same delay, give or take (a chance pair lands here ~1 % of the time)
 NO_ECHO_PROMINENCE = 8.0
 NO_ECHO_RUN = 8  # quiet, peakless windows in a row (1.6 s of the bot talking)
 FAR_ACTIVE_DBFS = -50.0  # a 20 ms block of the bot's audio this loud is speech
@@ -49,13 +60,19 @@ def dbfs(x: np.ndarray) -> float:
 def gcc_phat_prominence(far: np.ndarray, near: np.ndarray, max_lag: int) -> float:
     """Peak of the whitened cross-correlation over delays 0..max_lag (`far` starts max_lag samples
     before `near` and ends with it), in robust standard deviations above the median delay."""
+    return gcc_phat_peak(far, near, max_lag)[0]
+
+
+def gcc_phat_peak(far: np.ndarray, near: np.ndarray, max_lag: int) -> tuple[float, int]:
+    """(prominence, index of the peak) of the whitened cross-correlation (gcc_phat_prominence)."""
     nfft = 1 << (len(far) + len(near) - 1).bit_length()
     cross = np.fft.rfft(far, nfft) * np.conj(np.fft.rfft(near, nfft))
     cross /= np.abs(cross) + 1e-9
     corr = np.abs(np.fft.irfft(cross, nfft)[:max_lag + 1])
     median = np.median(corr)
     spread = 1.4826 * np.median(np.abs(corr - median))
-    return float((corr.max() - median) / spread) if spread > 0 else 0.0
+    peak = int(corr.argmax())
+    return (float((corr[peak] - median) / spread) if spread > 0 else 0.0), peak
 
 
 class EchoPresence:
@@ -74,6 +91,8 @@ class EchoPresence:
         self._keep_blocks = (self._gcc_n + self._lag) // self._block
         self._silent_due = self._gcc_due = 0  # samples until each test runs again
         self.quiet_run = 0
+        self._strong: list[tuple[int, int]] = []  # (sample count, lag) of recent windows over ECHO_PROMINENCE
+        self._seen = 0  # input samples observed
 
     @property
     def raw_input(self) -> bool:
@@ -84,6 +103,7 @@ class EchoPresence:
         if self.verdict == ECHO or not len(near):
             return
         near, far = near.astype(np.float64), far.astype(np.float64)
+        self._seen += len(near)
         self._near = np.concatenate([self._near, near])[-self._gcc_n:]
         self._far = np.concatenate([self._far, far])[-(self._gcc_n + self._lag):]
         self._count_activity(far)
@@ -129,12 +149,24 @@ class EchoPresence:
         near_db = dbfs(self._near)
         if near_db < SILENT_DBFS:
             return  # silence: nothing to correlate (and no echo in it)
-        prominence = gcc_phat_prominence(self._far, self._near, self._lag)
+        prominence, lag = gcc_phat_peak(self._far, self._near, self._lag)
         if prominence >= ECHO_PROMINENCE:
-            self.verdict = ECHO
+            self.quiet_run = 0
+            self._confirm_echo(lag, prominence)
         elif prominence < NO_ECHO_PROMINENCE and near_db <= dbfs(self._far[self._lag:]) - QUIET_BELOW_FAR_DB:
             self.quiet_run += 1
             if self.quiet_run >= NO_ECHO_RUN:
                 self.verdict = NO_ECHO
         else:
             self.quiet_run = 0
+
+    def _confirm_echo(self, lag: int, prominence: float) -> None:
+        """Latch "echo" once ECHO_CONFIRM strong windows agree on the delay."""
+        since = self._seen - int(ECHO_CONFIRM_S * self.rate)
+        tolerance = LAG_TOLERANCE_S * self.rate
+        self._strong = [(t, l) for t, l in self._strong if t >= since] + [(self._seen, lag)]
+        agreeing = sum(abs(l - lag) <= tolerance for _, l in self._strong)
+        if agreeing >= ECHO_CONFIRM:
+            log.info("echo presence: echo at %.0f ms (window peak %.1f, %d windows agree); AEC3 handles "
+                     "this call's input", 1000 * (self._lag - lag) / self.rate, prominence, agreeing)
+            self.verdict = ECHO

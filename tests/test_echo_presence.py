@@ -130,3 +130,35 @@ def test_on_an_echo_free_line_the_caller_is_heard_over_the_bots_first_reply(bot,
     sent = mic[start:start + len(heard)]
     assert ec.presence.verdict == NO_ECHO
     assert np.array_equal(heard, sent)  # all of it, untouched
+
+
+BOT_LONG = ["Paris is a wonderful city to visit in the spring.", "The museums are open late on Fridays.",
+            "You can take the train from the airport to the center in about forty minutes.",
+            "Many cafes serve breakfast until noon, and the parks are lovely in the morning.",
+            "Would you like me to suggest a few hotels near the river?"]
+CALLER_LONG = ["Actually, wait, I would rather go somewhere warm.", "No, not Paris, somewhere with a beach.",
+               "Can you tell me about flights to Lisbon instead?", "Hold on, what about the weather there?",
+               "Sorry, let me think about the dates first."]
+
+
+@pytest.mark.parametrize("caller_voice", ["piper", "espeak"])
+def test_long_double_talk_in_the_bots_own_voice_is_not_an_echo(caller_voice):
+    """Minutes of a caller talking over the bot. Any one window of double talk can peak as high as
+    an echo (16-30, seen on the bench's phone line, where the caller speaks in the bot's own piper
+    voice); an echo's windows agree on one delay, double talk's do not."""
+    from tests.speech_util import piper
+
+    def say(text: str) -> np.ndarray:
+        audio = piper(text) if caller_voice == "piper" else espeak(text, "en-us")
+        return soxr.resample(audio, 16_000, RATE).astype(np.float64)
+
+    bot = np.concatenate([soxr.resample(piper(t), 16_000, RATE).astype(np.float64) for t in BOT_LONG] * 3)
+    near = noise(len(bot), -60)
+    at = int(0.15 * RATE)
+    for k in range(1000):
+        utterance = say(CALLER_LONG[k % len(CALLER_LONG)])
+        if at + len(utterance) > len(bot):
+            break
+        near[at:at + len(utterance)] += utterance
+        at += len(utterance) + int(0.2 * RATE)
+    assert ECHO not in verdicts(bot, mulaw(near))
