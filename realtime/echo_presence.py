@@ -57,14 +57,10 @@ def dbfs(x: np.ndarray) -> float:
     return float(10 * np.log10(np.mean(np.square(x, dtype=np.float64)) / 32768.0 ** 2 + 1e-20))
 
 
-def gcc_phat_prominence(far: np.ndarray, near: np.ndarray, max_lag: int) -> float:
-    """Peak of the whitened cross-correlation over delays 0..max_lag (`far` starts max_lag samples
-    before `near` and ends with it), in robust standard deviations above the median delay."""
-    return gcc_phat_peak(far, near, max_lag)[0]
-
-
 def gcc_phat_peak(far: np.ndarray, near: np.ndarray, max_lag: int) -> tuple[float, int]:
-    """(prominence, index of the peak) of the whitened cross-correlation (gcc_phat_prominence)."""
+    """Peak of the whitened cross-correlation over delays 0..max_lag (`far` starts max_lag samples
+    before `near` and ends with it): its prominence in robust standard deviations above the median
+    delay, and its index (max_lag - index = the echo's delay in samples)."""
     nfft = 1 << (len(far) + len(near) - 1).bit_length()
     cross = np.fft.rfft(far, nfft) * np.conj(np.fft.rfft(near, nfft))
     cross /= np.abs(cross) + 1e-9
@@ -141,7 +137,7 @@ class EchoPresence:
         window = int(SILENT_WINDOW_S * self.rate)
         if self.verdict == UNKNOWN and self._bot_talked_through(window) \
                 and dbfs(self._near[-window:]) < SILENT_DBFS:
-            self.verdict = NO_ECHO
+            self._no_echo("digital silence while the bot talked")
 
     def _test_correlation(self) -> None:
         if not self._bot_talked_through(self._gcc_n):
@@ -156,9 +152,15 @@ class EchoPresence:
         elif prominence < NO_ECHO_PROMINENCE and near_db <= dbfs(self._far[self._lag:]) - QUIET_BELOW_FAR_DB:
             self.quiet_run += 1
             if self.quiet_run >= NO_ECHO_RUN:
-                self.verdict = NO_ECHO
+                self._no_echo(f"{NO_ECHO_RUN} quiet windows without a peak")
         else:
             self.quiet_run = 0
+
+    def _no_echo(self, why: str) -> None:
+        if self.verdict == NO_ECHO:
+            return  # decided already; detection goes on for an echo that appears later
+        log.info("echo presence: no echo (%s); the caller's input skips AEC3", why)
+        self.verdict = NO_ECHO
 
     def _confirm_echo(self, lag: int, prominence: float) -> None:
         """Latch "echo" once ECHO_CONFIRM strong windows agree on the delay."""
