@@ -16,7 +16,7 @@ import time
 import aiohttp
 
 from bench.corpus import Conversation
-from bench.measure import REFUSED_STATUS, Playout, TurnTiming, http_refusal
+from bench.measure import REFUSED_STATUS, Playout, TurnTiming, auth_headers, http_refusal
 from bench.mic import Mic, ScriptOptions, talk
 from realtime import g711
 
@@ -31,7 +31,7 @@ async def call(base_url: str, conv: Conversation, opts: ScriptOptions, max_turns
     heard, events, mic, timings = Playout(), [], Mic(SR), []
     async with aiohttp.ClientSession() as http:
         try:
-            ws = await http.ws_connect(url, max_msg_size=0, heartbeat=None)
+            ws = await http.ws_connect(url, max_msg_size=0, heartbeat=None, headers=auth_headers())
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status in REFUSED_STATUS:
                 raise http_refusal(exc.status, "/v1/telephony/twilio", exc.headers) from None

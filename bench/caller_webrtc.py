@@ -21,7 +21,7 @@ from av import AudioFrame
 
 from bench import impair
 from bench.corpus import Conversation
-from bench.measure import REFUSED_STATUS, Playout, Refused, TurnTiming, http_refusal, refusal_reason
+from bench.measure import REFUSED_STATUS, Playout, Refused, TurnTiming, auth_headers, http_refusal, refusal_reason
 from bench.mic import Mic, ScriptOptions, talk
 
 SR = 48_000
@@ -84,7 +84,8 @@ async def connect(base_url: str, track: MediaStreamTrack, http: aiohttp.ClientSe
     if (impairment := impair.from_env()) is not None:  # loss and jitter without netem (bench/impair.py)
         impairment.apply(pc)
     url = base_url.rstrip("/") + "/v1/realtime/calls"
-    async with http.post(url, data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}) as resp:
+    headers = {"Content-Type": "application/sdp", **auth_headers()}
+    async with http.post(url, data=pc.localDescription.sdp, headers=headers) as resp:
         answer = await resp.text()
         if resp.status in REFUSED_STATUS:
             await pc.close()

@@ -14,7 +14,7 @@ import aiohttp
 import numpy as np
 
 from bench.corpus import Conversation
-from bench.measure import REFUSED_STATUS, Playout, Refused, TurnTiming, http_refusal, refusal_reason
+from bench.measure import REFUSED_STATUS, Playout, Refused, TurnTiming, auth_headers, http_refusal, refusal_reason
 from bench.mic import Mic, ScriptOptions, talk
 
 SR = 24_000
@@ -29,7 +29,7 @@ async def call(base_url: str, conv: Conversation, opts: ScriptOptions, max_turns
     heard, events, mic, timings = Playout(), [], Mic(SR), []
     async with aiohttp.ClientSession() as http:
         try:
-            ws = await http.ws_connect(url, max_msg_size=0, heartbeat=None)
+            ws = await http.ws_connect(url, max_msg_size=0, heartbeat=None, headers=auth_headers())
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status in REFUSED_STATUS:  # (aiohttp does not keep the body of a failed upgrade)
                 raise http_refusal(exc.status, "/v1/realtime", exc.headers) from None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import re
 
+from bench.measure import auth_headers
+
 WORKER_LINE = re.compile(r"^worker (w\d+): (http://\S+?)/ ")
 STARTED = re.compile(r'^step_sessions_started_total\{[^}]*\}\s+([0-9.e+]+)$', re.M)
 
@@ -31,7 +33,7 @@ async def sessions_started(workers: dict[str, str]) -> dict[str, int | None]:
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return None
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=auth_headers()) as http:
         counts = await asyncio.gather(*(one(http, url) for url in workers.values()))
     return dict(zip(workers, counts))
 

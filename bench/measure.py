@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -196,6 +197,15 @@ def refusal_reason(event: dict) -> str | None:
     if any(word in code for word in REFUSAL_CODES):
         return f"error event {code}: {err.get('message') or ''}".strip()
     return None
+
+
+API_KEY_ENV = "STEP_REALTIME_API_KEY"  # bench --api-key: the key the callers send (caller processes inherit it)
+
+
+def auth_headers() -> dict[str, str]:
+    """The Authorization header for a server with auth on (bench --api-key), else none."""
+    key = os.environ.get(API_KEY_ENV)
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 class Refused(ConnectionError):

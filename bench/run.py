@@ -24,6 +24,7 @@ from bench.callers import (CALLER_MODULES, STAGGER_S, CallerPlan, LoopLag, Share
                            run_in_process, split)
 from bench.corpus import Conversation, load_corpus, save_conversations
 from bench.stats import knee, summarize
+from bench.measure import API_KEY_ENV
 from bench.mic import ScriptOptions
 from bench.server import MetricsSampler, ResourceSampler, ServerProcess
 
@@ -76,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="step-realtime bench", description=__doc__)
     p.add_argument("--config", default="configs/fake.yaml", help="server config to start (default: %(default)s)")
     p.add_argument("--url", help="bench a running server instead of starting one (no A/B)")
+    p.add_argument("--api-key", help="with --url, for a server with auth on: the key the callers send "
+                                     f"(Authorization: Bearer); default ${API_KEY_ENV}")
     p.add_argument("--server-pid", type=int, help="with --url: sample this process's CPU/RSS")
     p.add_argument("--echo-delay-ms", type=float,
                    help="bench the built-in echo agent (replies this long after speech ends) to check the bench")
@@ -112,6 +115,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", help="output folder (default: bench/out/<date-time>)")
     p.add_argument("--corpus-cache", type=Path, help="corpus cache folder")
     args = p.parse_args(argv)
+    if args.api_key:  # the callers read it from the environment; caller processes inherit it
+        os.environ[API_KEY_ENV] = args.api_key
     if args.caller_procs != "auto":
         try:
             args.caller_procs = int(args.caller_procs)

@@ -16,6 +16,7 @@ import psutil
 import yaml
 
 from bench.cluster import WORKER_LINE
+from bench.measure import auth_headers
 
 LISTENING = re.compile(r"listening on (http://\S+?)/? ")
 
@@ -172,7 +173,8 @@ class MetricsSampler:
     async def _run(self, tag_of) -> None:
         import aiohttp
 
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=max(2.0, self.period))) as http:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=max(2.0, self.period)),
+                                         headers=auth_headers()) as http:
             while True:
                 t = time.monotonic()
                 try:
