@@ -128,8 +128,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--sustained: at least 1 caller")
     if args.sustained and args.vs:
         p.error("--sustained runs one server: no --vs")
-    if args.cluster is not None and (args.cluster < 1 or args.url or (args.vs and args.sustained)):
-        p.error("--cluster N: N >= 1, not with --url, and --vs (the workers' config) not with --sustained")
+    if args.cluster is not None and (args.cluster < 1 or args.url):  # (--vs with --sustained: refused above)
+        p.error("--cluster N: N >= 1, and not with --url")
     return args
 
 

@@ -2,10 +2,14 @@
 turns are answered and measured on the audio alone, a barge-in clears the line."""
 from __future__ import annotations
 
-from bench import caller_twilio
+import aiohttp
+import pytest
+
+from bench import caller_twilio, caller_ws, cluster
 from bench.corpus import synthetic_conversation
-from bench.measure import analyze
+from bench.measure import API_KEY_ENV, analyze
 from bench.mic import ScriptOptions
+from bench.run import parse_args
 from tests.realtime_util import fake_config, running_server
 
 
@@ -25,13 +29,6 @@ async def test_a_phone_caller_is_answered_and_measured() -> None:
 async def test_bench_callers_send_the_api_key_to_a_server_with_auth_on(monkeypatch) -> None:
     """`bench --url … --api-key K` against a production server: the callers (and the bench's
     /metrics sampling) send `Authorization: Bearer K`; without it the call is refused with 401."""
-    import aiohttp
-    import pytest
-
-    from bench import caller_ws, cluster
-    from bench.measure import API_KEY_ENV
-    from bench.run import parse_args
-
     key = "sk-bench-0123456789abcdef0123"
     cfg = fake_config(**{"server.auth.enabled": True, "server.auth.api_keys": [key], "llm.echo": False,
                          "llm.reply": "Sure."})
