@@ -23,6 +23,7 @@ class TurnDetector:
         self.turn_ms = 0  # length of the current user turn
         self.end_of_turn_ms = cfg.end_of_turn_ms  # this pause's wait: moved by the turn model and hints
         self.model_spoke = False  # the end-of-turn model has scored this pause
+        self.probability: float | None = None  # its P(finished) for this pause (turn metrics show it)
         self.transcript: str | None = None  # this pause's transcript, once known
         self.reply_unheard = False  # set by the controller: nothing of the reply was played yet
 
@@ -68,6 +69,7 @@ class TurnDetector:
         """Each pause is judged afresh: until the model answers, the fixed wait holds."""
         self.end_of_turn_ms = self.cfg.end_of_turn_ms
         self.model_spoke = False
+        self.probability = None
         self.transcript: str | None = None
 
     def judged(self, probability: float) -> int:
@@ -75,6 +77,7 @@ class TurnDetector:
         that came first may still lengthen it)."""
         self.end_of_turn_ms = model_wait_ms(self.cfg, probability)
         self.model_spoke = True
+        self.probability = probability
         if self.transcript and self.cfg.eot_hints:
             self.end_of_turn_ms = hinted_wait_ms(self.cfg, self.end_of_turn_ms, self.transcript, True)
         return self.end_of_turn_ms

@@ -164,6 +164,7 @@ class Lane:
         self.batch_fn = batch_fn
         self.max_batch = max_batch if batch_fn else 1
         self.running = 0
+        self._running_jobs: set[Job] = set()  # started, not finished: a wedged worker shows here
         self._queue: list[Job] = []
         self.waits: dict[Kind, deque[float]] = {k: deque(maxlen=history) for k in Kind}
         self.final_waits: deque[tuple[float, float]] = deque(maxlen=history)  # (when, wait) for admission
@@ -242,6 +243,7 @@ class Lane:
 
     def _start(self, job: Job) -> None:
         job.started = time.monotonic()
+        self._running_jobs.add(job)
         kind = job.kind()
         self.waits[kind].append(job.started - job.enqueued)
         if kind is Kind.FINAL:
@@ -276,6 +278,7 @@ class Lane:
 
     def _finish(self, batch: list[Job]) -> None:
         self.busy_s += time.monotonic() - min(j.started or time.monotonic() for j in batch)
+        self._running_jobs.difference_update(batch)
         self.running -= 1
         self._dispatch()
 
@@ -306,6 +309,11 @@ class Lane:
 
     # -- metrics -------------------------------------------------------------------------------
 
+    def oldest_running_s(self) -> float:
+        """How long the longest-running job has held its worker (0: none running)."""
+        started = [j.started for j in self._running_jobs if j.started is not None]
+        return time.monotonic() - min(started) if started else 0.0
+
     def snapshot(self) -> dict[str, Any]:
         queued = {k.name.lower(): 0 for k in Kind}
         for job in self._queue:
@@ -318,6 +326,7 @@ class Lane:
                     "p50": round(_pct(ordered, 50) * 1000, 1), "p95": round(_pct(ordered, 95) * 1000, 1),
                     "max": round(ordered[-1] * 1000, 1), "n": len(ordered)}
         return {"workers": self.workers, "running": self.running, "queued": queued, "wait_ms": waits,
+                "oldest_running_s": round(self.oldest_running_s(), 2),
                 "busy_s": round(self.busy_s, 2), "jobs": self.jobs, "dropped": self.dropped,
                 "batches": self.batches,
                 "batch_size_mean": round(self.batched_items / self.batches, 2) if self.batches else None,
@@ -360,6 +369,14 @@ class Scheduler:
             if values:
                 worst = max(worst, _pct(values, 95) * 1000)
         return worst
+
+    def stuck(self, after_s: float) -> dict[str, float]:
+        """Lanes whose workers are threads (`serial`) with a job running longer than `after_s`:
+        one model call that never returns. A thread cannot be stopped, and every session's work
+        of that kind queues behind it, so /healthz reports it and the process should be
+        restarted (a wedged Whisper worker was seen once in a 4-caller run, docs/benchmarks.md)."""
+        ages = {name: lane.oldest_running_s() for name, lane in self.lanes.items() if lane.serial}
+        return {name: round(age, 1) for name, age in ages.items() if age > after_s}
 
     def snapshot(self) -> dict[str, Any]:
         return {name: lane.snapshot() for name, lane in self.lanes.items()}

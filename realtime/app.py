@@ -111,9 +111,16 @@ async def _close_stages(app: web.Application) -> None:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness. 503 when a model worker thread is wedged (a call that never returns): every
+    session's work of that kind waits behind it for good, and only a restart frees it."""
     server = request.app[SERVER_KEY]
-    return web.json_response({"ok": True, "stages": {k: type(v).__name__ for k, v in server.stages.items()},
-                              "sessions": len(server.sessions)})
+    body = {"ok": True, "stages": {k: type(v).__name__ for k, v in server.stages.items()},
+            "sessions": len(server.sessions)}
+    stuck = server.scheduler.stuck(server.config.server.model_stuck_after_s)
+    if stuck:
+        log.error("model worker wedged (seconds in one call, by lane): %s; restart this process", stuck)
+        return web.json_response({**body, "ok": False, "stuck": stuck}, status=503)
+    return web.json_response(body)
 
 
 async def readyz(request: web.Request) -> web.Response:

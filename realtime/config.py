@@ -149,6 +149,9 @@ class ServerConfig(BaseModel):
     drain_grace_s: float = Field(30.0, ge=0, description="on SIGTERM: how long calls in progress may go on "
                                                          "(no new ones admitted) before they are ended")
     cache_dir: str = Field("~/.cache/step-realtime", description="assembled embedded models")
+    model_stuck_after_s: float = Field(
+        120.0, gt=0, description="a model call running this long in a worker thread (Whisper, piper, the "
+                                 "turn model) is wedged: /healthz answers 503 so the process is restarted")
     echo_cancellation: EchoCancellationConfig = EchoCancellationConfig()
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()

@@ -1,6 +1,7 @@
 """How long finalize() takes, and what the short encoder window costs in accuracy.
 
     .venv/bin/python -m streaming_tokenizer.bench_whisper [--cache-dir DIR] [--runs 5] [--wer]
+    .venv/bin/python -m streaming_tokenizer.bench_whisper --threads 1,2   # cpu_threads compared
 
 Speech is synthesized offline (piper joe voice, espeak-ng en-us and en+f3), so the numbers are
 reproducible; results go to docs/models.md by hand.
@@ -96,9 +97,18 @@ async def main() -> None:
     parser.add_argument("--cache-dir", default="~/.cache/step-realtime")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--wer", action="store_true", help="also compare WER on a 36-utterance corpus")
+    parser.add_argument("--threads", help="only compare these cpu_threads values (e.g. 1,2), default window")
     args = parser.parse_args()
     env = BuildEnv(Path(args.cache_dir).expanduser())
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    if args.threads:
+        for _ in range(2):  # twice, interleaved: the second round shows the noise
+            for threads in [int(t) for t in args.threads.split(",")]:
+                factory = build_stage("tokenizer", "whisper", {"cpu_threads": threads}, env)
+                print(f"cpu_threads={threads}, language detected:")
+                await latency(factory, args.runs)
+                await factory.close()
+        return
     for name, options in [("short window (default)", {}), ("full 30 s window", {"encoder_window_s": None})]:
         for language in ("en", None):
             factory = build_stage("tokenizer", "whisper", {**options, "language": language}, env)

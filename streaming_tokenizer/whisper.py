@@ -48,7 +48,11 @@ class Options(BaseModel):
     model: str = Field("whisper-base", description="an embedded model name, or a CTranslate2 model dir")
     language: str | None = Field(None, description="ISO code such as 'en'; null: detect per turn")
     compute_type: str = "int8"
-    cpu_threads: int = Field(2, ge=1, description="CTranslate2 threads per transcription")
+    # 1, not 2: greedy decoding is ~10 ms per token of small ops, and waking a second (sleeping,
+    # OMP_WAIT_POLICY=PASSIVE) thread at each op costs more than it saves: 1 thread is as fast or
+    # faster (5.9 s of speech: 0.43–0.49 vs 0.50–0.52 s) on 15–25 % less CPU, leaving the other
+    # core to the LLM and TTS (docs/benchmarks.md, "One Whisper thread").
+    cpu_threads: int = Field(1, ge=1, description="CTranslate2 threads per transcription")
     workers: int = Field(1, ge=1, le=2, description="batches running at once (server-wide)")
     max_batch: int = Field(8, ge=1, le=32, description="transcriptions of one encoder window size run as one "
                                                        "batch (all sessions)")

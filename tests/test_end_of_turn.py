@@ -125,6 +125,7 @@ async def test_semantic_vad_in_the_realtime_api() -> None:
         await c.send_audio(utterance(1.0, 1.0))
         metrics = await c.next("step.turn_metrics")
         assert metrics["values"]["end_of_turn_delay_ms"] == EAGERNESS["high"][1]
+        assert metrics["values"]["end_of_turn_p"] == 0.95  # the model's answer, for the bench's per-turn records
         await c.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
             "turn_detection": {"type": "semantic_vad", "eagerness": "eager"}}}}})
         assert (await c.next("error"))["error"]["param"]

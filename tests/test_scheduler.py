@@ -118,6 +118,26 @@ async def test_run_uses_the_executor_and_counts_busy_time():
     pool.shutdown()
 
 
+async def test_a_call_that_never_returns_shows_as_a_stuck_lane():
+    """A wedged worker thread (one model call that does not return) is what /healthz reports;
+    a lane that only holds places on a batching server (serial=False) never counts."""
+    pool = ThreadPoolExecutor(1)
+    scheduler = Scheduler()
+    asr = scheduler.lane("asr", 1, executor=pool)
+    llm = scheduler.lane("llm", 2, serial=False)
+    gate = threading.Event()
+    wedged = asyncio.create_task(asr.run(gate.wait))
+    async with llm.slot():
+        await asyncio.sleep(0.3)
+        assert scheduler.stuck(after_s=0.2) == {"asr": pytest.approx(0.3, abs=0.1)}
+        assert asr.snapshot()["oldest_running_s"] >= 0.2
+        assert scheduler.stuck(after_s=5.0) == {}
+    gate.set()
+    await wedged
+    assert scheduler.stuck(after_s=0.0) == {} and asr.oldest_running_s() == 0.0
+    pool.shutdown()
+
+
 async def test_batches_group_by_key_and_keep_priority():
     calls: list[list[str]] = []
     release = threading.Event()

@@ -168,6 +168,27 @@ async def test_max_sessions_and_metrics() -> None:
         await wait_until(lambda: not server_context(server).sessions, what="session cleanup")
 
 
+async def test_healthz_fails_while_a_model_worker_is_wedged() -> None:
+    """Liveness turns 503 (with the lane) once a worker thread has been in one call longer than
+    server.model_stuck_after_s, and recovers when the call returns."""
+    import asyncio
+    import threading
+
+    async with running_server(fake_config(**{"server.model_stuck_after_s": 0.2})) as server, \
+            aiohttp.ClientSession() as http:
+        lane = server_context(server).scheduler.lane("wedge", 1)
+        gate = threading.Event()
+        call = asyncio.create_task(lane.run(gate.wait))
+        await asyncio.sleep(0.4)
+        async with http.get(server.make_url("/healthz")) as r:
+            body = await r.json()
+            assert r.status == 503 and body["ok"] is False and list(body["stuck"]) == ["wedge"]
+        gate.set()
+        await call
+        async with http.get(server.make_url("/healthz")) as r:
+            assert r.status == 200 and (await r.json())["ok"] is True
+
+
 async def test_web_client_routes() -> None:
     async with running_server() as server, aiohttp.ClientSession() as http:
         async with http.get(server.make_url("/")) as r:
