@@ -1,6 +1,9 @@
 """The Realtime WebSocket end to end, with the fake stages (configs/fake.yaml)."""
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import aiohttp
 import pytest
 
@@ -171,19 +174,18 @@ async def test_max_sessions_and_metrics() -> None:
 async def test_healthz_fails_while_a_model_worker_is_wedged() -> None:
     """Liveness turns 503 (with the lane) once a worker thread has been in one call longer than
     server.model_stuck_after_s, and recovers when the call returns."""
-    import asyncio
-    import threading
-
     async with running_server(fake_config(**{"server.model_stuck_after_s": 0.2})) as server, \
             aiohttp.ClientSession() as http:
         lane = server_context(server).scheduler.lane("wedge", 1)
         gate = threading.Event()
         call = asyncio.create_task(lane.run(gate.wait))
-        await asyncio.sleep(0.4)
-        async with http.get(server.make_url("/healthz")) as r:
-            body = await r.json()
-            assert r.status == 503 and body["ok"] is False and list(body["stuck"]) == ["wedge"]
-        gate.set()
+        try:
+            await asyncio.sleep(0.4)
+            async with http.get(server.make_url("/healthz")) as r:
+                body = await r.json()
+                assert r.status == 503 and body["ok"] is False and list(body["stuck"]) == ["wedge"]
+        finally:
+            gate.set()  # the thread must end even when an assertion failed
         await call
         async with http.get(server.make_url("/healthz")) as r:
             assert r.status == 200 and (await r.json())["ok"] is True
