@@ -352,6 +352,17 @@ class Scheduler:
         self.lanes[unique] = lane = Lane(unique, workers, **kwargs)
         return lane
 
+    def sessions_at_work(self) -> set[str]:
+        """Sessions with model work queued or running in any lane: a stage asks whether it has the
+        box to itself (Whisper's encoder then takes both cores). Callable from a worker thread: it
+        reads copies (copying a list, set or dict is atomic under the GIL), so the answer may be a
+        moment old, which is all a heuristic needs."""
+        sessions: set[str] = set()
+        for lane in list(self.lanes.values()):
+            for job in list(lane._queue) + list(lane._running_jobs.copy()):
+                sessions.update(t.session for t in list(job.tickets))
+        return sessions
+
     def final_backlog_ms(self) -> float:
         """How long the oldest FINAL job still queued has waited (0 when none waits): a caller who
         finished speaking is waiting for a model worker right now."""

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m streaming_tokenizer.bench_whisper [--cache-dir DIR] [--runs 5] [--wer]
     .venv/bin/python -m streaming_tokenizer.bench_whisper --threads 1,2   # cpu_threads compared
+    .venv/bin/python -m streaming_tokenizer.bench_whisper --encoder-threads 1,2   # the lone-turn encoder
 
 Speech is synthesized offline (piper joe voice, espeak-ng en-us and en+f3), so the numbers are
 reproducible; results go to docs/models.md by hand.
@@ -81,15 +82,21 @@ async def accuracy(factory) -> tuple[float, float]:
 
 
 def encoder_times(engine, runs: int = 3) -> None:
-    """Whisper's encoder alone, by window length: the part of finalize() a short window saves."""
+    """Whisper's encoder alone, by window length: the part of finalize() a short window saves;
+    on cpu_threads and on the lone-turn copy (encoder_threads)."""
     from faster_whisper.transcribe import get_ctranslate2_storage
 
+    encoders = [("cpu_threads", engine.model.model), ("encoder_threads", engine.solo_encoder)]
     for frames_ in (500, 1000, 2000, 3000):
         features = np.zeros((1, 80, frames_), np.float32)
-        t0 = time.perf_counter()
-        for _ in range(runs):
-            engine.model.model.encode(get_ctranslate2_storage(features))
-        print(f"  encoder alone, {frames_ // 100} s window: {(time.perf_counter() - t0) / runs:.2f} s")
+        times = []
+        for _, encoder in encoders:
+            t0 = time.perf_counter()
+            for _ in range(runs if encoder is not None else 0):
+                encoder.encode(get_ctranslate2_storage(features))
+            times.append(f"{(time.perf_counter() - t0) / runs:.2f} s" if encoder is not None else "off")
+        print(f"  encoder alone, {frames_ // 100} s window: " + ", ".join(
+            f"{name} {t}" for (name, _), t in zip(encoders, times)))
 
 
 async def main() -> None:
@@ -98,14 +105,21 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--wer", action="store_true", help="also compare WER on a 36-utterance corpus")
     parser.add_argument("--threads", help="only compare these cpu_threads values (e.g. 1,2), default window")
+    parser.add_argument("--encoder-threads", help="only compare these encoder_threads values (e.g. 1,2): the "
+                                                  "encoder of a lone transcription (here every one is alone)")
     args = parser.parse_args()
     env = BuildEnv(Path(args.cache_dir).expanduser())
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    if args.threads:
+    variants = []
+    if args.threads:  # the two-thread encoder off, so that only cpu_threads differs
+        variants = [{"cpu_threads": int(t), "encoder_threads": 1} for t in args.threads.split(",")]
+    elif args.encoder_threads:
+        variants = [{"encoder_threads": int(t)} for t in args.encoder_threads.split(",")]
+    if variants:
         for _ in range(2):  # twice, interleaved: the second round shows the noise
-            for threads in [int(t) for t in args.threads.split(",")]:
-                factory = build_stage("tokenizer", "whisper", {"cpu_threads": threads}, env)
-                print(f"cpu_threads={threads}, language detected:")
+            for options in variants:
+                factory = build_stage("tokenizer", "whisper", options, env)
+                print(f"{options}, language detected:")
                 await latency(factory, args.runs)
                 await factory.close()
         return

@@ -53,6 +53,13 @@ class Options(BaseModel):
     # faster (5.9 s of speech: 0.43–0.49 vs 0.50–0.52 s) on 15–25 % less CPU, leaving the other
     # core to the LLM and TTS (docs/benchmarks.md, "One Whisper thread").
     cpu_threads: int = Field(1, ge=1, description="CTranslate2 threads per transcription")
+    # The encoder is one big matrix product per layer, where a second thread does pay (10 s window:
+    # see docs/benchmarks.md "A two-thread encoder when alone"); but a second core is free only
+    # when no other session has model work. So a second copy of the model with this many threads
+    # encodes a lone transcription while no other session is at work; decoding stays on cpu_threads.
+    encoder_threads: int = Field(2, ge=1, le=8, description="CTranslate2 threads for the encoder while no other "
+                                                            "session has model work (a second copy of the "
+                                                            "model, ~80 MB); <= cpu_threads: off")
     workers: int = Field(1, ge=1, le=2, description="batches running at once (server-wide)")
     max_batch: int = Field(8, ge=1, le=32, description="transcriptions of one encoder window size run as one "
                                                        "batch (all sessions)")
@@ -80,8 +87,13 @@ class WhisperEngine:
 
         self.model = WhisperModel(str(model_dir), device="cpu", compute_type=opts.compute_type,
                                   cpu_threads=opts.cpu_threads, num_workers=opts.workers)
+        self.solo_encoder = None
+        if opts.encoder_threads > opts.cpu_threads:
+            self.solo_encoder = WhisperModel(str(model_dir), device="cpu", compute_type=opts.compute_type,
+                                             cpu_threads=opts.encoder_threads).model
         self.executor = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="whisper")
-        self.lane = (scheduler or Scheduler()).lane(
+        self.scheduler = scheduler or Scheduler()
+        self.lane = self.scheduler.lane(
             "asr", opts.workers, executor=self.executor, batch_fn=self.transcribe_batch, max_batch=opts.max_batch)
         self.window_frames = None if opts.encoder_window_s is None else int(opts.encoder_window_s * 100)
         multilingual = self.model.model.is_multilingual
@@ -92,6 +104,7 @@ class WhisperEngine:
         self.window_runs = 0  # how often each path ran, for tests and benchmarks
         self.loop_retries = 0
         self.full_runs = 0
+        self.solo_encodes = 0
 
     def window_of(self, samples: int) -> int:
         """The encoder window (mel frames) a turn of `samples` is transcribed in; 0: the full-window
@@ -147,7 +160,7 @@ class WhisperEngine:
 
         self.window_runs += len(items)
         features = np.stack([self._features(audio, window) for audio, _ in items])
-        encoded = self.model.model.encode(get_ctranslate2_storage(features))
+        encoded = self._encoder(len(items)).encode(get_ctranslate2_storage(features))
         tok = self._tokenizer
         languages = [lang for _, lang in items]
         if not self.model.model.is_multilingual:
@@ -176,6 +189,16 @@ class WhisperEngine:
             else:
                 results.append((tok.decode(ids).strip(), language))
         return results
+
+    def _encoder(self, batch: int):
+        """The two-thread copy for one transcription while no other session has model work queued
+        or running (its own turn-model or LLM work may run beside it); else the one-thread model.
+        Both load the same weights, so the encoder output, and the transcript, are the same."""
+        if self.solo_encoder is not None and batch == 1 and len(self.scheduler.sessions_at_work()) <= 1:
+            self.solo_encodes += 1
+            self.lane.counters["solo_encodes"] = self.solo_encodes
+            return self.solo_encoder
+        return self.model.model
 
     def _features(self, audio: np.ndarray, window: int) -> np.ndarray:
         padded = np.zeros(window * _HOP, np.float32)

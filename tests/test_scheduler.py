@@ -261,3 +261,22 @@ async def test_an_async_batch_is_cancelled_when_its_last_waiter_leaves():
     # and the lane still works
     release.set()
     assert await asyncio.wait_for(lane.submit("y", Ticket("b")), 5) == "done y"
+
+
+async def test_sessions_at_work_counts_queued_and_running_jobs_of_every_lane():
+    """Whisper asks this from its worker thread to know whether it has the box to itself."""
+    scheduler = Scheduler()
+    llm, tts = scheduler.lane("llm", 1), scheduler.lane("tts", 1)
+    assert scheduler.sessions_at_work() == set()
+    gate = asyncio.Event()
+    order: list[str] = []
+    running = asyncio.create_task(_hold(llm, Ticket("a"), order, "a", gate))
+    queued = asyncio.create_task(_hold(llm, Ticket("b", Kind.WARMUP), order, "b", gate))
+    other_lane = asyncio.create_task(_hold(tts, Ticket("c"), order, "c", gate))
+    await _settle()
+    assert order == ["a", "c"]  # b waits behind a
+    assert scheduler.sessions_at_work() == {"a", "b", "c"}
+    assert await asyncio.to_thread(scheduler.sessions_at_work) == {"a", "b", "c"}  # from a thread too
+    gate.set()
+    await asyncio.gather(running, queued, other_lane)
+    assert scheduler.sessions_at_work() == set()

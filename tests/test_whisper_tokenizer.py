@@ -329,6 +329,24 @@ async def test_sessions_pausing_together_share_a_batch(whisper):
 
 
 @pytest.mark.integration
+async def test_a_lone_transcription_encodes_on_two_threads_and_says_the_same(whisper):
+    """The two-thread copy of the encoder runs only while no other session has model work, and
+    its transcript is the one-thread model's, exactly."""
+    engine = whisper.engine
+    assert engine.solo_encoder is not None  # encoder_threads (2) > cpu_threads (1)
+    other = engine.scheduler.lane("other-model", 1)
+    audio = np.concatenate([silence(0.3), piper(SENTENCES[0]), silence(0.3)]).astype(np.float32) / 32768.0
+    solo = engine.solo_encodes
+    async with other.slot(Ticket("another-caller")):  # someone else's reply is being synthesized
+        shared = await engine.lane.submit((audio, None), Ticket("me"))
+    assert engine.solo_encodes == solo
+    alone = await engine.lane.submit((audio, None), Ticket("me"))
+    assert engine.solo_encodes == solo + 1
+    assert engine.lane.snapshot()["counters"]["solo_encodes"] == engine.solo_encodes  # in /metrics
+    assert alone == shared and wer(SENTENCES[0], alone[0]) <= 0.2, alone
+
+
+@pytest.mark.integration
 def test_unknown_language_is_a_config_error(model_cache):
     with pytest.raises(ConfigError, match="tokenizer.language.*'xx'"):
         build_stage("tokenizer", "whisper", {"language": "xx"}, BuildEnv(model_cache))
