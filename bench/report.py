@@ -106,15 +106,16 @@ def _queue_tables(result: dict) -> list[str]:
              "Queued: max / mean depth per kind over the level. Wait: the server's own p50 / p95 per kind as it "
              "reported them at the end of the level. Jobs, dropped, busy: during the level.", "",
              "| variant | callers | lane | workers | busy % | jobs | dropped | batch size mean "
-             "| queued max / mean | wait p50 / p95 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| queued max / mean | wait p50 / p95 ms | stage counters |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         for name, lane in r["scheduler"]["lanes"].items():
             queued = _kinds_cell(lane.get("queued", {}), lambda q: f"{_fmt(q.get('max'))} / {_fmt(q.get('mean'))}")
             wait = _kinds_cell(lane.get("wait_ms", {}), lambda w: f"{_fmt(w.get('p50'))} / {_fmt(w.get('p95'))}")
             lines.append(f"| {r['variant']} | {r['concurrency']} | {name} | {_fmt(lane.get('workers'))} | "
                          f"{_fmt(lane.get('busy_percent'))} | {_fmt(lane.get('jobs'))} | {_fmt(lane.get('dropped'))} | "
-                         f"{_fmt(lane.get('batch_size_mean'))} | {queued} | {wait} |")
+                         f"{_fmt(lane.get('batch_size_mean'))} | {queued} | {wait} | "
+                         f"{' · '.join(f'{k} {_fmt(v)}' for k, v in (lane.get('counters') or {}).items())} |")
     loads = [r for r in runs if r["scheduler"].get("load")]
     if loads:
         lines += ["", "Admission, as the server saw it (\"load\"; refused: the server's own counter during the level):",

@@ -258,6 +258,11 @@ def scheduler_summary(samples: list[dict]) -> dict:
         for counter in ("jobs", "dropped", "batches", "busy_s"):
             a, b = _num(first.get(counter)), _num(last.get(counter))
             out[counter] = None if a is None or b is None else round(b - a, 2)
+        # The stage's own counts (Whisper's solo encodes, loop retries...) during the level; a
+        # counter a stage adds on first use is missing from the earlier samples: it started at 0.
+        before, after = first.get("counters") or {}, last.get("counters") or {}
+        out["counters"] = {k: round(_num(v) - (_num(before.get(k)) or 0.0), 2)
+                           for k, v in after.items() if _num(v) is not None}
         workers = _num(last.get("workers")) or 1.0
         out["busy_percent"] = (round(out["busy_s"] / (span * workers) * 100, 1)
                                if out["busy_s"] is not None and span > 0 else None)

@@ -47,6 +47,13 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field("whisper-base", description="an embedded model name, or a CTranslate2 model dir")
     language: str | None = Field(None, description="ISO code such as 'en'; null: detect per turn")
+    # Whisper base detects Mandarin spoken as separate syllables, or a short noisy turn, as Thai,
+    # Vietnamese, Korean...; the decoder then loops in that language and the retry costs a second
+    # decode (2 s of ASR on the bench's Mandarin turns). Detecting only among the languages the
+    # agent can answer in is both right and faster.
+    languages: list[str] | None = Field(
+        None, min_length=1,
+        description="with language null: detect only among these ISO codes (e.g. [en, zh]); null: any of Whisper's")
     compute_type: str = "int8"
     # 1, not 2: greedy decoding is ~10 ms per token of small ops, and waking a second (sleeping,
     # OMP_WAIT_POLICY=PASSIVE) thread at each op costs more than it saves: 1 thread is as fast or
@@ -101,6 +108,7 @@ class WhisperEngine:
                                     "en" if multilingual else None)
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
         self._script = _script_converter(opts.chinese_script)
+        self.candidates = set(opts.languages or ())
         self.window_runs = 0  # how often each path ran, for tests and benchmarks
         self.loop_retries = 0
         self.full_runs = 0
@@ -146,6 +154,8 @@ class WhisperEngine:
         self.full_runs += 1
         # Visible in /metrics: a full-window run holds the one worker for seconds.
         self.lane.counters["full_window_runs"] = self.full_runs
+        if language is None and self.candidates and self.model.model.is_multilingual:
+            language = pick_language(self.model.detect_language(audio)[2], self.candidates)
         segments, info = self.model.transcribe(
             audio, language=language, beam_size=1, vad_filter=False, without_timestamps=True,
             condition_on_previous_text=False)
@@ -169,7 +179,7 @@ class WhisperEngine:
         else:
             if any(lang is None for lang in languages):
                 detected = self.model.model.detect_language(encoded)
-                languages = [lang or best[0][0][2:-2] for lang, best in zip(languages, detected)]  # "<|en|>" → "en"
+                languages = [lang or pick_language(ranked, self.candidates) for lang, ranked in zip(languages, detected)]
             prompts = [[tok.sot, self.language_token(lang), tok.transcribe, tok.no_timestamps] for lang in languages]
         budgets = [token_budget(len(audio) / SAMPLE_RATE) for audio, _ in items]
         # CTranslate2 stops well short of max_length (it counts more than the new tokens), so
@@ -222,6 +232,13 @@ def _script_converter(script: str | None):
     import opencc
 
     return opencc.OpenCC("t2s" if script == "simplified" else "s2t").convert
+
+
+def pick_language(ranked: Sequence[tuple[str, float]], candidates: set[str]) -> str:
+    """The most likely of `candidates` (any language when empty) in Whisper's ranking, most likely
+    first; codes come as "en" (faster-whisper) or "<|en|>" (CTranslate2)."""
+    codes = [code.strip("<|>") for code, _ in ranked]
+    return next((c for c in codes if not candidates or c in candidates), codes[0])
 
 
 def token_budget(seconds: float) -> int:
@@ -330,10 +347,12 @@ def build(options: dict, env) -> WhisperTokenizerFactory:
 
     opts = validate_options(Options, "tokenizer", options)
     engine = WhisperEngine(resolve_model(opts.model, env.cache_dir), opts, env.scheduler)
-    if opts.language is not None and engine.model.model.is_multilingual:
-        try:
-            engine.language_token(opts.language)
-        except ValueError as exc:
-            engine.executor.shutdown(wait=False)
-            raise ConfigError(f"tokenizer.language: {exc}") from None
+    if engine.model.model.is_multilingual:
+        for key, codes in (("language", [opts.language] if opts.language else []), ("languages", opts.languages or [])):
+            try:
+                for code in codes:
+                    engine.language_token(code)
+            except ValueError as exc:
+                engine.executor.shutdown(wait=False)
+                raise ConfigError(f"tokenizer.{key}: {exc}") from None
     return WhisperTokenizerFactory(engine, opts.language)

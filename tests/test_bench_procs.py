@@ -280,11 +280,12 @@ def test_sustained_report_in_the_summary(tmp_path):
 
 # -- the server's model queues (GET /metrics.json "scheduler") -----------------------------------------
 
-def _metrics(t, asr_final, asr_spec, jobs, busy, wait_p95, admitting=True):
+def _metrics(t, asr_final, asr_spec, jobs, busy, wait_p95, admitting=True, counters=None):
     return {"t": t, "tag": "x", "active_sessions": 2, "scheduler": {
         "lanes": {"asr": {"workers": 1, "running": 1, "queued": {"final": asr_final, "speculative": asr_spec, "warmup": 0},
                           "wait_ms": {"final": {"p50": 12.0, "p95": wait_p95, "max": 120.0, "n": jobs}},
-                          "busy_s": busy, "jobs": jobs, "dropped": 1, "batches": jobs // 2, "batch_size_mean": 2.0},
+                          "busy_s": busy, "jobs": jobs, "dropped": 1, "batches": jobs // 2, "batch_size_mean": 2.0,
+                          **({"counters": counters} if counters else {})},
                   "llm": {"workers": 1, "running": 0, "queued": {"final": 0}, "wait_ms": {}, "busy_s": 1.0,
                           "jobs": 3, "dropped": 0, "batches": 3, "batch_size_mean": 1.0}},
         "load": {"admitting": admitting, "reason": None if admitting else "CPU full", "capacity_sessions": 9.5 - t,
@@ -293,8 +294,9 @@ def _metrics(t, asr_final, asr_spec, jobs, busy, wait_p95, admitting=True):
 
 
 def test_scheduler_metrics_per_level_and_their_absence():
-    samples = [_metrics(0.0, 0, 1, 10, 1.0, 50.0), _metrics(1.0, 2, 3, 14, 1.5, 80.0),
-               _metrics(2.0, 1, 0, 20, 2.0, 90.0, admitting=False)]
+    samples = [_metrics(0.0, 0, 1, 10, 1.0, 50.0, counters={"loop_retries": 2}),
+               _metrics(1.0, 2, 3, 14, 1.5, 80.0, counters={"loop_retries": 2, "solo_encodes": 1}),
+               _metrics(2.0, 1, 0, 20, 2.0, 90.0, admitting=False, counters={"loop_retries": 3, "solo_encodes": 4})]
     s = scheduler_summary(samples)
     asr = s["lanes"]["asr"]
     assert asr["queued"]["final"] == {"max": 2.0, "mean": 1.0} and asr["queued"]["speculative"]["max"] == 3.0
@@ -302,6 +304,8 @@ def test_scheduler_metrics_per_level_and_their_absence():
     assert asr["queued_total_max"] == 5.0
     assert asr["wait_ms"]["final"]["p95"] == 90.0  # as the server reported it at the end of the level
     assert asr["jobs"] == 10 and asr["busy_s"] == 1.0 and asr["busy_percent"] == 50.0  # 1 s busy in 2 s
+    # the stage's counters during the level; one first seen mid-level started at 0
+    assert asr["counters"] == {"loop_retries": 1, "solo_encodes": 4} and s["lanes"]["llm"]["counters"] == {}
     load = s["load"]
     assert load["admitting_share"] == pytest.approx(0.67) and load["capacity_sessions_last"] == 7.5
     assert load["not_admitting_reasons"] == {"CPU full": 1} and load["refused"] == 2
@@ -316,7 +320,8 @@ def test_scheduler_metrics_per_level_and_their_absence():
     result = {"transport": "ws", "command": "python -m bench", "threshold_ms": 1500.0, "max_gap_ms": 100.0,
               "knee": {"v": None}, "variants": [{"name": "v"}], "notes": [], "runs": [run], "ab": []}
     md = report.markdown(result)
-    assert "| v | 4 | asr | 1 | 50 | 10 | 0 | 2 | final 2 / 1 · speculative 3 / 1.33 · warmup 0 / 0 | final 12 / 90 |" in md
+    assert ("| v | 4 | asr | 1 | 50 | 10 | 0 | 2 | final 2 / 1 · speculative 3 / 1.33 · warmup 0 / 0 | final 12 / 90 "
+            "| loop_retries 1 · solo_encodes 4 |") in md
     assert "| v | 4 | 0.67 | 7.5 / 7.5 | 2 | 0.2 / 0.25 | 0.5 / 0.5 | 82 | 2 | CPU full (1×) |" in md
     del run["scheduler"]
     assert "model queues" not in report.markdown(result)

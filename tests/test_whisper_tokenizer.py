@@ -13,7 +13,7 @@ import pytest
 from core.config import ConfigError
 from core.scheduler import Kind, Lane, Ticket, WorkDropped, working_for
 from core.stages import BuildEnv, build_stage
-from streaming_tokenizer.whisper import WhisperTokenizer, _repeats
+from streaming_tokenizer.whisper import WhisperTokenizer, _repeats, pick_language
 from tests.speech_util import espeak, frames, piper, silence, wer
 
 WAIT_S = 120  # bounds a broken test instead of hanging; never reached when it works
@@ -383,6 +383,35 @@ async def test_mandarin_comes_out_in_simplified_characters(model_cache):
     assert result.language == "zh" and _han(result.text) >= 5, result.text
     assert to_simplified(raw.text) != raw.text, f"Whisper wrote no traditional character: {raw.text}"
     assert result.text == to_simplified(raw.text)
+
+
+def test_language_is_picked_among_the_candidates():
+    ranked = [("<|th|>", 0.5), ("<|zh|>", 0.3), ("<|en|>", 0.1)]
+    assert pick_language(ranked, {"en", "zh"}) == "zh"
+    assert pick_language(ranked, set()) == "th"  # no candidates: Whisper's first choice
+    assert pick_language([("ko", 0.9), ("en", 0.1)], {"en"}) == "en"  # faster-whisper's codes
+    assert pick_language(ranked, {"fr"}) == "th"  # none ranked: Whisper's first choice
+
+
+@pytest.mark.integration
+async def test_candidate_languages_keep_a_mandarin_turn_mandarin(model_cache):
+    """Whisper base takes this two-sentence Mandarin turn (pinyin espeak) for Thai and loops; with
+    `languages: [en, zh]` it is Mandarin, right, and decoded once."""
+    audio = np.concatenate([espeak("ni3 hao3, wo3 xiang3 wen4 yi2 xia4 tian1 qi4.", "cmn-latn-pinyin", 150),
+                            silence(0.4), espeak("ming2 tian1 hui4 xia4 yu3 ma5?", "cmn-latn-pinyin", 150)])
+    factory = build_stage("tokenizer", "whisper", {"languages": ["en", "zh"]}, BuildEnv(model_cache))
+    try:
+        _, result = await _transcribe(factory, audio)
+        assert factory.engine.loop_retries == 0
+    finally:
+        await factory.close()
+    assert result.language == "zh" and "天气" in result.text and "下雨" in result.text, result.text
+
+
+@pytest.mark.integration
+def test_unknown_candidate_language_is_a_config_error(model_cache):
+    with pytest.raises(ConfigError, match="tokenizer.languages.*'xx'"):
+        build_stage("tokenizer", "whisper", {"languages": ["en", "xx"]}, BuildEnv(model_cache))
 
 
 def test_bad_chinese_script(tmp_path):
