@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import ctypes
 import logging
 import os
 import shutil
@@ -33,9 +32,9 @@ from pathlib import Path
 
 import aiohttp
 
+from core.processes import die_with_parent
 from llm import build_llama_server
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STABLE_S = 60.0  # a child up this long before it died is restarted after the shortest wait
 log = logging.getLogger(__name__)
 
@@ -73,17 +72,6 @@ def binary_missing_reason(cache_dir: Path | None = None) -> str | None:
     return (f"no llama-server: {build_llama_server.binary_name()} is not in {build_llama_server.DEFAULT_CACHE_DIR}/bin; "
             "build it with `make setup` or `.venv/bin/python -m llm.build_llama_server` "
             "(or give llm.base_url of a running OpenAI-compatible server)")
-
-
-def _die_with_parent(parent: int):
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec() -> None:  # runs in the child between fork and exec
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
 
 
 class LlamaServer:
@@ -213,7 +201,7 @@ class LlamaServer:
         with open(self.log_path, "ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.command(binary), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                preexec_fn=_die_with_parent(os.getpid()), env=self._child_env())
+                preexec_fn=die_with_parent(), env=self._child_env())
         _live_pids.add(self._proc.pid)
         try:
             await self._wait_ready()

@@ -73,10 +73,16 @@ class EchoCancellation(_Lenient):  # our extension (OpenAI has none): server-sid
     type: Literal["aec3"]
 
 
+class Transcription(_Lenient):
+    model: str | None = None  # echoed; this server has the one ASR of its config
+    language: str | None = Field(None, pattern=r"^[a-z]{2,3}$", description="ISO-639-1 code; null: detect")
+    prompt: str | None = None  # accepted, not used
+
+
 class AudioInputSettings(_Lenient):
     format: AudioFormat | None = None
     turn_detection: TurnDetection | None = None
-    transcription: dict | None = None
+    transcription: Transcription | None = None
     noise_reduction: dict | None = None
     echo_cancellation: EchoCancellation | None = None
 
@@ -252,6 +258,7 @@ class SessionSettings:
     voice: str | dict = "default"
     turn_detection: dict | None = field(default_factory=lambda: {"type": "server_vad"})
     echo_cancellation: bool = False  # rendered as {"type": "aec3"} or null
+    transcription: dict | None = None  # {"model", "language", "prompt"} as the client gave them
     tools: list[dict] = field(default_factory=list)  # the client's function tools
     tool_choice: str | dict = "auto"
 
@@ -280,6 +287,9 @@ class SessionSettings:
                 new.turn_detection = None if td is None else td.model_dump(exclude_none=True)
             if "echo_cancellation" in audio_in.model_fields_set:
                 new.echo_cancellation = audio_in.echo_cancellation is not None
+            if "transcription" in audio_in.model_fields_set:
+                tr = audio_in.transcription
+                new.transcription = None if tr is None else tr.model_dump(exclude_none=True)
         if audio_out is not None:
             if audio_out.format is not None:
                 new.output_rate = _format_rate(audio_out.format, "session.audio.output.format")
@@ -296,7 +306,7 @@ class SessionSettings:
                 "input": {
                     "format": render_format(self.input_format, self.input_rate),
                     "turn_detection": self.turn_detection,
-                    "transcription": None, "noise_reduction": None,
+                    "transcription": self.transcription, "noise_reduction": None,
                     "echo_cancellation": {"type": "aec3"} if self.echo_cancellation else None,
                 },
                 "output": {"format": self.render_output_format(), "voice": self.voice},

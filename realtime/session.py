@@ -329,6 +329,12 @@ class RealtimeSession:
             raise p.ProtocolError("invalid_value", "turn_detection.type semantic_vad needs an end-of-turn "
                                   "model, and this server has none (config: turn.impl); use server_vad",
                                   param="session.turn_detection.type")
+        language = (new.transcription or {}).get("language")
+        if language != (self.settings.transcription or {}).get("language"):
+            try:  # before anything else changes: a refused update changes nothing
+                self.controller.set_input_language(language)
+            except ValueError as exc:
+                raise p.ProtocolError("invalid_value", str(exc), "session.audio.input.transcription.language") from None
         if (new.input_format, new.input_rate) != (self.settings.input_format, self.settings.input_rate):
             self.set_input(input_for(new.input_format, new.input_rate))
         self.echo.configure(enabled=new.echo_cancellation)

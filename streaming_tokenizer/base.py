@@ -51,5 +51,13 @@ class StreamingTokenizer(Protocol):
     def reset(self) -> None: ...
 
 
+class LanguageHint(Protocol):
+    """Optional: a tokenizer that can be told the caller's language (the Realtime API's
+    `audio.input.transcription.language`). None: back to the server's configured behaviour."""
+
+    def set_language(self, language: str | None) -> None:
+        """Raises ValueError for a language the model does not know."""
+
+
 class TokenizerFactory(Protocol):
     def create(self) -> StreamingTokenizer: ...

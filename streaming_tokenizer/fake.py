@@ -12,6 +12,7 @@ import numpy as np
 from streaming_tokenizer.base import UserInput
 
 FRAME_S = 0.02
+FAKE_LANGUAGES = {"en", "zh", "ja", "ko", "fr", "de", "es"}
 
 
 class FakeTokenizer:
@@ -21,6 +22,12 @@ class FakeTokenizer:
         self.voiced_frames = 0
         self.frames = 0
         self.finalize_calls = 0
+        self.language: str | None = None
+
+    def set_language(self, language: str | None) -> None:
+        if language is not None and language not in FAKE_LANGUAGES:
+            raise ValueError(f"the fake tokenizer knows no language {language!r}")
+        self.language = language
 
     def push(self, frame: np.ndarray) -> None:
         self.frames += 1
@@ -33,7 +40,7 @@ class FakeTokenizer:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         words = " ".join(f"w{i}" for i in range(voiced // 10))
-        return UserInput(text=words, speech_seconds=voiced * FRAME_S)
+        return UserInput(text=words, speech_seconds=voiced * FRAME_S, language=self.language)
 
     def reset(self) -> None:
         self.voiced_frames = 0

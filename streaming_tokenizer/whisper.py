@@ -216,6 +216,8 @@ class WhisperEngine:
         return self.model.feature_extractor(padded)[:, :window]
 
     def language_token(self, language: str) -> int:
+        if not self.model.model.is_multilingual and language != "en":
+            raise ValueError(f"this Whisper model is English-only, not {language!r}")
         token = self._tokenizer.tokenizer.token_to_id(f"<|{language}|>")
         if token is None:
             raise ValueError(f"Whisper has no language {language!r}")
@@ -259,7 +261,7 @@ class WhisperTokenizer:
 
     def __init__(self, engine: WhisperEngine, language: str | None) -> None:
         self._engine = engine
-        self._language = language
+        self._language = self._default_language = language
         self._chunks: list[np.ndarray] = []
         self._samples = 0
         self._turn = 0  # bumped by reset(): results of an earlier turn are never cached or shared
@@ -294,6 +296,16 @@ class WhisperTokenizer:
         if key[0] == self._turn and (self._cached is None or self._cached[0][1] <= key[1]):
             self._cached = (key, result)
         return result
+
+    def set_language(self, language: str | None) -> None:
+        """The caller's language from now on (None: the configured one); a transcript cached for
+        the other language is not reused."""
+        check = getattr(self._engine, "language_token", None)  # a remote engine checks on its tier
+        if language is not None and check is not None:
+            check(language)
+        self._language = language if language is not None else self._default_language
+        self._cached = None
+        self._jobs.clear()
 
     def reset(self) -> None:
         self._chunks.clear()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from llm.llama_server import _die_with_parent
+from core.processes import die_with_parent
 from realtime.cluster.haproxy import show_stat
 from tests.realtime_util import FAKE_CONFIG, REPO, WAIT
 
@@ -55,7 +55,7 @@ class Cluster:
             args += ["--set", s]
         # Dies with the test process (its workers and HAProxy with it), whatever happens to the test.
         self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     preexec_fn=_die_with_parent(os.getpid()))
+                                     preexec_fn=die_with_parent())
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
 

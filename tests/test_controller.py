@@ -342,3 +342,15 @@ async def test_a_fresh_reply_hears_the_turn_as_audio_tokens_and_the_past_as_text
     assert second[1].content == ctx.turns[0].text and not second[1].content.startswith("<audio_")  # past: text
     assert second[-1].content.startswith("<audio_0>")  # the current turn: tokens, not also its transcript
     assert [t.role for t in ctx.turns] == ["user", "assistant", "user", "assistant"]
+
+
+def test_a_language_for_a_tokenizer_that_takes_none_is_refused():
+    """Step-Audio's audio tokens carry no language: asking for one is an error, not ignored."""
+    from types import SimpleNamespace
+
+    from controller.controller import Controller
+
+    without = SimpleNamespace(stages=SimpleNamespace(tokenizer=object()))
+    with pytest.raises(ValueError, match="takes no language"):
+        Controller.set_input_language(without, "zh")
+    Controller.set_input_language(without, None)  # nothing asked, nothing refused

@@ -409,6 +409,26 @@ async def test_candidate_languages_keep_a_mandarin_turn_mandarin(model_cache):
 
 
 @pytest.mark.integration
+async def test_a_session_language_overrides_detection(whisper):
+    """set_language (the Realtime API's transcription.language): the caller's language is used
+    instead of detecting one (this Mandarin turn is otherwise taken for Thai, see above); an
+    unknown one is refused; None detects again, on a fresh transcription."""
+    tok = whisper.create()
+    with pytest.raises(ValueError, match="xx"):
+        tok.set_language("xx")
+    tok.set_language("zh")
+    audio = np.concatenate([espeak("ni3 hao3, wo3 xiang3 wen4 yi2 xia4 tian1 qi4.", "cmn-latn-pinyin", 150),
+                            silence(0.4), espeak("ming2 tian1 hui4 xia4 yu3 ma5?", "cmn-latn-pinyin", 150)])
+    for f in frames(np.concatenate([silence(0.3), audio, silence(0.3)])):
+        tok.push(f)
+    told = await asyncio.wait_for(tok.finalize(), WAIT_S)
+    assert told.language == "zh" and "天气" in told.text and "下雨" in told.text, told.text
+    tok.set_language(None)
+    await asyncio.wait_for(tok.finalize(), WAIT_S)  # the same audio: not the cached "zh" result
+    assert tok.transcriptions == 2
+
+
+@pytest.mark.integration
 def test_unknown_candidate_language_is_a_config_error(model_cache):
     with pytest.raises(ConfigError, match="tokenizer.languages.*'xx'"):
         build_stage("tokenizer", "whisper", {"languages": ["en", "xx"]}, BuildEnv(model_cache))

@@ -205,3 +205,30 @@ def np_concat(*parts):
     import numpy as np
 
     return np.concatenate(parts)
+
+
+async def test_transcription_language_reaches_the_tokenizer() -> None:
+    """audio.input.transcription.language tells the ASR the caller's language; one it does not
+    know is an error that changes nothing, and null goes back to detecting."""
+    async with running_server() as server, ws_client(server) as c:
+        tokenizer = server_context(server).stages["tokenizer"].created[-1]
+
+        async def update(transcription):
+            await c.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
+                "transcription": transcription}}}})
+
+        await update({"model": "whisper-base", "language": "zh"})
+        rendered = (await c.next("session.updated"))["session"]["audio"]["input"]["transcription"]
+        assert rendered == {"model": "whisper-base", "language": "zh"} and tokenizer.language == "zh"
+        await update({"language": "xx"})
+        err = await c.next("error")
+        assert err["error"]["code"] == "invalid_value"
+        assert err["error"]["param"] == "session.audio.input.transcription.language"
+        await update({"language": "Chinese"})  # not an ISO code
+        assert (await c.next("error"))["error"]["type"] == "invalid_request_error"
+        assert tokenizer.language == "zh"  # the refused updates changed nothing
+        await c.send_audio(utterance())
+        await c.next("response.done")
+        await update(None)
+        assert (await c.next("session.updated"))["session"]["audio"]["input"]["transcription"] is None
+        assert tokenizer.language is None

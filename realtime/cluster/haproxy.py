@@ -83,7 +83,7 @@ class HAProxyProcess:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        from llm.llama_server import _die_with_parent  # the same guard the LLM child has
+        from core.processes import die_with_parent  # the same guard the LLM child has
         import os
 
         check_config(self.config_path)
@@ -91,7 +91,7 @@ class HAProxyProcess:
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 binary(), "-db", "-f", str(self.config_path), stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file, stderr=log_file, preexec_fn=_die_with_parent(os.getpid()))
+                stdout=log_file, stderr=log_file, preexec_fn=die_with_parent())
         finally:
             log_file.close()
 
