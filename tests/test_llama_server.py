@@ -4,11 +4,8 @@ last prompt and how many of its tokens came from the cache) and GET /metrics (de
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
 import socket
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -19,7 +16,7 @@ import pytest_asyncio
 from core.stages import BuildEnv, build_stage
 from llm.base import Message
 from llm.llama_server import LlamaServer, LlamaServerError, binary_missing_reason
-from tests.aio_util import cancel_after_first
+from tests.aio_util import cancel_after_first, child_dies_with_killed_parent
 
 pytestmark = [pytest.mark.integration]
 WAIT_S = 120
@@ -206,31 +203,8 @@ async def test_server_dies_with_a_killed_parent(tmp_path: Path):
         "    print(s._proc.pid, flush=True)\n"
         "    await asyncio.sleep(600)\n"
         "asyncio.run(main())\n")
-    parent = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE,
-                                                  cwd=str(Path(__file__).resolve().parents[1]))
-    line = await asyncio.wait_for(parent.stdout.readline(), WAIT_S)
-    child = int(line)
-    assert Path(f"/proc/{child}/exe").resolve().name.startswith("llama-server")  # the binary itself
-    parent.kill()
-    await parent.wait()
-
-    async def gone():
-        while True:
-            try:
-                state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except FileNotFoundError:
-                return
-            if state == "Z":  # dead, waiting for an init that may never reap it
-                return
-            await asyncio.sleep(0.1)
-
-    try:
-        await asyncio.wait_for(gone(), WAIT_S)
-    finally:  # never leave a server behind, even when the assertion fails
-        try:
-            os.kill(child, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    await child_dies_with_killed_parent(  # the binary itself, not a wrapper
+        script, WAIT_S, is_child=lambda pid: Path(f"/proc/{pid}/exe").resolve().name.startswith("llama-server"))
 
 
 def _history(who: str) -> list[Message]:
