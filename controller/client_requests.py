@@ -13,6 +13,17 @@ from streaming_tokenizer.base import UserInput
 
 
 class ClientRequests:
+    def set_input_language(self, language: str | None) -> None:
+        """The caller's language for transcription (None: the server's configured behaviour).
+        ValueError if the model does not know it, or the tokenizer takes no hint (Step-Audio's
+        audio tokens have no language) and one was given."""
+        setter = getattr(self.stages.tokenizer, "set_language", None)
+        if setter is None:
+            if language is not None:
+                raise ValueError("this server's speech tokenizer takes no language (config: tokenizer.impl)")
+            return
+        setter(language)
+
     async def commit_input(self) -> UserInput | None:
         """input_audio_buffer.commit: the turn ends here; no reply unless server VAD is on."""
         self._discard_speculation()

@@ -116,17 +116,6 @@ class Controller(ClientRequests, TurnTaking, ToolCalls, PromptBuilding):
         """The tokenizer holds audio of a turn not committed yet."""
         return self._has_input
 
-    def set_input_language(self, language: str | None) -> None:
-        """The caller's language for transcription (None: the server's configured behaviour).
-        ValueError if the model does not know it, or the tokenizer takes no hint (Step-Audio's
-        audio tokens have no language) and one was given."""
-        setter = getattr(self.stages.tokenizer, "set_language", None)
-        if setter is None:
-            if language is not None:
-                raise ValueError("this server's speech tokenizer takes no language (config: tokenizer.impl)")
-            return
-        setter(language)
-
     def push_audio(self, frame: np.ndarray) -> None:
         """One 20 ms frame of 16 kHz int16 mono audio."""
         if len(frame) != FRAME_SAMPLES:
