@@ -174,6 +174,7 @@ class Lane:
         self.batches = 0
         self.batched_items = 0
         self.counters: dict[str, int] = {}  # the stage's own counts, shown in /metrics (e.g. Whisper's re-runs)
+        self.last_work: dict[str, float] = {}  # session -> when it last queued or finished work here
 
     # -- the three ways in ---------------------------------------------------------------------
 
@@ -194,6 +195,7 @@ class Lane:
         """Queue work (sync). `submit` / `slot` wrap this; a shared job is `Job.add`ed to."""
         job = Job(self, item, [ticket], group)
         ticket._lanes.add(self)
+        self._saw([ticket])
         self._queue.append(job)
         self._dispatch()
         return job
@@ -276,7 +278,14 @@ class Lane:
         finally:
             self._finish(batch)
 
+    def _saw(self, tickets: Sequence[Ticket]) -> None:
+        now = time.monotonic()
+        self.last_work.update((t.session, now) for t in tickets)
+        if len(self.last_work) > 1024:  # sessions come and go: forget those idle for minutes
+            self.last_work = {s: when for s, when in self.last_work.items() if now - when < 300}
+
     def _finish(self, batch: list[Job]) -> None:
+        self._saw([t for j in batch for t in j.tickets])
         self.busy_s += time.monotonic() - min(j.started or time.monotonic() for j in batch)
         self._running_jobs.difference_update(batch)
         self.running -= 1
@@ -327,8 +336,7 @@ class Lane:
                     "max": round(ordered[-1] * 1000, 1), "n": len(ordered)}
         return {"workers": self.workers, "running": self.running, "queued": queued, "wait_ms": waits,
                 "oldest_running_s": round(self.oldest_running_s(), 2),
-                "busy_s": round(self.busy_s, 2), "jobs": self.jobs, "dropped": self.dropped,
-                "batches": self.batches,
+                "busy_s": round(self.busy_s, 2), "jobs": self.jobs, "dropped": self.dropped, "batches": self.batches,
                 "batch_size_mean": round(self.batched_items / self.batches, 2) if self.batches else None,
                 **({"counters": dict(self.counters)} if self.counters else {})}
 
@@ -352,15 +360,17 @@ class Scheduler:
         self.lanes[unique] = lane = Lane(unique, workers, **kwargs)
         return lane
 
-    def sessions_at_work(self) -> set[str]:
-        """Sessions with model work queued or running in any lane: a stage asks whether it has the
-        box to itself (Whisper's encoder then takes both cores). Callable from a worker thread: it
-        reads copies (copying a list, set or dict is atomic under the GIL), so the answer may be a
-        moment old, which is all a heuristic needs."""
+    def sessions_at_work(self, within_s: float = 0.0) -> set[str]:
+        """Sessions with model work queued or running in any lane, or queued or finished in the
+        last `within_s`: has a stage the box to itself (Whisper's encoder then takes both cores)?
+        Callable from a worker thread: it reads copies (atomic under the GIL), which is all a
+        heuristic needs."""
         sessions: set[str] = set()
+        since = time.monotonic() - within_s
         for lane in list(self.lanes.values()):
             for job in list(lane._queue) + list(lane._running_jobs.copy()):
                 sessions.update(t.session for t in list(job.tickets))
+            sessions.update(s for s, when in lane.last_work.copy().items() if when > since)
         return sessions
 
     def final_backlog_ms(self) -> float:
@@ -374,12 +384,8 @@ class Scheduler:
         """The worst lane's p95 wait of FINAL work started in the last `window_s`: how long a
         caller who finished speaking waits for a model worker now."""
         since = time.monotonic() - window_s
-        worst = 0.0
-        for lane in self.lanes.values():
-            values = sorted(w for t, w in lane.final_waits if t >= since)
-            if values:
-                worst = max(worst, _pct(values, 95) * 1000)
-        return worst
+        waits = [sorted(w for t, w in lane.final_waits if t >= since) for lane in self.lanes.values()]
+        return max((_pct(values, 95) * 1000 for values in waits if values), default=0.0)
 
     def stuck(self, after_s: float) -> dict[str, float]:
         """Lanes whose workers are threads (`serial`) with a job running longer than `after_s`:

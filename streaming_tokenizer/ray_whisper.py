@@ -35,6 +35,13 @@ class SpeechRecognitionFailed(RuntimeError):
     """The model tier's replica raised."""
 
 
+def check_language_code(language: str) -> None:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES  # Whisper's 99 (+ yue), as the tier has them
+
+    if language not in _LANGUAGE_CODES:
+        raise ValueError(f"Whisper has no language {language!r}")
+
+
 class RayWhisperEngine:
     """What WhisperTokenizer needs of an engine (`lane`, `window_of`), with the model on the tier."""
 
@@ -45,6 +52,11 @@ class RayWhisperEngine:
         self.lane = (scheduler or Scheduler()).lane("asr", opts.max_in_flight, batch_fn=self._transcribe,
                                                     max_batch=1, serial=False)
         self.remote_calls = 0
+
+    def check_language(self, language: str) -> None:
+        """The tier would refuse an unknown language at the turn's end, failing that turn: refuse
+        it here, when it is set. (Whether the tier's model is English-only is the tier's to say.)"""
+        check_language_code(language)
 
     def window_of(self, samples: int) -> int:
         return 0  # one request per job: the replica groups a batch by window
@@ -61,10 +73,15 @@ class RayWhisperEngine:
 
 
 def build(options: dict, env) -> WhisperTokenizerFactory:
-    from core.config import validate_options
+    from core.config import ConfigError, validate_options
 
     opts = validate_options(Options, "tokenizer", options)
     validate_options(WhisperOptions, "tokenizer.whisper", opts.whisper)  # the tier's model options, checked here too
+    if opts.language is not None:
+        try:
+            check_language_code(opts.language)
+        except ValueError as exc:
+            raise ConfigError(f"tokenizer.language: {exc}") from None
     handle = ray_serve.connected_handle(opts.app, opts.address)
     return WhisperTokenizerFactory(RayWhisperEngine(handle, opts, env.scheduler), opts.language)
 

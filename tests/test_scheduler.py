@@ -280,3 +280,6 @@ async def test_sessions_at_work_counts_queued_and_running_jobs_of_every_lane():
     gate.set()
     await asyncio.gather(running, queued, other_lane)
     assert scheduler.sessions_at_work() == set()
+    assert scheduler.sessions_at_work(within_s=60) == {"a", "b", "c"}  # at work a moment ago
+    await asyncio.sleep(0.05)
+    assert scheduler.sessions_at_work(within_s=0.01) == set()

@@ -96,6 +96,30 @@ async def test_custom_parameters_and_keypresses_reach_the_session() -> None:
         assert "not a keypad key" in call.close_reason
 
 
+async def test_a_language_parameter_sets_the_callers_language(caplog) -> None:
+    """One phone number per language: the TwiML's <Parameter name="language"> is the session's
+    transcription language; a wrong one is an error (logged) and the call goes on detecting."""
+    def start(language: str) -> dict:
+        return {**START, "start": {**START["start"], "customParameters": {"language": language}}}
+
+    async with running_server() as server, twilio_call(server, start=False) as call:
+        await call.send(start("zh"))
+        await wait_until(lambda: server_context(server).sessions, what="the session")
+        session = next(iter(server_context(server).sessions))
+        await wait_until(lambda: session.controller.stages.tokenizer.language == "zh", what="the language")
+        assert session.settings.transcription["language"] == "zh"
+    for wrong, why in (("Chinese", "not a lower-case ISO-639 code"), ("xx", "knows no language 'xx'")):
+        async with running_server() as server, twilio_call(server, start=False) as call:
+            await call.send(start(wrong))
+            await wait_until(lambda: "call parameter language: " in caplog.text and why in caplog.text,
+                             what="the error")
+            session = next(iter(server_context(server).sessions))
+            assert session.controller.stages.tokenizer.language is None
+            await call.speak(utterance_8k())  # the call goes on
+            await wait_until(lambda: assistant_turns(server), what="the reply")
+            assert not call.ws.closed
+
+
 BAD_START = {**START, "start": {**START["start"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 16000,
                                                                   "channels": 1}}}
 

@@ -98,3 +98,18 @@ def test_unknown_candidate_language_is_a_config_error(model_cache):
 def test_bad_chinese_script(tmp_path):
     with pytest.raises(ConfigError, match="chinese_script"):
         build_stage("tokenizer", "whisper", {"chinese_script": "pinyin"}, BuildEnv(tmp_path))
+
+
+def test_the_model_tier_tokenizer_refuses_an_unknown_language_when_it_is_set():
+    """ray-whisper's model is on the tier: an unknown language must be refused here (an
+    `invalid_value` for session.update, a config error at start), not fail the turn there."""
+    from streaming_tokenizer.ray_whisper import Options, RayWhisperEngine, WhisperTokenizer
+
+    tok = WhisperTokenizer(RayWhisperEngine(handle=None, opts=Options(address="127.0.0.1:1")), None)
+    with pytest.raises(ValueError, match="'xx'"):
+        tok.set_language("xx")
+    assert tok._language is None  # nothing changed
+    tok.set_language("zh")
+    assert tok._language == "zh"
+    with pytest.raises(ConfigError, match="tokenizer.language.*'xx'"):  # before connecting to the tier
+        build_stage("tokenizer", "ray-whisper", {"address": "127.0.0.1:1", "language": "xx"}, BuildEnv("."))

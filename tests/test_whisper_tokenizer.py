@@ -330,8 +330,8 @@ async def test_sessions_pausing_together_share_a_batch(whisper):
 
 @pytest.mark.integration
 async def test_a_lone_transcription_encodes_on_two_threads_and_says_the_same(whisper):
-    """The two-thread copy of the encoder runs only while no other session has model work, and
-    its transcript is the one-thread model's, exactly."""
+    """The two-thread copy of the encoder runs only when no other session has had model work for
+    solo_idle_s, and its transcript is the one-thread model's, exactly."""
     engine = whisper.engine
     assert engine.solo_encoder is not None  # encoder_threads (2) > cpu_threads (1)
     other = engine.scheduler.lane("other-model", 1)
@@ -340,6 +340,10 @@ async def test_a_lone_transcription_encodes_on_two_threads_and_says_the_same(whi
     async with other.slot(Ticket("another-caller")):  # someone else's reply is being synthesized
         shared = await engine.lane.submit((audio, None), Ticket("me"))
     assert engine.solo_encodes == solo
+    engine.solo_idle_s = 0.5
+    await engine.lane.submit((audio, None), Ticket("me"))
+    assert engine.solo_encodes == solo  # the other caller was at work less than solo_idle_s ago
+    await asyncio.sleep(0.6)
     alone = await engine.lane.submit((audio, None), Ticket("me"))
     assert engine.solo_encodes == solo + 1
     assert engine.lane.snapshot()["counters"]["solo_encodes"] == engine.solo_encodes  # in /metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from controller.ports import AudioOutput
 from realtime.admission import serve_admitted
 from realtime.audio import PcmInput
+from realtime.protocol import error_event
 from realtime.session import RealtimeSession, ServerContext
 from realtime.telephony.call_tools import CallTools
 from realtime.telephony.control import CALLS
@@ -29,6 +31,7 @@ from realtime.ws import SERVER_KEY, SOCKETS_KEY
 log = logging.getLogger(__name__)
 DTMF_KEYS = frozenset("0123456789*#ABCD")
 MAX_PARAMETERS_CHARS = 2000  # carrier-supplied call context added to the instructions, at most
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}")  # as the Realtime API's transcription.language
 
 
 class CallError(Exception):
@@ -105,6 +108,23 @@ class PhoneCall:
         self.parameters = {str(k): str(v)[:512] for k, v in list(params.items())[:16]}
         instructions = f"{self.session.settings.instructions}\n\nAbout this phone call:\n{lines}"
         self.session.settings.instructions = self.session.context.system_prompt = instructions
+        if "language" in params:
+            self.set_language(params["language"])
+
+    def set_language(self, language: Any) -> None:
+        """The `language` call parameter: the caller's language for transcription, as a Realtime
+        client's transcription.language (one phone number per language: TwiML
+        `<Parameter name="language" value="zh"/>`). A wrong one is an `error` event (logged, kept
+        in the recording) and the call goes on detecting the language of each turn."""
+        try:
+            if not isinstance(language, str) or not LANGUAGE_CODE.fullmatch(language):
+                raise ValueError(f"{language!r} is not a lower-case ISO-639 code such as 'en' or 'zh'")
+            self.session.controller.set_input_language(language)
+        except ValueError as exc:
+            self.session.send(error_event("invalid_request_error", "invalid_value", f"call parameter language: {exc}",
+                                          "language"))
+            return
+        self.session.settings.transcription = {**(self.session.settings.transcription or {}), "language": language}
 
     async def end(self, reason: str) -> None:
         """End the call from our side (call control: hang up, transferred)."""
