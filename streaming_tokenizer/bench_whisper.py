@@ -3,6 +3,7 @@
     .venv/bin/python -m streaming_tokenizer.bench_whisper [--cache-dir DIR] [--runs 5] [--wer]
     .venv/bin/python -m streaming_tokenizer.bench_whisper --threads 1,2   # cpu_threads compared
     .venv/bin/python -m streaming_tokenizer.bench_whisper --encoder-threads 1,2   # the lone-turn encoder
+    .venv/bin/python -m streaming_tokenizer.bench_whisper --models whisper-base,whisper-tiny-en --wer
 
 Speech is synthesized offline (piper joe voice, espeak-ng en-us and en+f3), so the numbers are
 reproducible; results go to docs/models.md by hand.
@@ -107,6 +108,8 @@ async def main() -> None:
     parser.add_argument("--threads", help="only compare these cpu_threads values (e.g. 1,2), default window")
     parser.add_argument("--encoder-threads", help="only compare these encoder_threads values (e.g. 1,2): the "
                                                   "encoder of a lone transcription (here every one is alone)")
+    parser.add_argument("--models", help="only compare these models (asset names or CTranslate2 dirs), "
+                                         "language en, default window")
     args = parser.parse_args()
     env = BuildEnv(Path(args.cache_dir).expanduser())
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -115,12 +118,17 @@ async def main() -> None:
         variants = [{"cpu_threads": int(t), "encoder_threads": 1} for t in args.threads.split(",")]
     elif args.encoder_threads:
         variants = [{"encoder_threads": int(t)} for t in args.encoder_threads.split(",")]
+    elif args.models:
+        variants = [{"model": m, "language": "en", "languages": None} for m in args.models.split(",")]
     if variants:
-        for _ in range(2):  # twice, interleaved: the second round shows the noise
+        for round_ in range(2):  # twice, interleaved: the second round shows the noise
             for options in variants:
                 factory = build_stage("tokenizer", "whisper", options, env)
                 print(f"{options}, language detected:")
                 await latency(factory, args.runs)
+                if args.models and args.wer and round_ == 0:
+                    err, secs = await accuracy(factory)
+                    print(f"  WER {err:.3f} on {len(CORPUS) * len(VOICES)} utterances in {secs:.1f} s")
                 await factory.close()
         return
     for name, options in [("short window (default)", {}), ("full 30 s window", {"encoder_window_s": None})]:
