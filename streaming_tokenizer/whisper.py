@@ -222,11 +222,13 @@ class WhisperEngine:
         return self.model.feature_extractor(padded)[:, :window]
 
     def check_language(self, language: str) -> None:
+        if not self.model.model.is_multilingual:
+            if language != "en":
+                raise ValueError(f"this Whisper model is English-only, not {language!r}")
+            return
         self.language_token(language)
 
     def language_token(self, language: str) -> int:
-        if not self.model.model.is_multilingual and language != "en":
-            raise ValueError(f"this Whisper model is English-only, not {language!r}")
         token = self._tokenizer.tokenizer.token_to_id(f"<|{language}|>")
         if token is None:
             raise ValueError(f"Whisper has no language {language!r}")
@@ -367,12 +369,11 @@ def build(options: dict, env) -> WhisperTokenizerFactory:
 
     opts = validate_options(Options, "tokenizer", options)
     engine = WhisperEngine(resolve_model(opts.model, env.cache_dir), opts, env.scheduler)
-    if engine.model.model.is_multilingual:
-        for key, codes in (("language", [opts.language] if opts.language else []), ("languages", opts.languages or [])):
-            try:
-                for code in codes:
-                    engine.language_token(code)
-            except ValueError as exc:
-                engine.executor.shutdown(wait=False)
-                raise ConfigError(f"tokenizer.{key}: {exc}") from None
+    for key, codes in (("language", [opts.language] if opts.language else []), ("languages", opts.languages or [])):
+        try:
+            for code in codes:
+                engine.check_language(code)
+        except ValueError as exc:
+            engine.executor.shutdown(wait=False)
+            raise ConfigError(f"tokenizer.{key}: {exc}") from None
     return WhisperTokenizerFactory(engine, opts.language)

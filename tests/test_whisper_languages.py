@@ -10,7 +10,7 @@ import pytest
 from core.config import ConfigError
 from core.stages import BuildEnv, build_stage
 from streaming_tokenizer.whisper import pick_language
-from tests.speech_util import espeak, frames, silence
+from tests.speech_util import espeak, frames, piper, silence, wer
 from tests.test_whisper_tokenizer import WAIT_S, _transcribe, model_cache, whisper  # noqa: F401 - fixtures
 
 
@@ -113,3 +113,29 @@ def test_the_model_tier_tokenizer_refuses_an_unknown_language_when_it_is_set():
     assert tok._language == "zh"
     with pytest.raises(ConfigError, match="tokenizer.language.*'xx'"):  # before connecting to the tier
         build_stage("tokenizer", "ray-whisper", {"address": "127.0.0.1:1", "language": "xx"}, BuildEnv("."))
+
+
+@pytest.mark.integration
+async def test_the_english_only_model_transcribes_english_and_refuses_other_languages(model_cache):
+    """configs/english.yaml's Whisper tiny.en: English in, other languages refused where they are
+    set (config, session.update), never silently transcribed as English."""
+    from core import assets
+
+    assets.ensure("whisper-tiny-en", model_cache, progress=lambda m: None)
+    factory = build_stage("tokenizer", "whisper", {"model": "whisper-tiny-en", "language": "en", "languages": None},
+                          BuildEnv(model_cache))
+    try:
+        assert not factory.engine.model.model.is_multilingual
+        sentence = "Please turn on the kitchen lights."
+        tok, result = await _transcribe(factory, piper(sentence))
+        assert wer(sentence, result.text) <= 0.2, result.text
+        assert result.language == "en"
+        with pytest.raises(ValueError, match="English-only"):
+            tok.set_language("zh")
+        tok.set_language("en")
+    finally:
+        await factory.close()
+    for key, value in (("language", "zh"), ("languages", ["en", "zh"])):
+        with pytest.raises(ConfigError, match=f"tokenizer.{key}: .*English-only"):
+            build_stage("tokenizer", "whisper", {"model": "whisper-tiny-en", "language": None, key: value},
+                        BuildEnv(model_cache))
