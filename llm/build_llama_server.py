@@ -7,7 +7,7 @@ was released with (`vendor/llama.cpp`). This script fetches it with pip (hash-ch
 registry being the only source of code here), extracts that tree, configures a CPU-only Release
 build (static libraries, no curl/OpenSSL, no tests/examples, no web UI — so nothing is fetched
 during the build) and builds only the `llama-server` target. The binary is installed as
-`<cache-dir>/bin/llama-server-<first 12 hex digits of the sdist's sha256>-<CPU flags hash>`, so a
+`<cache-dir>/bin/llama-server-<first 12 hex digits of the sdist's sha256>-<CPU flags and build options hash>`, so a
 finished build is found at once (a no-op run takes well under a second) and a different pin, or a
 CPU with other instructions, builds anew.
 llm/llama_server.py looks for the binary under the same name.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -54,6 +55,13 @@ CMAKE_FLAGS = [
     "-DGGML_METAL=OFF",
     "-DGGML_RPC=OFF",
 ]
+# ggml's AMX matrix kernels (built whenever -march=native finds AMX, as on Sapphire Rapids Xeons)
+# crash the server at its first matrix product on our quantized models on such VMs (SIGSEGV in
+# ggml_backend_amx_mul_mat, 2026-12-03). AVX-512 is kept; these models are too small for AMX to
+# matter. GCC and clang let an explicit -mno-* win over -march=native whatever the order.
+if platform.machine().lower() in ("x86_64", "amd64"):
+    _NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    CMAKE_FLAGS += [f"-DCMAKE_C_FLAGS={_NO_AMX}", f"-DCMAKE_CXX_FLAGS={_NO_AMX}"]
 
 
 class BuildError(RuntimeError):
@@ -77,14 +85,17 @@ def binary_name(requirements: Path = REQUIREMENTS) -> str:
 
 
 def cpu_tag() -> str:
-    """A short hash of the CPU's feature flags (/proc/cpuinfo), or "generic" where there are none."""
+    """A short hash of the CPU's feature flags (/proc/cpuinfo) and of the build options (a binary
+    built with other options, e.g. before AMX was turned off, is not reused), or "generic" where
+    the CPU has no flags line."""
     import hashlib
 
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         return "generic"
-    return hashlib.sha256(" ".join(sorted(flags.split(":", 1)[1].split())).encode()).hexdigest()[:8]
+    target = " ".join(sorted(flags.split(":", 1)[1].split())) + "\n" + " ".join(CMAKE_FLAGS)
+    return hashlib.sha256(target.encode()).hexdigest()[:8]
 
 
 def binary_path(cache_dir: Path = DEFAULT_CACHE_DIR, requirements: Path = REQUIREMENTS) -> Path:

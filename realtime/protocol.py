@@ -73,9 +73,12 @@ class EchoCancellation(_Lenient):  # our extension (OpenAI has none): server-sid
     type: Literal["aec3"]
 
 
+LANGUAGE_PATTERN = r"^[a-z]{2,3}$"  # ISO 639-1 (or -3) code, as the Realtime API's transcription.language
+
+
 class Transcription(_Lenient):
     model: str | None = None  # echoed; this server has the one ASR of its config
-    language: str | None = Field(None, pattern=r"^[a-z]{2,3}$", description="ISO-639-1 code; null: detect")
+    language: str | None = Field(None, pattern=LANGUAGE_PATTERN, description="ISO-639-1 code; null: detect")
     prompt: str | None = None  # accepted, not used
 
 

@@ -124,7 +124,8 @@ async def main() -> None:
         for round_ in range(2):  # twice, interleaved: the second round shows the noise
             for options in variants:
                 factory = build_stage("tokenizer", "whisper", options, env)
-                print(f"{options}, language detected:")
+                language = options.get("language")
+                print(f"{options}, " + (f"language {language}:" if language else "language detected:"))
                 await latency(factory, args.runs)
                 if args.models and args.wer and round_ == 0:
                     err, secs = await accuracy(factory)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from controller.ports import AudioOutput
 from realtime.admission import serve_admitted
 from realtime.audio import PcmInput
-from realtime.protocol import error_event
+from realtime.protocol import LANGUAGE_PATTERN, error_event
 from realtime.session import RealtimeSession, ServerContext
 from realtime.telephony.call_tools import CallTools
 from realtime.telephony.control import CALLS
@@ -31,7 +31,7 @@ from realtime.ws import SERVER_KEY, SOCKETS_KEY
 log = logging.getLogger(__name__)
 DTMF_KEYS = frozenset("0123456789*#ABCD")
 MAX_PARAMETERS_CHARS = 2000  # carrier-supplied call context added to the instructions, at most
-LANGUAGE_CODE = re.compile(r"[a-z]{2,3}")  # as the Realtime API's transcription.language
+LANGUAGE_CODE = re.compile(LANGUAGE_PATTERN)
 
 
 class CallError(Exception):
