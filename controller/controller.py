@@ -237,7 +237,7 @@ class Controller(ClientRequests, TurnTaking, ToolCalls, PromptBuilding):
         self._discard_speculation()
         # Needed when the end of turn would be confirmed, if the user stays silent.
         ticket = self._ticket(Kind.SPECULATIVE, self.cfg.end_of_turn_ms - self.cfg.pause_ms)
-        spec = self._speculation = self._new_reply(self._transcribe(), ticket=ticket)
+        spec = self._speculation = self._new_reply(self._transcribe_and_read(), ticket=ticket)
         self.stats.count("started")
         self.emit(Speculation("started", self.t_ms))
         asyncio.create_task(self._hint_from(spec))
@@ -245,7 +245,7 @@ class Controller(ClientRequests, TurnTaking, ToolCalls, PromptBuilding):
     async def _hint_from(self, spec: Reply) -> None:
         await spec.input_ready.wait()
         if spec is self._speculation and spec.input is not None and self.state is State.USER_PAUSED:
-            self.detector.hint(spec.input.text)
+            self.detector.hint(spec.input.text)  # the words' P(end) came before: _transcribe_and_read
 
     async def _warm_transcript(self) -> None:
         try:
@@ -254,7 +254,7 @@ class Controller(ClientRequests, TurnTaking, ToolCalls, PromptBuilding):
             log.debug("warm-up transcription failed", exc_info=True)
             return
         if self.state is State.USER_PAUSED:
-            self.detector.hint(user.text)
+            self._judge_words(user)
 
     def _discard_speculation(self) -> None:
         spec, self._speculation = self._speculation, None
@@ -379,9 +379,8 @@ class Controller(ClientRequests, TurnTaking, ToolCalls, PromptBuilding):
     async def close(self) -> None:
         self._closed = True
         self._drop_warm_up()
-        self._cancel_task(self._end_task)
-        self._cancel_task(self._warm_task)
-        self._cancel_task(self._judge_task)
+        for task in (self._end_task, self._warm_task, self._judge_task, self._words_task):
+            self._cancel_task(task)
         self._cancel_tools()
         if self._interrupted is not None:
             reply, self._interrupted = self._interrupted[0], None

@@ -54,11 +54,13 @@ class Speculation:
 
 @dataclass(frozen=True)
 class TurnJudged:
-    """The end-of-turn model scored a pause: P(finished) and the wait it set (ms of silence)."""
+    """The end-of-turn model scored a pause: P(finished) and the wait it set (ms of silence); again
+    when the chat model has scored the pause's words (`text_probability`, llm/turn_end.py)."""
     item_id: str
-    probability: float
+    probability: float | None
     wait_ms: int
     t_ms: int
+    text_probability: float | None = None
 
 
 @dataclass(frozen=True)

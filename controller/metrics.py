@@ -44,6 +44,7 @@ def turn_metrics(reply, eot_wall: float | None, detector, speech_start_ms: int) 
         "end_of_turn_delay_ms": float(detector.end_of_turn_ms) if detector is not None else None,
         # the end-of-turn model's P(finished) at the last pause (None: no model, or it had not answered)
         "end_of_turn_p": getattr(detector, "probability", None),
+        "end_of_turn_text_p": getattr(detector, "text_probability", None),  # the words' P(end), chat model
         "asr_ms": _ms(reply.t_start, reply.t_input),
         "llm_ttft_ms": _ms(reply.t_input, reply.t_first_token),
         "tts_first_audio_ms": _ms(reply.t_first_token, reply.t_first_audio),

@@ -6,6 +6,9 @@ controller knows at that moment.
 - The VAD's silence so far is what the wait is measured in (controller/turns.py).
 - The transcript, when the speculative transcription is back, can only make the wait longer
   (a trailing "and", "um", a comma: more is coming) or, without a model, shorter (a question).
+- The words' own P(end), p_text, asked of the chat model once the transcript is back
+  (llm/turn_end.py): it lengthens the wait where the words read as a sentence with more to come,
+  and overrules the audio model's doubt where they clearly end a request (text_wait_ms).
 
 Eagerness (the Realtime API's semantic_vad) picks the threshold and the short wait: `high` takes a
 finished-sounding turn sooner; `low` lets people take their time. Without a model, or with
@@ -43,6 +46,27 @@ def model_wait_ms(cfg: ControllerConfig, p: float, eagerness: tuple[float, int] 
         return cfg.end_of_turn_ms
     doubt = 1.0 - p / UNFINISHED_BELOW  # 0 at the bound, 1 at p = 0
     return int(cfg.end_of_turn_ms + doubt * (cfg.max_end_of_turn_ms - cfg.end_of_turn_ms))
+
+
+# p_text thresholds, chosen on our corpora with bench/turn_taking.py --text (docs/turn-taking.md,
+# "Words and sound together"). Shortening the wait further where both models say "finished" was
+# measured too: it added early ends (mid-turn pauses after a question) for no p50 gain, so it is not done.
+TEXT_UNFINISHED = 0.02  # below: a sentence with more to come ("I am going to Paris next week." 0.004)
+TEXT_SURE = 0.25  # at or above, against the audio model's doubt: the eagerness's short wait
+
+
+def text_wait_ms(cfg: ControllerConfig, current_ms: int, p_audio: float | None, p_text: float,
+                 sure: float = TEXT_SURE) -> int:
+    """The wait once the words' P(end) is known, from the wait the audio model (and hints) set:
+    longer where the words read as unfinished; the eagerness's short wait where the audio model
+    doubted but the words clearly end a request ("I think I lost my card yesterday. What should
+    I do first?": audio 0.04, words 0.39; it waited 1.1 s)."""
+    threshold, short_ms = EAGERNESS[cfg.eagerness]
+    if p_text < TEXT_UNFINISHED:
+        return max(current_ms, cfg.end_of_turn_ms)
+    if p_audio is not None and p_audio < threshold and p_text >= sure:
+        return min(current_ms, max(short_ms, cfg.pause_ms + 20))
+    return current_ms
 
 
 def hinted_wait_ms(cfg: ControllerConfig, current_ms: int, transcript: str, model_spoke: bool) -> int:

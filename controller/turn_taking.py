@@ -21,16 +21,21 @@ from controller.metrics import turn_metrics
 from controller.states import State
 from controller.turn_policy import is_false_interruption
 from core.scheduler import Kind, working_for
+from streaming_tokenizer.base import UserInput
 
 log = logging.getLogger(__name__)
+WORDS_WAIT_S = 0.25  # longest a speculative reply waits for the chat model to read the pause's words
 
 
 class TurnTaking:
+    _words_task: asyncio.Task | None = None  # the chat model reading this pause's words (no speculation)
+
     def _judge_pause(self) -> None:
         """Ask the end-of-turn model about this pause (its answer sets the wait, turn_policy.py).
         Until it answers the fixed wait holds, so a slow model only costs latency, never an
         early reply."""
         self._cancel_task(self._judge_task)
+        self._cancel_task(self._words_task)
         if self.stages.turn is None or not self.cfg.semantic_turn or not self._turn_audio:
             return
         audio = np.concatenate(self._turn_audio)
@@ -46,6 +51,44 @@ class TurnTaking:
         if p is not None and self.state is State.USER_PAUSED:
             wait = self.detector.judged(p)
             self.emit(TurnJudged(self._item_id, round(p, 3), wait, self.t_ms))
+
+    def _judge_words(self, heard: UserInput) -> None:
+        """The pause's transcript is back (no speculation): its hints at once, and the chat
+        model's P(end) of the words when it answers."""
+        self.detector.hint(heard.text)
+        self._cancel_task(self._words_task)
+        with working_for(self._ticket(Kind.SPECULATIVE)):
+            self._words_task = asyncio.create_task(self._read_words(heard))
+
+    async def _transcribe_and_read(self) -> UserInput:
+        """The speculative reply's input: the transcript, after the chat model has read the words
+        (llm/turn_end.py). In this order, not side by side: both requests would share llama.cpp's
+        one thread, slowing the reply's first token (measured: +20-200 ms), while one after the
+        other the reply finds the words already in the slot's prompt cache. Bounded by
+        WORDS_WAIT_S: a busy LLM server costs the signal, not the reply."""
+        heard = await self._transcribe()
+        if self.state is State.USER_PAUSED:
+            try:
+                await asyncio.wait_for(self._read_words(heard), WORDS_WAIT_S)
+            except asyncio.TimeoutError:
+                log.debug("the words' end-of-turn probability came too late; the reply goes on")
+        return heard
+
+    async def _read_words(self, heard: UserInput) -> None:
+        """Ask the chat model for the words' P(end) (with the end-of-turn model only, as
+        semantic_vad) and let it set this pause's wait, if the pause is still the same."""
+        score = getattr(self.stages.llm, "turn_end_probability", None)  # optional for LLM stages
+        if score is None or self.stages.turn is None or not self.cfg.semantic_turn or not heard.text.strip():
+            return
+        pause = self.detector.pauses
+        try:
+            p = await score(self.context.messages(), heard.text, heard.language)
+        except Exception:  # the audio model's wait stands
+            log.warning("scoring the words' end of turn failed", exc_info=True)
+            return
+        if p is not None and self.state is State.USER_PAUSED and self.detector.pauses == pause:
+            wait = self.detector.words_judged(p)
+            self.emit(TurnJudged(self._item_id, self.detector.probability, wait, self.t_ms, round(p, 3)))
 
     # -- speech over a reply ------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from controller.config import ControllerConfig
 from controller.states import Signal, State
-from controller.turn_policy import hinted_wait_ms, model_wait_ms
+from controller.turn_policy import hinted_wait_ms, model_wait_ms, text_wait_ms
 
 FRAME_MS = 20
 BRIDGE_MS = 120  # a silence shorter than this does not end a burst of speech
@@ -25,6 +25,8 @@ class TurnDetector:
         self.model_spoke = False  # the end-of-turn model has scored this pause
         self.probability: float | None = None  # its P(finished) for this pause (turn metrics show it)
         self.transcript: str | None = None  # this pause's transcript, once known
+        self.text_probability: float | None = None  # the words' P(end) (llm/turn_end.py), once known
+        self.pauses = 0  # pauses so far: a late answer about an earlier pause is ignored
         self.reply_unheard = False  # set by the controller: nothing of the reply was played yet
 
     def update(self, state: State, speech: bool, t_ms: int) -> Signal | None:
@@ -71,6 +73,8 @@ class TurnDetector:
         self.model_spoke = False
         self.probability = None
         self.transcript: str | None = None
+        self.text_probability = None
+        self.pauses += 1
 
     def judged(self, probability: float) -> int:
         """The end-of-turn model's P(finished) for the current pause sets its wait (a transcript
@@ -78,8 +82,17 @@ class TurnDetector:
         self.end_of_turn_ms = model_wait_ms(self.cfg, probability)
         self.model_spoke = True
         self.probability = probability
+        if self.text_probability is not None:
+            self.end_of_turn_ms = text_wait_ms(self.cfg, self.end_of_turn_ms, probability, self.text_probability)
         if self.transcript and self.cfg.eot_hints:
             self.end_of_turn_ms = hinted_wait_ms(self.cfg, self.end_of_turn_ms, self.transcript, True)
+        return self.end_of_turn_ms
+
+    def words_judged(self, probability: float) -> int:
+        """The chat model's P(end) of the pause's words: longer if they read as unfinished, the short
+        wait if they clearly end a request the audio model doubted (controller/turn_policy.py)."""
+        self.text_probability = probability
+        self.end_of_turn_ms = text_wait_ms(self.cfg, self.end_of_turn_ms, self.probability, probability)
         return self.end_of_turn_ms
 
     def hint(self, transcript: str) -> None:

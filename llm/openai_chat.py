@@ -20,6 +20,7 @@ from core.scheduler import Scheduler, WorkDropped, ticket_now
 from llm.base import Message, ToolCallDelta, chat_message
 from llm.llama_server import LlamaServer
 from llm.tool_text import calls_in_text
+from llm.turn_end import TurnEndScorer
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,12 @@ class Options(BaseModel):
                                                            "lane; more wait, most urgent first); null: n_parallel")
     # The bundled server (base_url null, llama.cpp's llama-server) only:
     model_path: str | None = Field(None, description="a .gguf file instead of the asset named by model")
+    turn_end_text: bool = Field(True, description="at a pause, ask the LLM server how likely the user's words "
+                                "so far end their turn (llama.cpp's server only; llm/turn_end.py)")
+    # SmolLM2-135M reads English only: after a complete Mandarin question its P(end) is ~0, which
+    # would hold every Chinese turn's floor. A model that reads more languages can list them.
+    turn_end_languages: list[str] | None = Field(["en"], description="transcript languages whose words are scored "
+                                                 "(the model must read them); null: every language")
     n_parallel: int = Field(8, ge=1, description="slots: requests decoded together (continuous batching); "
                                                  "more concurrent requests queue")
     n_ctx: int = Field(2048, ge=256, description="context of each slot in tokens (prompt + reply); the "
@@ -85,6 +92,7 @@ class OpenAIChatClient:
         self.lane = (scheduler or Scheduler()).lane("llm", self.options.concurrency or self.options.n_parallel,
                                                     serial=False)
         self._client: openai.AsyncOpenAI | None = None
+        self._turn_end = TurnEndScorer(min(self.options.timeout, 2.0))
         self._start_lock = asyncio.Lock()
         if self.options.base_url is not None:
             self._client = self._make_client(self.options.base_url)
@@ -124,6 +132,7 @@ class OpenAIChatClient:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
+        await self._turn_end.close()
         if self.server is not None:
             await self.server.stop()
 
@@ -185,6 +194,23 @@ class OpenAIChatClient:
             pass
         except openai.APIError as exc:  # the turn's own request reports real failures
             log.debug("prefix warm-up failed: %s", exc)
+
+
+    async def turn_end_probability(self, history: Sequence[Message], text: str,
+                                   language: str | None = None) -> float | None:
+        """P(the user's turn ends after `text`), as the model reads it (llm/turn_end.py); None when
+        off, in a language it does not read, unsupported by the server, or failed: the end-of-turn
+        policy then goes without it."""
+        base_url, languages = self.base_url, self.options.turn_end_languages
+        if not self.options.turn_end_text or base_url is None:
+            return None
+        if language is not None and languages is not None and language not in languages:
+            return None
+        try:
+            async with self.lane.slot():  # as urgent as the pause's speculation that asks
+                return await self._turn_end.probability(base_url, history, text)
+        except WorkDropped:
+            return None
 
 
 async def _without_calls(pieces: AsyncIterator[str | ToolCallDelta]) -> AsyncIterator[str]:

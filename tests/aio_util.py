@@ -59,3 +59,15 @@ async def child_dies_with_killed_parent(script: str, timeout: float = 120.0, is_
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+async def serve_app(app) -> tuple[object, str]:
+    """Start an aiohttp `app` on a free loopback port: (its runner, to clean up; its base URL)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return runner, f"http://127.0.0.1:{port}"

@@ -53,10 +53,10 @@ def test_a_trailing_word_heard_before_the_model_answers_still_counts() -> None:
     assert detector.judged(0.99) == EAGERNESS["auto"][1]
 
 
-def make(turn: FakeTurnModel | None, cfg: ControllerConfig = CFG):
+def make(turn: FakeTurnModel | None, cfg: ControllerConfig = CFG, llm: FakeLLM | None = None):
     events: list = []
-    stages = Stages(EnergyVad(), FakeTokenizer(), FakeLLM(reply="Sure.", token_delay_s=0.001), FakeDecoder(),
-                    turn=turn)
+    llm = llm or FakeLLM(reply="Sure.", token_delay_s=0.001)
+    stages = Stages(EnergyVad(), FakeTokenizer(), llm, FakeDecoder(), turn=turn)
     ctrl = Controller(stages, Context("sys"), FakeOutput(), events.append, cfg, session_id="s")
     return ctrl, events
 

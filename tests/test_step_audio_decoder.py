@@ -18,6 +18,7 @@ from decoder.step_audio.streaming import Prompt, ReplySynth, StreamConfig, synth
 from decoder.step_audio.tts_decoder import StepAudioDecoder, Voice  # noqa: E402
 from decoder.step_audio.vllm_source import VLLMAudioSource, VLLMTokenizer  # noqa: E402
 
+from tests.aio_util import serve_app  # noqa: E402
 from tests.step_audio_fixtures import FIX, _one_torch_thread, models  # noqa: E402,F401 (fixtures)
 
 
@@ -183,12 +184,8 @@ async def _fake_vllm(aiohttp_pieces, seen):
     app = web.Application()
     app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/v1/completions", completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return runner, f"http://127.0.0.1:{port}/v1"
+    runner, url = await serve_app(app)
+    return runner, url + "/v1"
 
 
 async def test_vllm_source_parses_audio_tokens_split_across_pieces():
