@@ -23,6 +23,7 @@ from llm.tool_text import calls_in_text
 from llm.turn_end import TurnEndScorer
 
 log = logging.getLogger(__name__)
+TURN_END_ALONE_S = 3.0  # the words are read only if no other session had model work this long (as Whisper's solo_idle_s)
 
 
 class Options(BaseModel):
@@ -89,8 +90,8 @@ class OpenAIChatClient:
         self.server = server
         # Every request holds one of the server's slots while it streams; waiting ones go most
         # urgent first (a reply the caller waits for before a speculation before a warm-up).
-        self.lane = (scheduler or Scheduler()).lane("llm", self.options.concurrency or self.options.n_parallel,
-                                                    serial=False)
+        self.scheduler = scheduler or Scheduler()
+        self.lane = self.scheduler.lane("llm", self.options.concurrency or self.options.n_parallel, serial=False)
         self._client: openai.AsyncOpenAI | None = None
         self._turn_end = TurnEndScorer(min(self.options.timeout, 2.0))
         self._start_lock = asyncio.Lock()
@@ -205,6 +206,12 @@ class OpenAIChatClient:
         if not self.options.turn_end_text or base_url is None:
             return None
         if language is not None and languages is not None and language not in languages:
+            return None
+        # Alone, the reply is ready about when a doubted turn's shorter wait ends, and reading first
+        # costs little (the reply then finds the words cached). With other sessions at work the
+        # reply comes after the wait anyway and the reading only adds its own time, slowed by their
+        # generation (4 callers: +110 ms to every reply; docs/turn-taking.md): skip it then.
+        if self.scheduler.sessions_at_work(TURN_END_ALONE_S) - {ticket_now().session}:
             return None
         try:
             async with self.lane.slot():  # as urgent as the pause's speculation that asks

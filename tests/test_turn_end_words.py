@@ -146,6 +146,38 @@ async def test_a_server_without_llama_cpp_endpoints_gives_no_signal_and_is_not_a
         await runner.cleanup()
 
 
+async def test_the_words_are_read_only_while_no_other_session_is_at_work() -> None:
+    """With other callers' model work around, the reply comes after the wait anyway and reading
+    first would only add its time: the client does not ask then."""
+    from core.scheduler import Kind, Scheduler, Ticket, working_for
+    from llm.openai_chat import OpenAIChatClient, Options as LLMOptions
+
+    hits: list[str] = []
+
+    async def not_found(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", not_found)
+    runner, url = await serve_app(app)
+    scheduler = Scheduler()
+    client = OpenAIChatClient(LLMOptions(base_url=url + "/v1"), None, scheduler)
+    history = [Message("system", "s")]
+    try:
+        asr = scheduler.lane("asr", 1)
+        with working_for(Ticket("me", Kind.SPECULATIVE, 0.0)):
+            async with asr.slot(Ticket("other-caller", Kind.FINAL, 0.0)):  # another caller's transcription
+                assert await client.turn_end_probability(history, "Hello?") is None
+            assert hits == []  # not asked at all
+            asr.last_work.clear()  # ... and that caller has been quiet for long
+            assert await client.turn_end_probability(history, "Hello?") is None  # asked: a 404 here
+            assert hits == ["/apply-template"]
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
 @pytest.mark.integration
 async def test_the_real_chat_model_hears_a_finished_request_and_a_sentence_with_more_to_come(tmp_path) -> None:
     from core.stages import BuildEnv, build_stage
