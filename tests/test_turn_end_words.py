@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import pytest
+import pytest_asyncio
 from aiohttp import web
 
 from controller.config import ControllerConfig
@@ -126,7 +127,10 @@ async def test_an_answer_about_an_earlier_pause_is_ignored() -> None:
     assert ctrl.detector.text_probability is None
 
 
-async def test_a_server_without_llama_cpp_endpoints_gives_no_signal_and_is_not_asked_again() -> None:
+@pytest_asyncio.fixture
+async def not_llama_cpp():
+    """An HTTP server that answers 404 to everything (as vLLM to /apply-template): (its URL, the
+    paths asked)."""
     hits: list[str] = []
 
     async def not_found(request: web.Request) -> web.Response:
@@ -136,6 +140,12 @@ async def test_a_server_without_llama_cpp_endpoints_gives_no_signal_and_is_not_a
     app = web.Application()
     app.router.add_post("/{tail:.*}", not_found)
     runner, url = await serve_app(app)
+    yield url, hits
+    await runner.cleanup()
+
+
+async def test_a_server_without_llama_cpp_endpoints_gives_no_signal_and_is_not_asked_again(not_llama_cpp) -> None:
+    url, hits = not_llama_cpp
     scorer = TurnEndScorer()
     try:
         for _ in range(2):
@@ -143,24 +153,15 @@ async def test_a_server_without_llama_cpp_endpoints_gives_no_signal_and_is_not_a
         assert hits == ["/apply-template"]
     finally:
         await scorer.close()
-        await runner.cleanup()
 
 
-async def test_the_words_are_read_only_while_no_other_session_is_at_work() -> None:
+async def test_the_words_are_read_only_while_no_other_session_is_at_work(not_llama_cpp) -> None:
     """With other callers' model work around, the reply comes after the wait anyway and reading
     first would only add its time: the client does not ask then."""
     from core.scheduler import Kind, Scheduler, Ticket, working_for
     from llm.openai_chat import OpenAIChatClient, Options as LLMOptions
 
-    hits: list[str] = []
-
-    async def not_found(request: web.Request) -> web.Response:
-        hits.append(request.path)
-        return web.Response(status=404)
-
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", not_found)
-    runner, url = await serve_app(app)
+    url, hits = not_llama_cpp
     scheduler = Scheduler()
     client = OpenAIChatClient(LLMOptions(base_url=url + "/v1"), None, scheduler)
     history = [Message("system", "s")]
@@ -175,7 +176,6 @@ async def test_the_words_are_read_only_while_no_other_session_is_at_work() -> No
             assert hits == ["/apply-template"]
     finally:
         await client.close()
-        await runner.cleanup()
 
 
 @pytest.mark.integration
