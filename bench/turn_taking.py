@@ -34,9 +34,9 @@ from bench.speculation import SPEC
 from controller.config import ControllerConfig
 from controller.states import Signal, State, next_state
 from controller.turn_policy import EAGERNESS, TEXT_SURE, model_wait_ms, text_wait_ms
-from llm.base import Message
 from controller.turns import FRAME_MS, TurnDetector
 from core.stages import BuildEnv, build_stage
+from llm.base import Message
 from realtime.config import load_config
 
 FRAME = 320
@@ -107,7 +107,6 @@ async def score_text(pauses: list[Pause], tokenizer, llm, system_prompt: str, pa
         t1 = time.perf_counter()
         pause.p_text = await llm.turn_end_probability(history, heard.text, heard.language)
         pause.text_at_ms = pause_ms + (time.perf_counter() - t0) * 1000
-        pause.audio = None
         print(f"  p_audio {pause.probability:.2f} p_text {pause.p_text if pause.p_text is None else round(pause.p_text, 3)} "
               f"{'END' if pause.last else 'mid'} asr {1000 * (t1 - t0):.0f} ms + text {1000 * (time.perf_counter() - t1):.0f} ms: "
               f"{pause.transcript}", flush=True)

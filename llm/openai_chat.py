@@ -196,7 +196,6 @@ class OpenAIChatClient:
         except openai.APIError as exc:  # the turn's own request reports real failures
             log.debug("prefix warm-up failed: %s", exc)
 
-
     async def turn_end_probability(self, history: Sequence[Message], text: str,
                                    language: str | None = None) -> float | None:
         """P(the user's turn ends after `text`), as the model reads it (llm/turn_end.py); None when

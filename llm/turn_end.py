@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from llm.base import Message
+from llm.base import Message, chat_message
 
 log = logging.getLogger(__name__)
 TOP_TOKENS = 100  # the end token is looked for among the most likely next tokens; absent: p ≈ 0
@@ -39,8 +39,9 @@ class TurnEndScorer:
         root = base_url.rstrip("/").removesuffix("/v1")
         if root in self._unsupported or not text.strip():
             return None
-        messages = [{"role": m.role, "content": m.content} for m in history if m.role in ("system", "user", "assistant")]
-        messages.append({"role": "user", "content": text})
+        # As the reply's request will send them (llm.base.chat_message), so that its prompt starts
+        # with this one and finds it cached.
+        messages = [chat_message(m) for m in history] + [{"role": "user", "content": text}]
         try:
             rendered = (await self._post(root, "/apply-template", {"messages": messages}))["prompt"]
             cut = rendered.rfind(text)
