@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.callers import CallerRun, CpuMeter, LoopLag, ShareJob, Sink, run_share
 from bench.corpus import load_conversations
-from core.processes import die_with_parent
+from core.processes import dying_with_parent
 from bench.measure import TurnRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,8 +133,8 @@ class _Proc:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         with open(self.log_path, "wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *WORKER_CMD, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-                env=env, limit=2 ** 24, preexec_fn=die_with_parent())  # no orphaned callers
+                *dying_with_parent(WORKER_CMD), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                env=env, limit=2 ** 24)  # no orphaned callers
         await self.send({"job": self.job.to_json(), "corpus": str(corpus_path)})
 
     async def send(self, obj: dict) -> bool:

@@ -16,7 +16,7 @@ import psutil
 import yaml
 
 from bench.cluster import WORKER_LINE
-from core.processes import die_with_parent
+from core.processes import dying_with_parent
 from bench.measure import auth_headers
 
 LISTENING = re.compile(r"listening on (http://\S+?)/? ")
@@ -56,13 +56,12 @@ class ServerProcess:
 
     async def start(self, timeout_s: float = 300.0) -> str:
         log = open(self.log_path, "w")  # noqa: SIM115 - kept open for the child's lifetime
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(dying_with_parent(  # a killed bench (timeout, pkill) leaves no server behind
             [sys.executable, "-m", "realtime.cli", "serve", "--config", self.config,
              "--host", "127.0.0.1", "--port", "0", "--log-level", "warning",
              "--set", "server.auth.enabled=false",  # a loopback server the bench alone talks to
-             *(["--workers", str(self.n_workers), "--haproxy"] if self.n_workers else [])],
-            stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
-            preexec_fn=die_with_parent())  # a killed bench (timeout, pkill) leaves no server behind
+             *(["--workers", str(self.n_workers), "--haproxy"] if self.n_workers else [])]),
+            stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import aiohttp
 
-from core.processes import die_with_parent
+from core.processes import dying_with_parent
 from llm import build_llama_server
 
 STABLE_S = 60.0  # a child up this long before it died is restarted after the shortest wait
@@ -200,8 +200,8 @@ class LlamaServer:
         t0 = time.monotonic()
         with open(self.log_path, "ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
-                *self.command(binary), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                preexec_fn=die_with_parent(), env=self._child_env())
+                *dying_with_parent(self.command(binary)), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                env=self._child_env())
         _live_pids.add(self._proc.pid)
         try:
             await self._wait_ready()

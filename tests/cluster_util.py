@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from core.processes import die_with_parent
+from core.processes import dying_with_parent
 from realtime.cluster.haproxy import show_stat
 from tests.realtime_util import FAKE_CONFIG, REPO, WAIT
 
@@ -54,8 +54,7 @@ class Cluster:
         for s in sets or []:
             args += ["--set", s]
         # Dies with the test process (its workers and HAProxy with it), whatever happens to the test.
-        self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     preexec_fn=die_with_parent())
+        self.proc = subprocess.Popen(dying_with_parent(args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
 

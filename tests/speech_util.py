@@ -91,3 +91,18 @@ def noise(seconds: float, dbfs: float, seed: int = 0) -> np.ndarray:
     rms = 10 ** (dbfs / 20) * 32768
     rng = np.random.default_rng(seed)
     return np.clip(rng.normal(0, rms, int(seconds * SR)), -32768, 32767).astype(np.int16)
+
+
+async def transcribe(audio: np.ndarray, rate: int, language: str, cache_path: Path) -> str:
+    """What the embedded Whisper (base) hears in `audio` (int16 at `rate`): to check that reply audio
+    says its text."""
+    from core.stages import BuildEnv, build_stage
+
+    factory = build_stage("tokenizer", "whisper", {"language": language}, BuildEnv(cache_path))
+    try:
+        tok = factory.create()
+        for f in frames(to_16k(audio, rate).astype(np.int16)):
+            tok.push(f)
+        return (await tok.finalize()).text
+    finally:
+        await factory.close()

@@ -12,7 +12,7 @@ import soxr
 
 from realtime.config import load_config
 from tests.realtime_util import REPO, running_server, silence, ws_client
-from tests.speech_util import espeak
+from tests.speech_util import espeak, transcribe
 
 pytestmark = pytest.mark.integration
 
@@ -44,20 +44,5 @@ async def test_a_mandarin_question_gets_a_mandarin_answer() -> None:
     said = done["response"]["output"][0]["content"][0]["transcript"]
     assert len(HAN.findall(said)) >= 4 and len(HAN.findall(said)) > len(re.findall(r"[A-Za-z]{2,}", said)), said
     assert len(audio) > 24_000 * 0.5, "less than half a second of reply audio"
-    back = await _transcribe_mandarin(audio)
+    back = await transcribe(audio, 24_000, "zh", qwen_config().cache_path)  # Whisper base
     assert len(HAN.findall(back)) >= 3, f"the reply audio is not heard as Mandarin: {back!r} (said: {said})"
-
-
-async def _transcribe_mandarin(pcm24k: np.ndarray) -> str:
-    """Whisper base (the embedded model), language zh, on the reply's audio."""
-    from core.stages import BuildEnv, build_stage
-    from tests.speech_util import frames
-
-    factory = build_stage("tokenizer", "whisper", {"language": "zh"}, BuildEnv(qwen_config().cache_path))
-    try:
-        tok = factory.create()
-        for f in frames(soxr.resample(pcm24k, 24_000, 16_000).astype(np.int16)):
-            tok.push(f)
-        return (await tok.finalize()).text
-    finally:
-        await factory.close()

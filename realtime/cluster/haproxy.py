@@ -83,15 +83,15 @@ class HAProxyProcess:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        from core.processes import die_with_parent  # the same guard the LLM child has
+        from core.processes import dying_with_parent  # the same guard the LLM child has
         import os
 
         check_config(self.config_path)
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - the child holds it
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                binary(), "-db", "-f", str(self.config_path), stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file, stderr=log_file, preexec_fn=die_with_parent())
+                *dying_with_parent([binary(), "-db", "-f", str(self.config_path)]), stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file, stderr=log_file)
         finally:
             log_file.close()
 

@@ -69,12 +69,11 @@ class WorkerProcess:
         self._supervisor = asyncio.create_task(self._supervise(), name=f"worker-{self.spec.name}")
 
     async def _launch(self) -> None:
-        from core.processes import die_with_parent  # a worker must not outlive the cluster
+        from core.processes import dying_with_parent  # a worker must not outlive the cluster
 
         # The worker's stdout (its banner) goes to our stderr: our stdout says what the cluster is.
         self.proc = await asyncio.create_subprocess_exec(
-            *self.spec.command(), stdin=asyncio.subprocess.DEVNULL, stdout=sys.stderr.fileno(),
-            preexec_fn=die_with_parent())
+            *dying_with_parent(self.spec.command()), stdin=asyncio.subprocess.DEVNULL, stdout=sys.stderr.fileno())
         await self._wait_up()
         self.starts += 1
         self.on_up(self)
