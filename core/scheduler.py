@@ -10,11 +10,13 @@ how urgent it is:
 
 and by when its result is needed (`deadline`, monotonic seconds). A `Lane` is one kind of model
 with a fixed number of workers (Whisper's one batch at a time, the LLM server's slots, piper's
-threads); its queue is served by (kind, deadline, arrival). Tickets change while work is queued:
-a committed speculation becomes FINAL (its queued work moves up), a discarded one is dropped (its
-queued work is removed before it runs: `WorkDropped` for whoever waited). A job several tickets
-wait for (the same audio transcribed for a speculation and for the end of turn) runs for the
-most urgent of them and is dropped only when none is left.
+threads); its queue is served by (kind, deadline, arrival). A job may say its result is needed
+later than its ticket's deadline (`needed_at`: a reply's next sentence while seconds of its audio
+are still to play); more than `LATER_S` ahead, it waits behind speculative work (the next
+caller's first words go first). Tickets change while work is queued: a committed speculation
+becomes FINAL (its queued work moves up), a discarded one is dropped (its queued work is removed
+before it runs: `WorkDropped` for whoever waited). A job several tickets wait for (the same audio
+transcribed for a speculation and for the end of turn) runs for the most urgent of them.
 
 Cancelling a waiter removes its job from the queue; cancelling the holder of a worker frees the
 worker at once (an LLM stream is closed: the server stops generating). Work already running in a
@@ -39,6 +41,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
+
+from core.lane_metrics import lane_snapshot, percentile
 
 
 class Kind(enum.IntEnum):
@@ -82,6 +86,9 @@ class Ticket:
 
 
 current_ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("model_work_ticket", default=None)
+# Set by whoever knows (decoder/clause_pipeline.py): when the next job's result is first needed.
+needed_at: contextvars.ContextVar[float | None] = contextvars.ContextVar("model_work_needed_at", default=None)
+LATER_S = 1.0  # needed further ahead than this: after speculative work (a sentence takes 0.1-1 s)
 
 
 def ticket_now() -> Ticket:
@@ -108,6 +115,7 @@ class Job:
         self.tickets = tickets
         self.seq = next(self._seq)
         self.enqueued = time.monotonic()
+        self.needed_at = needed_at.get()
         self.started: float | None = None
         self.task: asyncio.Task | None = None  # the batch running it (lanes with a batch_fn)
         self.batch: list[Job] = []
@@ -118,12 +126,16 @@ class Job:
     def live(self) -> list[Ticket]:
         return [t for t in self.tickets if not t.dropped]
 
-    def priority(self) -> tuple[int, float, int]:
-        live = self.live() or self.tickets
-        return (min(t.kind for t in live), min(t.deadline for t in live), self.seq)
+    def priority(self) -> tuple[float, float, int]:
+        kind, deadline = self.kind(), min(t.deadline for t in (self.live() or self.tickets))
+        if self.needed_at is not None and self.needed_at > deadline:
+            deadline = self.needed_at
+            if kind < Kind.WARMUP and deadline - time.monotonic() > LATER_S:
+                return (Kind.SPECULATIVE + 0.5, deadline, self.seq)
+        return (kind, deadline, self.seq)
 
     def kind(self) -> Kind:
-        return Kind(self.priority()[0])
+        return min(t.kind for t in (self.live() or self.tickets))
 
     def add(self, ticket: Ticket) -> None:
         """Another ticket waits for the same work (it may be more urgent)."""
@@ -324,25 +336,7 @@ class Lane:
         return time.monotonic() - min(started) if started else 0.0
 
     def snapshot(self) -> dict[str, Any]:
-        queued = {k.name.lower(): 0 for k in Kind}
-        for job in self._queue:
-            queued[job.kind().name.lower()] += 1
-        waits = {}
-        for kind, values in self.waits.items():
-            if values:
-                ordered = sorted(values)
-                waits[kind.name.lower()] = {
-                    "p50": round(_pct(ordered, 50) * 1000, 1), "p95": round(_pct(ordered, 95) * 1000, 1),
-                    "max": round(ordered[-1] * 1000, 1), "n": len(ordered)}
-        return {"workers": self.workers, "running": self.running, "queued": queued, "wait_ms": waits,
-                "oldest_running_s": round(self.oldest_running_s(), 2),
-                "busy_s": round(self.busy_s, 2), "jobs": self.jobs, "dropped": self.dropped, "batches": self.batches,
-                "batch_size_mean": round(self.batched_items / self.batches, 2) if self.batches else None,
-                **({"counters": dict(self.counters)} if self.counters else {})}
-
-
-def _pct(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+        return lane_snapshot(self)
 
 
 class Scheduler:
@@ -385,7 +379,7 @@ class Scheduler:
         caller who finished speaking waits for a model worker now."""
         since = time.monotonic() - window_s
         waits = [sorted(w for t, w in lane.final_waits if t >= since) for lane in self.lanes.values()]
-        return max((_pct(values, 95) * 1000 for values in waits if values), default=0.0)
+        return max((percentile(values, 95) * 1000 for values in waits if values), default=0.0)
 
     def stuck(self, after_s: float) -> dict[str, float]:
         """Lanes whose workers are threads (`serial`) with a job running longer than `after_s`:

@@ -7,6 +7,11 @@ only model call) -> ~200 ms chunks (the generator). While clause k is synthesize
 already cuts clause k+1, and while clause k is being sent clause k+1 is synthesized (the audio
 queue holds a few spans of look-ahead).
 
+Each span's model work tells the scheduler when its audio is first needed (`core.scheduler.
+needed_at`): the first span now, the next one when the audio made so far would have played out
+from the first span on. A long reply's later sentences then wait behind another caller's first
+words instead of ahead of them (a 2-thread TTS lane shared by all calls).
+
 A subclass provides `span_audio(clause)` (int16 arrays at `sample_rate`), `sample_rate`, `chunk_s`
 and `options` with `first_clause_words` and `lookahead`.
 """
@@ -14,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 import numpy as np
 
+from core.scheduler import needed_at
 from decoder.audio_chunks import aclose_quietly, chunked, trim_leading_silence, trim_trailing_silence
 from decoder.base import AudioChunk
 from decoder.clauses import clauses
@@ -68,6 +75,7 @@ class ClausePipeline:
 
     async def _speak(self, clause_q: asyncio.Queue, audio_q: asyncio.Queue) -> None:
         first = True
+        t_first, made_s = None, 0.0  # when the first span was ready; the audio made since
         try:
             while (clause := await clause_q.get()) is not _END:
                 if isinstance(clause, BaseException):
@@ -82,6 +90,9 @@ class ClausePipeline:
                     async for pcm in spans:
                         if first:  # the voice's lead-in silence before the reply is only latency
                             pcm, first = trim_leading_silence(pcm, self.sample_rate), False
+                            t_first = time.monotonic()
+                        made_s += len(pcm) / self.sample_rate
+                        needed_at.set(t_first + made_s)  # for the next span's work (this task's context)
                         if mid_sentence:  # hold the last piece back: its sentence pause goes
                             pcm, held = held, pcm
                             if pcm is None:

@@ -7,7 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from core.scheduler import Kind, Lane, Scheduler, Ticket, WorkDropped, current_ticket, ticket_now, working_for
+import time
+
+from core.scheduler import (
+    LATER_S, Kind, Lane, Scheduler, Ticket, WorkDropped, current_ticket, needed_at, ticket_now, working_for,
+)
 
 
 async def _hold(lane: Lane, ticket: Ticket, order: list[str], name: str, release: asyncio.Event) -> None:
@@ -42,6 +46,36 @@ async def test_final_before_speculative_before_warmup_then_by_deadline():
     gate.set()
     await asyncio.gather(blocker, *tasks)
     assert order == ["blocker", "final", "spec-early", "spec-late", "warm"]
+
+
+async def _hold_needed(lane: Lane, ticket: Ticket, when: float | None, order: list[str], name: str) -> None:
+    needed_at.set(when)  # this task's context only, as the clause pipeline's speaker sets it
+    async with lane.slot(ticket):
+        order.append(name)
+
+
+async def test_work_needed_later_waits_behind_speculative_work():
+    """A reply's next sentence while seconds of its audio are still to play goes after another
+    caller's speculative first words; work needed soon keeps its kind's place."""
+    lane = Lane("tts", workers=1)
+    order: list[str] = []
+    gate = asyncio.Event()
+    blocker = asyncio.create_task(_hold(lane, Ticket("a"), order, "blocker", gate))
+    await _settle()
+    now = time.monotonic()
+    waiting = {
+        "final-in-4s": (Ticket("b", Kind.FINAL, now - 10), now + 4),
+        "final-in-3s": (Ticket("c", Kind.FINAL, now - 10), now + 3),
+        "final-soon": (Ticket("d", Kind.FINAL, now - 10), now + LATER_S / 2),
+        "spec-first-words": (Ticket("e", Kind.SPECULATIVE, now + 0.4), None),
+        "warm": (Ticket("f", Kind.WARMUP, now), None),
+    }
+    tasks = [asyncio.create_task(_hold_needed(lane, t, when, order, name)) for name, (t, when) in waiting.items()]
+    await _settle()
+    assert lane.snapshot()["queued"] == {"final": 3, "speculative": 1, "warmup": 1}  # still FINAL work
+    gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert order == ["blocker", "final-soon", "spec-first-words", "final-in-3s", "final-in-4s", "warm"]
 
 
 async def test_committed_speculation_moves_up_and_dropped_work_never_runs():
