@@ -88,7 +88,7 @@ class Ticket:
 current_ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("model_work_ticket", default=None)
 # Set by whoever knows (decoder/clause_pipeline.py): when the next job's result is first needed.
 needed_at: contextvars.ContextVar[float | None] = contextvars.ContextVar("model_work_needed_at", default=None)
-LATER_S = 1.0  # needed further ahead than this: after speculative work (a sentence takes 0.1-1 s)
+LATER_S = 1.0  # needed further ahead than this: after speculative work
 
 
 def ticket_now() -> Ticket:

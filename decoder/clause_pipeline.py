@@ -9,7 +9,8 @@ queue holds a few spans of look-ahead).
 
 Each span's model work tells the scheduler when its audio is first needed (`core.scheduler.
 needed_at`): the first span now, the next one when the audio made so far would have played out
-from the first span on. A long reply's later sentences then wait behind another caller's first
+from the first span on, less the time the last span took to come (under load a span takes longer:
+the next one is asked for sooner, so the audio does not run dry). A long reply's later sentences then wait behind another caller's first
 words instead of ahead of them (a 2-thread TTS lane shared by all calls).
 
 A subclass provides `span_audio(clause)` (int16 arrays at `sample_rate`), `sample_rate`, `chunk_s`
@@ -33,6 +34,7 @@ from decoder.clauses import clauses
 
 log = logging.getLogger(__name__)
 _END = object()  # queue sentinel: the stream is complete
+MAX_SPAN_S = 2.0  # a span's time to come counts up to this (it may include a wait for the LLM)
 _PUNCTUATION = tuple(".!?,;:…。！？，；：、")
 
 
@@ -76,6 +78,7 @@ class ClausePipeline:
     async def _speak(self, clause_q: asyncio.Queue, audio_q: asyncio.Queue) -> None:
         first = True
         t_first, made_s = None, 0.0  # when the first span was ready; the audio made since
+        t_last = None  # when the last span came
         try:
             while (clause := await clause_q.get()) is not _END:
                 if isinstance(clause, BaseException):
@@ -91,8 +94,10 @@ class ClausePipeline:
                         if first:  # the voice's lead-in silence before the reply is only latency
                             pcm, first = trim_leading_silence(pcm, self.sample_rate), False
                             t_first = time.monotonic()
+                        now = time.monotonic()
+                        took, t_last = (min(now - t_last, MAX_SPAN_S) if t_last else 0.0), now
                         made_s += len(pcm) / self.sample_rate
-                        needed_at.set(t_first + made_s)  # for the next span's work (this task's context)
+                        needed_at.set(t_first + made_s - took)  # the next span's work (this task's context)
                         if mid_sentence:  # hold the last piece back: its sentence pause goes
                             pcm, held = held, pcm
                             if pcm is None:
