@@ -137,6 +137,11 @@ class Job:
     def kind(self) -> Kind:
         return min(t.kind for t in (self.live() or self.tickets))
 
+    def waited_s(self, now: float) -> float:
+        """How long it has waited since someone needed it (a sentence queued early is not late)."""
+        since = self.enqueued if self.needed_at is None else max(self.enqueued, self.needed_at - LATER_S)
+        return max(0.0, now - since)
+
     def add(self, ticket: Ticket) -> None:
         """Another ticket waits for the same work (it may be more urgent)."""
         self.tickets.append(ticket)
@@ -259,9 +264,9 @@ class Lane:
         job.started = time.monotonic()
         self._running_jobs.add(job)
         kind = job.kind()
-        self.waits[kind].append(job.started - job.enqueued)
+        self.waits[kind].append(job.waited_s(job.started))
         if kind is Kind.FINAL:
-            self.final_waits.append((job.started, job.started - job.enqueued))
+            self.final_waits.append((job.started, job.waited_s(job.started)))
         self.jobs += 1
         if not job.granted.done():
             job.granted.set_result(None)
@@ -371,7 +376,7 @@ class Scheduler:
         """How long the oldest FINAL job still queued has waited (0 when none waits): a caller who
         finished speaking is waiting for a model worker right now."""
         now = time.monotonic()
-        return max((1000 * (now - job.enqueued) for lane in self.lanes.values() for job in lane._queue
+        return max((1000 * job.waited_s(now) for lane in self.lanes.values() for job in lane._queue
                     if job.live() and job.kind() is Kind.FINAL), default=0.0)
 
     def final_wait_p95_ms(self, window_s: float = 30.0) -> float:

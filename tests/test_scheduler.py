@@ -78,6 +78,25 @@ async def test_work_needed_later_waits_behind_speculative_work():
     assert order == ["blocker", "final-soon", "spec-first-words", "final-in-3s", "final-in-4s", "warm"]
 
 
+async def test_work_queued_before_it_is_needed_is_no_backlog():
+    """Admission's backlog (a finished turn waiting for a model) counts a later sentence's wait only
+    from LATER_S before its audio is needed: queued early by design, it is not a caller waiting."""
+    scheduler = Scheduler()
+    lane = scheduler.lane("tts", workers=1)
+    gate = asyncio.Event()
+    blocker = asyncio.create_task(_hold(lane, Ticket("a"), [], "blocker", gate))
+    await _settle()
+    later = asyncio.create_task(_hold_needed(lane, Ticket("b", Kind.FINAL, 0.0), time.monotonic() + 30, [], "later"))
+    await asyncio.sleep(0.2)
+    assert lane.snapshot()["queued"]["final"] == 1 and scheduler.final_backlog_ms() == 0.0
+    now_needed = asyncio.create_task(_hold_needed(lane, Ticket("c", Kind.FINAL, 0.0), None, [], "now"))
+    await asyncio.sleep(0.2)
+    assert scheduler.final_backlog_ms() >= 150  # this one is waited for
+    gate.set()
+    await asyncio.gather(blocker, later, now_needed)
+    assert sum(w >= 0.15 for w in lane.waits[Kind.FINAL]) == 1  # "now"; "later" (queued 0.4 s) waited 0
+
+
 async def test_committed_speculation_moves_up_and_dropped_work_never_runs():
     lane = Lane("asr", workers=1)
     order: list[str] = []
