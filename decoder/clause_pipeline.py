@@ -9,9 +9,10 @@ queue holds a few spans of look-ahead).
 
 Each span's model work tells the scheduler when its audio is first needed (`core.scheduler.
 needed_at`): the first span now, the next one when the audio made so far would have played out
-from the first span on, less the time the last span took to come (under load a span takes longer:
-the next one is asked for sooner, so the audio does not run dry). A long reply's later sentences then wait behind another caller's first
-words instead of ahead of them (a 2-thread TTS lane shared by all calls).
+from the first span on, less the time the last span took to come (under load a span takes
+longer: the next one is asked for sooner, so the audio does not run dry). A long reply's later
+sentences then wait behind another caller's first words instead of ahead of them (a 2-thread TTS
+lane shared by all calls).
 
 A subclass provides `span_audio(clause)` (int16 arrays at `sample_rate`), `sample_rate`, `chunk_s`
 and `options` with `first_clause_words` and `lookahead`.
@@ -77,8 +78,8 @@ class ClausePipeline:
 
     async def _speak(self, clause_q: asyncio.Queue, audio_q: asyncio.Queue) -> None:
         first = True
-        t_first, made_s = None, 0.0  # when the first span was ready; the audio made since
-        t_last = None  # when the last span came
+        t_first = t_last = 0.0  # when the first span came; when the last one did
+        made_s = 0.0  # the audio made since the first span
         try:
             while (clause := await clause_q.get()) is not _END:
                 if isinstance(clause, BaseException):
@@ -91,11 +92,11 @@ class ClausePipeline:
                 held = None
                 async with aclosing(self.span_audio(clause)) as spans:  # closed now if cancelled
                     async for pcm in spans:
+                        now = time.monotonic()
                         if first:  # the voice's lead-in silence before the reply is only latency
                             pcm, first = trim_leading_silence(pcm, self.sample_rate), False
-                            t_first = time.monotonic()
-                        now = time.monotonic()
-                        took, t_last = (min(now - t_last, MAX_SPAN_S) if t_last else 0.0), now
+                            t_first = t_last = now
+                        took, t_last = min(now - t_last, MAX_SPAN_S), now
                         made_s += len(pcm) / self.sample_rate
                         needed_at.set(t_first + made_s - took)  # the next span's work (this task's context)
                         if mid_sentence:  # hold the last piece back: its sentence pause goes

@@ -33,7 +33,7 @@ async def test_a_killed_bench_leaves_no_server_behind():
 
 
 GRPC_PARENT = '''
-import subprocess, sys
+import subprocess
 from concurrent import futures
 import grpc
 from core.processes import dying_with_parent
