@@ -21,9 +21,9 @@ transcribed for a speculation and for the end of turn) runs for the most urgent 
 Cancelling a waiter removes its job from the queue; cancelling the holder of a worker frees the
 worker at once (an LLM stream is closed: the server stops generating). Work already running in a
 thread cannot be stopped mid-call, so lanes keep those calls short (one Whisper batch, one piper
-sentence) and a cancelled caller just stops waiting for it. A lane whose `batch_fn` is async (a
-remote model call: streaming_tokenizer/ray_whisper.py) is cancelled once nobody waits for it any
-more, which cancels the remote request.
+sentence), a cancelled caller just stops waiting for it, and one that never returns is redone on
+a new worker (core/wedge.py). An async `batch_fn` (a remote model call: ray_whisper.py) is
+cancelled once nobody waits for it, which cancels the remote request.
 
 The stages find their ticket in a context variable (`current_ticket`): the controller runs each
 reply in a task that carries its ticket, so the stages' Protocols need no extra argument.
@@ -43,6 +43,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from core.lane_metrics import lane_snapshot, percentile
+from core.wedge import WedgeGuard
 
 
 class Kind(enum.IntEnum):
@@ -170,8 +171,8 @@ class Lane:
 
     def __init__(self, name: str, workers: int, *, executor: Executor | None = None,
                  batch_fn: Callable[[Sequence[Any]], Sequence[Any]] | None = None, max_batch: int = 1,
-                 history: int = 500, serial: bool = True) -> None:
-        self.name = name
+                 history: int = 500, serial: bool = True, guard: WedgeGuard | None = None) -> None:
+        self.name, self.guard = name, guard  # guard: a batch that never returns is redone (core/wedge.py)
         self.workers = workers
         # True: each worker does the work itself (a thread), so a busy worker is a busy resource
         # and the lane's utilization limits capacity (core/load.py). False: workers only hold a
@@ -277,6 +278,8 @@ class Lane:
         try:
             if inspect.iscoroutinefunction(self.batch_fn):
                 results = await self.batch_fn([j.item for j in batch])
+            elif self.guard is not None:
+                results = await self.guard.run(self, batch)
             else:
                 results = await asyncio.get_running_loop().run_in_executor(
                     self.executor, self.batch_fn, [j.item for j in batch])
@@ -388,9 +391,8 @@ class Scheduler:
 
     def stuck(self, after_s: float) -> dict[str, float]:
         """Lanes whose workers are threads (`serial`) with a job running longer than `after_s`:
-        one model call that never returns. A thread cannot be stopped, and every session's work
-        of that kind queues behind it, so /healthz reports it and the process should be
-        restarted (a wedged Whisper worker was seen once in a 4-caller run, docs/benchmarks.md)."""
+        a model call that never returns (and no `WedgeGuard` replaced its worker). Every session's
+        work of that kind queues behind it: /healthz reports it, the process should be restarted."""
         ages = {name: lane.oldest_running_s() for name, lane in self.lanes.items() if lane.serial}
         return {name: round(age, 1) for name, age in ages.items() if age > after_s}
 

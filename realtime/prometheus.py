@@ -108,6 +108,8 @@ def _scheduler_metrics(lanes: dict):
     jobs = CounterMetricFamily("step_scheduler_jobs", "Model work done, by lane", labels=["lane"])
     dropped = CounterMetricFamily("step_scheduler_dropped", "Model work dropped unrun, by lane", labels=["lane"])
     busy = CounterMetricFamily("step_scheduler_busy_seconds", "Worker time spent, by lane", labels=["lane"])
+    wedged = CounterMetricFamily("step_scheduler_wedged_workers",
+                                 "Worker threads given up in a call that did not return (core/wedge.py)", labels=["lane"])
     wait = GaugeMetricFamily("step_scheduler_wait_seconds", "Recent queue waits (p50, p95, max) by lane and kind",
                              labels=["lane", "kind", "quantile"])
     for name, lane in lanes.items():
@@ -117,7 +119,8 @@ def _scheduler_metrics(lanes: dict):
         jobs.add_metric([name], lane["jobs"])
         dropped.add_metric([name], lane["dropped"])
         busy.add_metric([name], lane["busy_s"])
+        wedged.add_metric([name], lane.get("counters", {}).get("wedged_workers", 0))
         for kind, w in lane["wait_ms"].items():
             for q in ("p50", "p95", "max"):
                 wait.add_metric([name, kind, q], w[q] / 1000)
-    yield from (queued, running, jobs, dropped, busy, wait)
+    yield from (queued, running, jobs, dropped, busy, wedged, wait)

@@ -32,7 +32,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.scheduler import Job, Scheduler, ticket_now
+from core.wedge import WedgeGuard, abandon
 from streaming_tokenizer.base import UserInput
+from streaming_tokenizer.whisper_text import pick_language, script_converter, token_budget
+from streaming_tokenizer.whisper_text import repeats as _repeats  # a name the tests patch
 from vad.base import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,10 @@ class Options(BaseModel):
         "simplified", pattern="^(simplified|traditional)$",
         description="write Chinese transcripts in this script (OpenCC); null: as Whisper writes them "
                     "(Whisper base mixes traditional characters into Mandarin: 秋風 for 秋风)")
+    wedged_after_s: float | None = Field(
+        10.0, ge=1.0, description="a batch still running after this (plus 1 s per second of its longest turn) "
+                                  "is given up as wedged and redone on a new worker thread with a new model "
+                                  "copy (core/wedge.py); null: wait forever")
     encoder_window_s: float | None = Field(
         10.0, ge=1.0, le=30.0,
         description="shortest encoder window; null: always the full 30 s (faster-whisper transcribe)")
@@ -92,32 +99,53 @@ class WhisperEngine:
         # box that burns the core the LLM and TTS need. Make them sleep at once. libgomp reads
         # this when it is loaded, i.e. at the first import of ctranslate2.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
-        self.model = WhisperModel(str(model_dir), device="cpu", compute_type=opts.compute_type,
-                                  cpu_threads=opts.cpu_threads, num_workers=opts.workers)
-        self.solo_encoder = None
+        self.model_dir, self.opts = model_dir, opts
+        self._load_models()
         self.solo_idle_s = opts.solo_idle_s
-        if opts.encoder_threads > opts.cpu_threads:
-            self.solo_encoder = WhisperModel(str(model_dir), device="cpu", compute_type=opts.compute_type,
-                                             cpu_threads=opts.encoder_threads).model
         self.executor = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="whisper")
         self.scheduler = scheduler or Scheduler()
-        self.lane = self.scheduler.lane(
-            "asr", opts.workers, executor=self.executor, batch_fn=self.transcribe_batch, max_batch=opts.max_batch)
+        guard = None if opts.wedged_after_s is None else WedgeGuard(self.time_limit, self.replace_worker)
+        self.lane = self.scheduler.lane("asr", opts.workers, executor=self.executor, guard=guard,
+                                        batch_fn=self.transcribe_batch, max_batch=opts.max_batch)
         self.window_frames = None if opts.encoder_window_s is None else int(opts.encoder_window_s * 100)
         multilingual = self.model.model.is_multilingual
         self._tokenizer = Tokenizer(self.model.hf_tokenizer, multilingual, "transcribe",
                                     "en" if multilingual else None)
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
-        self._script = _script_converter(opts.chinese_script)
+        self._script = script_converter(opts.chinese_script)
         self.candidates = set(opts.languages or ())
         self.window_runs = 0  # how often each path ran, for tests and benchmarks
         self.loop_retries = 0
         self.full_runs = 0
         self.solo_encodes = 0
+
+    def _load_models(self) -> None:
+        from faster_whisper import WhisperModel
+
+        opts, path = self.opts, str(self.model_dir)
+        self.model = WhisperModel(path, device="cpu", compute_type=opts.compute_type,
+                                  cpu_threads=opts.cpu_threads, num_workers=opts.workers)
+        self.solo_encoder = None
+        if opts.encoder_threads > opts.cpu_threads:
+            self.solo_encoder = WhisperModel(path, device="cpu", compute_type=opts.compute_type,
+                                             cpu_threads=opts.encoder_threads).model
+
+    def time_limit(self, items: Sequence[tuple[np.ndarray, str | None]]) -> float:
+        """Longer than any healthy batch of these takes: `wedged_after_s`, plus 1 s per second of
+        the longest turn (a full-window run with temperature fallback) and 0.5 s per extra turn."""
+        longest = max(len(audio) for audio, _ in items) / SAMPLE_RATE
+        return float(self.opts.wedged_after_s or 0.0) + longest + 0.5 * (len(items) - 1)
+
+    def replace_worker(self) -> ThreadPoolExecutor:
+        """A batch never returned (core/wedge.py): a new thread, which first loads a new copy of
+        the model (the old copy may be what hangs; the wedged thread keeps it)."""
+        wedged, self.executor = self.executor, ThreadPoolExecutor(self.opts.workers, thread_name_prefix="whisper")
+        self.executor.submit(self._load_models).add_done_callback(_log_failure)
+        abandon(wedged)  # its thread ends if the call ever returns
+        return self.executor
 
     def window_of(self, samples: int) -> int:
         """The encoder window (mel frames) a turn of `samples` is transcribed in; 0: the full-window
@@ -238,30 +266,9 @@ class WhisperEngine:
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
 
 
-def _script_converter(script: str | None):
-    """Text → text in the wanted Chinese script (OpenCC's t2s / s2t tables; identity for None)."""
-    if script is None:
-        return lambda text: text
-    import opencc
-
-    return opencc.OpenCC("t2s" if script == "simplified" else "s2t").convert
-
-
-def pick_language(ranked: Sequence[tuple[str, float]], candidates: set[str]) -> str:
-    """The most likely of `candidates` (any language when empty) in Whisper's ranking, most likely
-    first; codes come as "en" (faster-whisper) or "<|en|>" (CTranslate2)."""
-    codes = [code.strip("<|>") for code, _ in ranked]
-    return next((c for c in codes if not candidates or c in candidates), codes[0])
-
-
-def token_budget(seconds: float) -> int:
-    """More text tokens than anyone says in `seconds`: more means the decoder is looping."""
-    return 12 + int(10 * seconds)
-
-
-def _repeats(ids: list[int], n: int = 3) -> bool:
-    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
-    return len(set(grams)) < len(grams)
+def _log_failure(done) -> None:
+    if done.exception() is not None:
+        log.error("reloading Whisper for a new worker failed; the old copy stays in use", exc_info=done.exception())
 
 
 class WhisperTokenizer:

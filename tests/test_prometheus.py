@@ -58,3 +58,6 @@ async def test_scheduler_lanes_are_exported() -> None:
         assert m[("step_scheduler_running", (("lane", "asr"),))] == 1
         assert m[("step_scheduler_queued", (("kind", "final"), ("lane", "asr")))] == 0
         assert (await _scrape(http, server))[("step_scheduler_jobs_total", (("lane", "asr"),))] == 1
+        assert m[("step_scheduler_wedged_workers_total", (("lane", "asr"),))] == 0
+        lane.counters["wedged_workers"] = 2  # what core.wedge.WedgeGuard counts
+        assert (await _scrape(http, server))[("step_scheduler_wedged_workers_total", (("lane", "asr"),))] == 2

@@ -273,6 +273,34 @@ async def test_a_decode_that_still_runs_past_its_budget_is_cut_there(whisper, mo
 
 
 @pytest.mark.integration
+async def test_a_wedged_transcription_is_redone_on_a_new_worker_with_a_new_model(model_cache):
+    """A batch that never returns (seen inside CTranslate2 under load, docs/benchmarks.md) is
+    redone on a new thread with a freshly loaded model copy; the turn gets its transcript."""
+    factory = build_stage("tokenizer", "whisper", {"language": "en", "wedged_after_s": 1.0}, BuildEnv(model_cache))
+    engine, release = factory.engine, threading.Event()
+    real, calls = engine._transcribe_window, []
+
+    def hangs_once(items, window, **kwargs):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            assert release.wait(WAIT_S)
+        return real(items, window, **kwargs)
+
+    engine._transcribe_window = hangs_once
+    old_model, old_executor = engine.model, engine.executor
+    try:
+        _, result = await _transcribe(factory, piper(SENTENCES[0]))
+        assert wer(SENTENCES[0], result.text) <= 0.2, result.text
+        assert len(calls) == 2 and engine.lane.counters["wedged_workers"] == 1
+        assert engine.executor is not old_executor and engine.lane.executor is engine.executor
+        assert engine.model is not old_model  # the new worker loaded its own copy first
+    finally:
+        release.set()
+        old_executor.shutdown(wait=True)
+        await factory.close()
+
+
+@pytest.mark.integration
 async def test_real_model_cache_and_push_during_finalize(whisper):
     first_part, second_part = piper("Please open the window."), piper("And play some music.")
     tok = whisper.create()
