@@ -13,7 +13,15 @@ adds on top; the server admits a new session only while
     queue for seconds even while the CPU as a whole looks half idle, and
   - the model queues are not making callers wait right now: no FINAL job (a caller who finished
     speaking) has been queued for a model worker longer than `max_final_wait_ms`. This is the
-    backlog as it stands, not a recent percentile, so a burst closes the door only while it lasts.
+    backlog as it stands, not a recent percentile, so a burst closes the door only while it lasts;
+  - the calls in progress are answered within their budget: the p90 of the last `reply_window_s`
+    of replies' end of turn → first audio is at most `max_reply_delay_ms` (the latency callers
+    feel, whatever its cause: what the CPU model misses shows here).
+
+The cores are not the server's alone on a shared box (a load generator, a sidecar, another
+service): the CPU that other processes use on the cores it may run on is measured too and left
+to them (`count_other_processes`; not when `cores` gives this server a share of the box, as
+`serve --workers N` does, whose siblings are within the other shares).
 
 Sessions in progress are never degraded to make room; a refused caller is told when to retry.
 """
@@ -25,13 +33,16 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.lane_metrics import percentile
 from core.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+MIN_REPLIES = 4  # fewer recent replies than this say nothing about the calls' latency
 
 
 class AdmissionConfig(BaseModel):
@@ -46,6 +57,12 @@ class AdmissionConfig(BaseModel):
                                                                  "above ~60 % a single worker's queue grows in bursts")
     max_final_wait_ms: float = Field(600.0, gt=0, description="refuse while a finished turn has waited longer than "
                                                              "this for a model worker (and is still waiting)")
+    max_reply_delay_ms: float | None = Field(
+        2000.0, gt=0, description="refuse while the p90 of recent replies' end of turn -> first audio is above "
+                                  "this (the calls in progress are over budget); null: not checked")
+    reply_window_s: float = Field(30.0, gt=0, description="the recent replies that count for max_reply_delay_ms")
+    count_other_processes: bool = Field(True, description="leave the CPU other processes use on this server's "
+                                                          "cores to them (ignored when `cores` is set)")
     retry_after_s: int = Field(5, ge=1, description="the Retry-After of a refusal")
     cores: float | None = Field(None, gt=0, le=1024, description="cores this server may fill (default: all it may "
                                                                  "run on); `serve --workers N` gives each worker "
@@ -69,11 +86,15 @@ class LoadMonitor:
         self.smoothing_s = smoothing_s
         self.cpu_util = 0.0  # smoothed, of all cores (1.0 = all busy)
         self.idle_cpu = 0.0  # cores the server uses with no session (model servers idling), smoothed
+        self.other_cpu = 0.0  # cores other processes use on ours, smoothed (count_other_processes)
+        self.count_others = self.cfg.count_other_processes and self.cfg.cores is None and cores is None
+        self.replies: deque[tuple[float, float]] = deque(maxlen=500)  # (when, end of turn -> first audio ms)
         self.measured_session_cpu: float | None = None  # cores per active session above idle, smoothed
         self.session_seconds = 0.0  # how much session time the measurement has seen
         self.active_sessions = 0  # as of the last sample
         self.lane_per_session: dict[str, float] = {}  # a serial lane's utilization per active session
         self._last: tuple[float, float] | None = None  # (monotonic, cpu seconds)
+        self._last_box: float | None = None  # busy CPU seconds of our cores, all processes
         self._last_busy: dict[str, float] = {}
         self._task: asyncio.Task | None = None
 
@@ -93,18 +114,22 @@ class LoadMonitor:
         import psutil
 
         me = psutil.Process()
+        ours = sorted(os.sched_getaffinity(0))
         while True:
             try:
                 cpu = _tree_cpu_seconds(me)
-                self.observe(time.monotonic(), cpu, active_sessions())
+                box = _busy_cpu_seconds(ours) if self.count_others else None
+                self.observe(time.monotonic(), cpu, active_sessions(), box)
             except Exception:  # never let the monitor die: admission falls back to the prior
                 log.exception("load sample failed")
             await asyncio.sleep(self.period_s)
 
-    def observe(self, now: float, cpu_seconds: float, active: int) -> None:
-        """One sample: the process tree's total CPU seconds so far and the sessions in a call."""
+    def observe(self, now: float, cpu_seconds: float, active: int, box_busy_seconds: float | None = None) -> None:
+        """One sample: the process tree's total CPU seconds so far, the sessions in a call, and
+        (optional) the busy CPU seconds of our cores by every process on the machine."""
         self.active_sessions = active
         last, self._last = self._last, (now, cpu_seconds)
+        last_box, self._last_box = self._last_box, box_busy_seconds
         busy = {name: lane.busy_s for name, lane in self.scheduler.lanes.items() if lane.serial}
         last_busy, self._last_busy = self._last_busy, busy
         if last is None or now <= last[0]:
@@ -113,6 +138,9 @@ class LoadMonitor:
         used = max(0.0, cpu_seconds - last[1]) / dt  # cores busy over the interval
         alpha = 1 - math.exp(-dt / self.smoothing_s)
         self.cpu_util += alpha * (min(used / self.cores, 1.0) - self.cpu_util)
+        if box_busy_seconds is not None and last_box is not None:
+            others = max(0.0, (box_busy_seconds - last_box) / dt - used)
+            self.other_cpu += alpha * (others - self.other_cpu)
         if active == 0:
             self.idle_cpu += alpha * (used - self.idle_cpu)
         else:
@@ -144,9 +172,10 @@ class LoadMonitor:
 
     def _fits(self) -> list[tuple[float, str]]:
         """(sessions that fit, what limits them) for the CPU and each learned serial lane."""
-        room = self.cfg.target_utilization * self.cores - self.idle_cpu
-        fits = [(room / self.session_cpu, f"{self.session_cpu:.2f} cores each fill "
-                                          f"{self.cfg.target_utilization:.0%} of {self.cores} cores")]
+        room = self.cfg.target_utilization * self.cores - self.idle_cpu - self.other_cpu
+        others = f", {self.other_cpu:.2f} used by other processes" if self.other_cpu >= 0.05 else ""
+        fits = [(max(room, 0.0) / self.session_cpu, f"{self.session_cpu:.2f} cores each fill "
+                                                    f"{self.cfg.target_utilization:.0%} of {self.cores} cores{others}")]
         if self.cfg.learn and self.session_seconds >= self.cfg.learn_after_s:
             fits += [(self.cfg.lane_utilization / per, f"the {lane} lane, {per:.0%} busy per session, may be "
                                                       f"{self.cfg.lane_utilization:.0%} busy")
@@ -163,7 +192,22 @@ class LoadMonitor:
         if admitted > 0 and wait > self.cfg.max_final_wait_ms:
             return Decision(False, f"overloaded: a finished turn has waited {wait:.0f} ms for a model "
                                    f"(limit {self.cfg.max_final_wait_ms:.0f} ms)", retry)
+        late = self.reply_delay_p90_ms()
+        if admitted > 0 and late is not None and self.cfg.max_reply_delay_ms and late > self.cfg.max_reply_delay_ms:
+            return Decision(False, f"overloaded: replies start {late:.0f} ms after the end of turn (p90 of the last "
+                                   f"{self.cfg.reply_window_s:.0f} s; limit {self.cfg.max_reply_delay_ms:.0f} ms)", retry)
         return Decision(True)
+
+    def note_reply(self, eot_to_first_audio_ms: float, now: float | None = None) -> None:
+        """A call in progress was answered: how long after its end of turn the first audio went out."""
+        self.replies.append((time.monotonic() if now is None else now, eot_to_first_audio_ms))
+
+    def reply_delay_p90_ms(self, now: float | None = None) -> float | None:
+        """The p90 end of turn -> first audio of the replies of the last `reply_window_s` (None: fewer
+        than MIN_REPLIES, too few to judge by)."""
+        since = (time.monotonic() if now is None else now) - self.cfg.reply_window_s
+        recent = sorted(ms for when, ms in self.replies if when >= since)
+        return percentile(recent, 90) if len(recent) >= MIN_REPLIES else None
 
     def snapshot(self, admitted: int) -> dict:
         decision = self.decide(admitted)
@@ -173,8 +217,18 @@ class LoadMonitor:
                 "measured_session_cpu": None if self.measured_session_cpu is None else round(self.measured_session_cpu, 3),
                 "cpu_util": round(self.cpu_util, 3), "idle_cpu": round(self.idle_cpu, 3), "cores": self.cores,
                 "lane_utilization_per_session": {k: round(v, 3) for k, v in self.lane_per_session.items()},
+                "other_cpu": round(self.other_cpu, 3), "reply_delay_p90_ms": self.reply_delay_p90_ms(),
                 "final_backlog_ms": round(self.scheduler.final_backlog_ms(), 1),
                 "final_wait_p95_ms": round(self.scheduler.final_wait_p95_ms(), 1)}
+
+
+def _busy_cpu_seconds(cpus: list[int]) -> float:
+    """CPU seconds the given CPUs spent on any process (all but idle and I/O wait)."""
+    import psutil
+
+    per_cpu = psutil.cpu_times(percpu=True)
+    return sum(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+               for i, t in enumerate(per_cpu) if i in cpus)
 
 
 def _tree_cpu_seconds(proc) -> float:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.blas import one_blas_thread
 from core.config import ConfigError
 from core.scheduler import Scheduler
 
@@ -62,7 +63,9 @@ def build_stage(kind: str, impl: str, options: dict[str, Any], env: BuildEnv) ->
         raise ConfigError(f"{kind}.impl: unknown implementation {impl!r} (known: {known})") from None
     module_name, func = target.split(":")
     module = importlib.import_module(module_name)
-    return getattr(module, func)(options, env)
+    stage = getattr(module, func)(options, env)
+    one_blas_thread()  # stages call numpy from several threads at once (core/blas.py)
+    return stage
 
 
 def build_all(cfg: Any, env: BuildEnv) -> dict[str, Any]:

@@ -176,6 +176,8 @@ class RealtimeSession:
         self.server.metrics.observe(event)
         if isinstance(event, ev.TurnMetrics):
             self.server.recent_turns.append(event)
+            if (delay := event.values.get("eot_to_first_audio_ms")) is not None:
+                self.server.monitor.note_reply(delay)  # admission: are calls answered in time?
         if isinstance(event, ev.TurnTakenBack) and event.committed:  # the item left the conversation
             turns = self.context.turns
             self.renderer.forget_item(event.item_id, turns[-1].item_id if turns else None)

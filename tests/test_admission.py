@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from contextlib import AsyncExitStack
 
 import aiohttp
@@ -69,6 +70,44 @@ def test_a_busy_thread_lane_limits_capacity_before_the_cpu_does():
     assert not refused.admit and "asr lane" in refused.reason
 
 
+def test_cpu_other_processes_use_is_left_to_them():
+    """A shared box (here: a load generator using 0.5 cores): the sessions get the rest."""
+    monitor = LoadMonitor(Scheduler(), AdmissionConfig(session_cpu=0.25, learn=False), cores=2, smoothing_s=1)
+    cpu = box = 0.0
+    for t in range(30):
+        monitor.observe(float(t), cpu, active=0, box_busy_seconds=box)
+        cpu, box = cpu + 0.1, box + 0.1 + 0.5  # the server idles at 0.1 cores; others use 0.5
+    assert monitor.idle_cpu == pytest.approx(0.1, abs=0.01) and monitor.other_cpu == pytest.approx(0.5, abs=0.01)
+    assert monitor.capacity == 4  # (0.9 * 2 - 0.1 - 0.5) / 0.25 = 4.8, where alone it would be 6
+    refused = monitor.decide(admitted=4)
+    assert not refused.admit and "0.50 used by other processes" in refused.reason
+    for t in range(30, 60):  # the other process ends: the room comes back
+        monitor.observe(float(t), cpu, active=0, box_busy_seconds=box)
+        cpu, box = cpu + 0.1, box + 0.1
+    assert monitor.other_cpu < 0.01 and monitor.capacity == 6
+
+
+def test_replies_over_budget_close_the_door_until_they_are_in_time_again():
+    monitor = LoadMonitor(Scheduler(), AdmissionConfig(session_cpu=0.01, max_reply_delay_ms=1000, reply_window_s=30),
+                          cores=2)
+    now = time.monotonic()
+    for t, ms in enumerate([300, 400, 2500, 2600, 2700]):  # the last three far over budget
+        monitor.note_reply(ms, now=now - 5 + t)
+    assert monitor.reply_delay_p90_ms() == 2700
+    refused = monitor.decide(admitted=3)
+    assert not refused.admit and "replies start 2700 ms after the end of turn" in refused.reason
+    assert monitor.decide(admitted=0).admit  # an empty server is never closed by old replies
+    for t in range(4):  # later replies come in time; the late ones leave the window
+        monitor.note_reply(250, now=now + 31 + t)
+    assert monitor.reply_delay_p90_ms(now=now + 35) == 250
+
+
+def test_too_few_recent_replies_say_nothing():
+    monitor = LoadMonitor(Scheduler(), AdmissionConfig(session_cpu=0.01), cores=2)
+    monitor.note_reply(5000)
+    assert monitor.reply_delay_p90_ms() is None and monitor.decide(admitted=3).admit
+
+
 async def test_a_finished_turn_kept_waiting_closes_the_door_until_it_is_served():
     sched = Scheduler()
     lane = sched.lane("asr", 1)
@@ -100,8 +139,10 @@ async def test_a_finished_turn_kept_waiting_closes_the_door_until_it_is_served()
 # -- the server ------------------------------------------------------------------------------------
 
 def _config(capacity: int):
-    """A fake-stage server whose capacity estimate is exactly `capacity` sessions on this machine."""
-    return fake_config(**{"server.admission": {"session_cpu": 0.9 * CORES / (capacity + 0.5), "learn": False}})
+    """A fake-stage server whose capacity estimate is exactly `capacity` sessions on this machine
+    (other processes' CPU, which a shared test machine varies, is not counted here)."""
+    return fake_config(**{"server.admission": {"session_cpu": 0.9 * CORES / (capacity + 0.5), "learn": False,
+                                               "count_other_processes": False}})
 
 
 async def _refused(http: aiohttp.ClientSession, server) -> None:
