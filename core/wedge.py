@@ -1,15 +1,19 @@
 """A model call that never returns: give up its worker thread and do the work on a new one.
 
-Twice in ~15 four-caller benchmark runs the one Whisper worker stopped returning inside
-CTranslate2 (docs/benchmarks.md, "A wedged ASR worker"); every caller's turn then queued behind it
-and the server refused everyone until it was restarted. The cause is not found, and a thread
-cannot be stopped. But the work can be done again elsewhere: a lane with a `WedgeGuard` waits for
-a batch at most `time_limit(items)` (far longer than a healthy run of that work), then asks its
-stage for a new worker (`replace()`: a new thread, and a new copy of the model, since the old one
-may be what hangs) and runs the same batch there. The waiters see a late result, not none. The
-wedged thread is left behind (it ends if its call ever returns; its result is ignored); after
-`max_replacements` the guard stops replacing (each one leaks a thread and a model copy) and the
-lane waits as before, which `/healthz` reports as stuck (core.scheduler.Scheduler.stuck).
+In a few 4-caller benchmark runs in twenty the one Whisper worker stopped returning; every
+caller's turn then queued behind it and the server refused everyone until it was restarted. A
+thread cannot be stopped, but the work can be done again elsewhere: a lane with a `WedgeGuard`
+waits for a batch at most `time_limit(items)` (far longer than a healthy run of that work), then
+logs where the stuck thread is, asks its stage for a new worker (`replace()`: a new thread, and a
+new copy of the model, since the old one may be what hangs) and runs the same batch there. The
+waiters see a late result, not none. The wedged thread is left behind (it ends if its call ever
+returns; its result is ignored); after `max_replacements` the guard stops replacing (each one
+leaks a thread and a model copy) and the lane waits as before, which `/healthz` reports as stuck
+(core.scheduler.Scheduler.stuck).
+
+What the stack dump found (docs/benchmarks.md): that wedge was numpy's OpenBLAS thread pool, which
+is process-wide, so every new worker stood still at the same line; core/blas.py removes it. The
+guard stays for hangs local to a model copy, and for the stack it logs.
 """
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.blas import one_blas_thread
 from core.scheduler import Job, Scheduler, ticket_now
 from core.wedge import WedgeGuard, abandon
 from streaming_tokenizer.base import UserInput
@@ -117,6 +118,7 @@ class WhisperEngine:
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
         self._script = script_converter(opts.chinese_script)
         self.candidates = set(opts.languages or ())
+        one_blas_thread()  # the features' matrix product, from several threads (core/blas.py; also in Ray)
         self.window_runs = 0  # how often each path ran, for tests and benchmarks
         self.loop_retries = 0
         self.full_runs = 0
