@@ -114,7 +114,7 @@ class LoadMonitor:
         import psutil
 
         me = psutil.Process()
-        ours = sorted(os.sched_getaffinity(0))
+        ours = set(os.sched_getaffinity(0))
         while True:
             try:
                 cpu = _tree_cpu_seconds(me)
@@ -222,7 +222,7 @@ class LoadMonitor:
                 "final_wait_p95_ms": round(self.scheduler.final_wait_p95_ms(), 1)}
 
 
-def _busy_cpu_seconds(cpus: list[int]) -> float:
+def _busy_cpu_seconds(cpus: set[int]) -> float:
     """CPU seconds the given CPUs spent on any process (all but idle and I/O wait)."""
     import psutil
 

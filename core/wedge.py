@@ -68,8 +68,8 @@ class WedgeGuard:
 
 
 def _stacks(executor: Executor) -> str:
-    """The Python stacks of an executor's threads (the cause of the wedge is still open: each one
-    logged says where it was)."""
+    """The Python stacks of an executor's threads: where a wedged call stands (this is how the
+    OpenBLAS hang was found)."""
     frames = sys._current_frames()
     return "\n".join(f"{t.name}:\n" + "".join(traceback.format_stack(frames[t.ident]))
                      for t in getattr(executor, "_threads", ()) if t.ident in frames) or "(unknown)"
@@ -86,7 +86,6 @@ def abandon(executor: ThreadPoolExecutor) -> None:
     would hang a deploy's SIGTERM forever; so the thread leaves that registry (a private one:
     if it is gone in a later Python, the exit simply waits as before)."""
     executor.shutdown(wait=False, cancel_futures=True)
-    registry = getattr(_futures_thread, "_threads_queues", None)
+    registry = getattr(_futures_thread, "_threads_queues", {})
     for thread in list(getattr(executor, "_threads", ())):
-        if registry is not None:
-            registry.pop(thread, None)
+        registry.pop(thread, None)
