@@ -27,6 +27,9 @@ class ControllerConfig(BaseModel):
                                                   "(Realtime: semantic_vad); false: the fixed end_of_turn_ms")
     eagerness: Literal["low", "medium", "high", "auto"] = Field(
         "auto", description="how soon a finished-sounding turn is taken (Realtime semantic_vad eagerness)")
+    max_reply_sentences: int | None = Field(
+        None, ge=1, description="a reply ends after this many sentences and its LLM stream is closed (small models "
+                                "asked for one or two write five); null: only max_tokens ends it")
     max_tool_rounds: int = Field(1, ge=1, description="tool rounds the server answers itself per user turn; the "
                                  "reply after the last one is offered no tools, so it speaks (small models "
                                  "otherwise call the same tool again)")

@@ -347,6 +347,7 @@ class Controller(ClientRequests, TurnTaking, ToolCalls, PromptBuilding):
             on_finished=self._reply_finished,
             ticket=ticket or self._ticket(Kind.FINAL),
             tts_timeout_s=self.cfg.tts_timeout_s,
+            max_sentences=self.cfg.max_reply_sentences,
         )
 
     def _play(self, reply: Reply, speculative: bool) -> None:

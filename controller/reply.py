@@ -22,8 +22,9 @@ from controller.events import (
 from controller.failures import StageTimeout
 from core.scheduler import Ticket, current_ticket
 from controller.ports import AudioOutput
+from controller.reply_text import SentenceGate
 from decoder.base import AudioChunk, Decoder
-from llm.base import LLMClient, Message, ToolCallDelta
+from llm.base import LLMClient, Message, ReplyCut, ToolCallDelta
 from streaming_tokenizer.base import UserInput
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,12 @@ class Reply:
         tools: Sequence[dict] = (),
         tool_choice: str | dict | None = None,
         tts_timeout_s: float | None = None,
+        max_sentences: int | None = None,
     ) -> None:
         self.response_id = response_id
         self.item_id = item_id
         self.input: UserInput | None = None
-        self.text = ""  # everything the LLM wrote
+        self.text = ""  # what the LLM wrote that goes to the decoder (not a dropped unfinished sentence)
         self.spoken: list[AudioChunk] = []  # what was handed to the output, in order
         self.error: BaseException | None = None
         self.t_start = time.monotonic()
@@ -89,6 +91,7 @@ class Reply:
         # The decoder's deadline (tts_timeout_s): armed while it holds text and owes audio, paused
         # while it waits for the LLM (which has its own timeout) or while the reply is held.
         self._tts_timeout_s = tts_timeout_s
+        self._max_sentences = max_sentences  # the reply ends after this many sentences (None: no limit)
         self._tts_deadline: asyncio.Timeout | None = None
         self.task = asyncio.create_task(self._run(), name=f"reply-{response_id}")
 
@@ -205,7 +208,9 @@ class Reply:
             when = asyncio.get_running_loop().time() + self._tts_timeout_s if armed else None
             self._tts_deadline.reschedule(when)
 
-    async def _text(self, pieces: AsyncIterator[str | ToolCallDelta]) -> AsyncIterator[str]:
+    async def _text(self, pieces: AsyncIterator[str | ToolCallDelta | ReplyCut]) -> AsyncIterator[str]:
+        gate = SentenceGate(self._max_sentences)  # whole sentences only (controller/reply_text.py)
+        cut = False
         try:
             while True:
                 self._deadline(armed=False)  # waiting for the LLM
@@ -216,7 +221,13 @@ class Reply:
                 self._deadline(armed=True)  # the decoder has text: audio is owed
                 if self.t_first_token is None:
                     self.t_first_token = time.monotonic()
+                if isinstance(piece, ReplyCut):
+                    cut = True
+                    continue
                 if isinstance(piece, ToolCallDelta):
+                    if not self.calls and (held := gate.finish(cut=False)):
+                        self.text += held  # what the model said before calling is spoken
+                        yield held
                     # Never speculative: a speculation waits here for its commit (play()); if it
                     # is discarded instead, it is cancelled here and nothing was announced.
                     await self._released.wait()
@@ -224,8 +235,17 @@ class Reply:
                     continue
                 if self.calls:  # words after a call (the model explaining it) are not spoken
                     continue
-                self.text += piece
-                yield piece
+                if text := gate.feed(piece):
+                    self.text += text
+                    yield text
+                if gate.full and not self._tool_args:
+                    break  # max_sentences said: the finally closes the stream (with tools, a call may follow)
+            if not self.calls and (rest := gate.finish(cut)):
+                self.text += rest
+                yield rest
+            if gate.dropped:
+                log.info("reply %s: the model was cut at max_tokens; its unfinished sentence is not spoken: %r",
+                         self.response_id, gate.dropped[:80])
             self._deadline(armed=True)  # the last text is in: the rest of the audio is owed
             self.t_last_token = time.monotonic()
             self.calls_done = True

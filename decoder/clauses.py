@@ -58,6 +58,20 @@ def _cut_index(buf: str, first: bool, min_chars: int, max_chars: int, first_word
     return -1
 
 
+def sentence_end(text: str) -> int:
+    """Index just past the first complete sentence in `text`, or -1 if none is complete yet: a
+    sentence end followed by whitespace (or full-width), not after an abbreviation, with some text
+    before it (the rules `clauses` cuts by). A '.' at the very end is not one yet:
+    the next piece may be the "5" of "3.5"."""
+    for i, ch in enumerate(text):
+        nxt = text[i + 1] if i + 1 < len(text) else None
+        if ch in _SENTENCE_END and (ch in _FULL_WIDTH or (nxt is not None and nxt.isspace())):
+            if (ch == "." and _is_abbreviation(text, i)) or len(text[:i].strip()) < 1:
+                continue
+            return i + 1
+    return -1
+
+
 async def clauses(
     pieces: AsyncIterator[str], min_chars: int = 12, max_chars: int = 160, first_words: int = 5
 ) -> AsyncIterator[str]:

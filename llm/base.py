@@ -5,6 +5,9 @@ model calls one — ToolCallDelta pieces (a call's name first, then its JSON arg
 Closing it early (aclose(), or cancelling the task that iterates it) must close the HTTP stream,
 so the server stops generating: that is what makes a discarded speculation free.
 
+A stream that the server ended at the request's max_tokens (finish_reason "length") ends with a
+ReplyCut piece: the text stops mid-thought, and the reply should not speak its unfinished sentence.
+
 warm() is called when the user starts a turn, with the conversation so far: a server with a
 prompt cache (llama.cpp, vLLM's prefix caching) then holds that prefix when the turn's prompt
 arrives, and only the user's new words are left to evaluate at the pause. Best effort: it never
@@ -38,6 +41,11 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True)
+class ReplyCut:
+    """The last piece of a stream the server cut at max_tokens: the text before it is unfinished."""
+
+
+@dataclass(frozen=True)
 class Message:
     role: Role
     content: str
@@ -58,6 +66,6 @@ def chat_message(message: Message) -> dict[str, Any]:
 
 class LLMClient(Protocol):
     def stream(self, messages: Sequence[Message], tools: Sequence[dict] | None = None,
-               tool_choice: str | dict | None = None) -> AsyncIterator[str | ToolCallDelta]: ...
+               tool_choice: str | dict | None = None) -> AsyncIterator[str | ToolCallDelta | ReplyCut]: ...
 
     async def warm(self, history: Sequence[Message]) -> None: ...

@@ -94,7 +94,7 @@ async def main(args) -> None:
             text = ""
             async for piece in client.stream([SYSTEM, Message("user", QUESTIONS[i % len(QUESTIONS)])]):
                 stamps.append(time.perf_counter())
-                text += piece
+                text += piece if isinstance(piece, str) else ""  # a ReplyCut: max_tokens reached
             if i == 0:
                 cold_ttft = stamps[0] - t0
                 continue
@@ -127,7 +127,7 @@ async def conversation(args) -> None:
                 text, first = "", None
                 async for piece in client.stream(history + [question]):
                     first = first or time.perf_counter() - t0
-                    text += piece
+                    text += piece if isinstance(piece, str) else ""
                 if turn > 0:  # the first turn is cold for every variant
                     ttft.append(first or 0.0)
                 history += [question, Message("assistant", text.strip())]

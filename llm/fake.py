@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from core.scheduler import Ticket, ticket_now
-from llm.base import Message, ToolCallDelta
+from llm.base import Message, ReplyCut, ToolCallDelta
 
 
 @dataclass
@@ -34,6 +34,7 @@ class FakeLLM:
     echo: bool = False  # reply "You said: <last user message>." instead
     tool_call: dict | None = None  # {name, arguments (dict or raw JSON text)}: call it when tools are offered
     tool_preamble: str = ""  # text said before the tool call
+    max_tokens: int | None = None  # as a server's: stop after this many words and end with a ReplyCut
     streams: list[StreamRecord] = field(default_factory=list)
     warmed: list[list[Message]] = field(default_factory=list)  # every warm() call's history
     warm_tickets: list[Ticket] = field(default_factory=list)
@@ -43,7 +44,7 @@ class FakeLLM:
         self.warm_tickets.append(ticket_now())
 
     async def stream(self, messages: Sequence[Message], tools: Sequence[dict] | None = None,
-                     tool_choice: str | dict | None = None) -> AsyncIterator[str | ToolCallDelta]:
+                     tool_choice: str | dict | None = None) -> AsyncIterator[str | ToolCallDelta | ReplyCut]:
         rec = StreamRecord(list(messages), ticket=ticket_now(), tools=list(tools or []), tool_choice=tool_choice)
         self.streams.append(rec)
         last = messages[-1]
@@ -56,6 +57,10 @@ class FakeLLM:
             text = f"You said: {last.content}." if self.echo else self.reply
         try:
             for i, word in enumerate(text.split(" ") if text else []):
+                if self.max_tokens is not None and i >= self.max_tokens:
+                    rec.finished = True
+                    yield ReplyCut()
+                    return
                 await asyncio.sleep(self.token_delay_s)
                 rec.pieces_sent += 1
                 yield word if i == 0 else " " + word

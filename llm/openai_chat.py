@@ -17,7 +17,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.scheduler import Scheduler, WorkDropped, ticket_now
-from llm.base import Message, ToolCallDelta, chat_message
+from llm.base import Message, ReplyCut, ToolCallDelta, chat_message
 from llm.llama_server import LlamaServer
 from llm.tool_text import calls_in_text
 from llm.turn_end import TurnEndScorer
@@ -138,7 +138,7 @@ class OpenAIChatClient:
             await self.server.stop()
 
     async def stream(self, messages: Sequence[Message], tools: Sequence[dict] | None = None,
-                     tool_choice: str | dict | None = None) -> AsyncIterator[str | ToolCallDelta]:
+                     tool_choice: str | dict | None = None) -> AsyncIterator[str | ToolCallDelta | ReplyCut]:
         if self._client is None:
             await self.start()
         assert self._client is not None
@@ -148,7 +148,7 @@ class OpenAIChatClient:
                 yield piece
 
     async def _stream(self, messages: Sequence[Message], tools: Sequence[dict] | None,
-                      tool_choice: str | dict | None) -> AsyncIterator[str | ToolCallDelta]:
+                      tool_choice: str | dict | None) -> AsyncIterator[str | ToolCallDelta | ReplyCut]:
         assert self._client is not None
         extra: dict = {}
         if tools:  # chat-completions tools: {type: function, function: {name, description, parameters}}
@@ -162,7 +162,7 @@ class OpenAIChatClient:
             model=self.options.model, messages=chat,
             stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature,
             **self._affinity(), **extra)
-        pieces = stream_text(request, self.base_url or "the LLM server", _pieces_of)
+        pieces = stream_text(request, self.base_url or "the LLM server", _pieces_of, mark_cut=True)
         if tools and self.options.text_tool_calls:
             pieces = calls_in_text(pieces, [t["function"]["name"] for t in tools])
         elif self.options.text_tool_calls:
@@ -219,7 +219,7 @@ class OpenAIChatClient:
             return None
 
 
-async def _without_calls(pieces: AsyncIterator[str | ToolCallDelta]) -> AsyncIterator[str]:
+async def _without_calls(pieces: AsyncIterator[str | ToolCallDelta | ReplyCut]) -> AsyncIterator[str | ReplyCut]:
     async with aclosing(pieces):
         async for piece in pieces:
             if isinstance(piece, ToolCallDelta):
@@ -229,9 +229,10 @@ async def _without_calls(pieces: AsyncIterator[str | ToolCallDelta]) -> AsyncIte
             yield piece
 
 
-async def stream_text(request, where: str, text_of) -> AsyncIterator[str]:
+async def stream_text(request, where: str, text_of, mark_cut: bool = False) -> AsyncIterator[str]:
     """Stream an OpenAI-compatible request (`request`: the awaitable create(..., stream=True)),
-    yielding `text_of(choice)` (or each piece of the list it returns) when non-empty, with the server's failures as LLMError."""
+    yielding `text_of(choice)` (or each piece of the list it returns) when non-empty, with the server's
+    failures as LLMError. `mark_cut`: end with a ReplyCut if the server stopped at max_tokens."""
     try:
         response = await request
     except openai.APIConnectionError as exc:  # includes timeouts
@@ -243,6 +244,8 @@ async def stream_text(request, where: str, text_of) -> AsyncIterator[str]:
             if chunk.choices and (text := text_of(chunk.choices[0])):
                 for piece in text if isinstance(text, list) else [text]:
                     yield piece
+            if mark_cut and chunk.choices and chunk.choices[0].finish_reason == "length":
+                yield ReplyCut()
     except openai.APIError as exc:
         raise LLMError(f"{where} failed mid-stream: {exc}") from exc
     finally:

@@ -20,7 +20,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.scheduler import Scheduler, WorkDropped
-from llm.base import Message
+from llm.base import Message, ReplyCut
 from llm.openai_chat import stream_text
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,10 @@ class StepAudioChatClient:
     async def close(self) -> None:
         await self._client.close()
 
-    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str | ReplyCut]:
         # aclosing: closing this iterator must close the inner one (and its HTTP stream) now,
         # not whenever the garbage collector gets to it.
-        async with self.lane.slot(), aclosing(self.stream_prompt(render_prompt(messages))) as pieces:
+        async with self.lane.slot(), aclosing(self.stream_prompt(render_prompt(messages), mark_cut=True)) as pieces:
             async for piece in pieces:
                 yield piece
 
@@ -83,11 +83,12 @@ class StepAudioChatClient:
         except openai.APIError as exc:  # the turn's own request reports real failures
             log.debug("prefix warm-up failed: %s", exc)
 
-    async def stream_prompt(self, prompt: str) -> AsyncIterator[str]:
+    async def stream_prompt(self, prompt: str, mark_cut: bool = False) -> AsyncIterator[str | ReplyCut]:
+        """`mark_cut`: end with a ReplyCut when the server stopped at max_tokens (llm/base.py)."""
         request = self._client.completions.create(
             model=self.options.model, prompt=prompt, stream=True, stop=[EOT],
             max_tokens=self.options.max_tokens, temperature=self.options.temperature, top_p=self.options.top_p)
-        async for text in stream_text(request, self.options.base_url, lambda choice: choice.text):
+        async for text in stream_text(request, self.options.base_url, lambda choice: choice.text, mark_cut=mark_cut):
             yield text
 
     async def complete_text(self, system: str, audio_tokens: Sequence[int]) -> str:

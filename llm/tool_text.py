@@ -12,21 +12,27 @@ as text, unchanged.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterable
 
-from llm.base import ToolCallDelta
+from llm.base import ReplyCut, ToolCallDelta
 
+log = logging.getLogger(__name__)
 _OPENERS = ("{", "[", "```", "<tool_call>")
 _OPENING = re.compile(r"^\s*(?:```(?:json)?|<tool_call>)?\s*")
 
 
-async def calls_in_text(pieces: AsyncIterator[str | ToolCallDelta], tool_names: Iterable[str]
-                        ) -> AsyncIterator[str | ToolCallDelta]:
+async def calls_in_text(pieces: AsyncIterator[str | ToolCallDelta | ReplyCut], tool_names: Iterable[str]
+                        ) -> AsyncIterator[str | ToolCallDelta | ReplyCut]:
     names = set(tool_names)
     head, holding, decided = "", False, False
+    cut: ReplyCut | None = None  # the server stopped at max_tokens: said last, after the text
     async for piece in pieces:
+        if isinstance(piece, ReplyCut):
+            cut = piece
+            continue
         if decided or isinstance(piece, ToolCallDelta):
             if head and not holding:
                 yield head
@@ -44,14 +50,17 @@ async def calls_in_text(pieces: AsyncIterator[str | ToolCallDelta], tool_names: 
         decided = True
         yield head
         head = ""
-    if not head:
-        return
-    calls = parse_calls(head, names) if holding else []
-    if not calls:
+    calls = parse_calls(head, names) if head and holding else []
+    if head and not calls and holding and cut is not None:
+        # Began like a call (JSON, a code fence) and was cut by max_tokens: no call, and no
+        # sentence to say either.
+        log.warning("the model's reply began like a tool call and was cut at max_tokens: not spoken")
+    elif head and not calls:
         yield head
-        return
     for i, (name, arguments) in enumerate(calls):
         yield ToolCallDelta(i, f"call_{uuid.uuid4().hex[:20]}", name, arguments)
+    if cut is not None:
+        yield cut
 
 
 def parse_calls(text: str, names: set[str]) -> list[tuple[str, str]]:

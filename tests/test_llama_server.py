@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from core.stages import BuildEnv, build_stage
-from llm.base import Message
+from llm.base import Message, ReplyCut
 from llm.llama_server import LlamaServer, LlamaServerError, binary_missing_reason
 from tests.aio_util import cancel_after_first, child_dies_with_killed_parent
 
@@ -91,7 +91,7 @@ async def test_server_answers_a_chat(client):
     assert client.server.running and client.base_url.startswith("http://127.0.0.1:")
     messages = [Message("system", "You are a helpful voice assistant. Answer in one short sentence."),
                 Message("user", "What is the capital of France?")]
-    text = "".join([p async for p in client.stream(messages)])
+    text = "".join([p async for p in client.stream(messages) if isinstance(p, str)])
     assert len(text.strip()) > 0
     assert "paris" in text.lower()
     slots = await _get(client.server, "/slots")
@@ -120,7 +120,18 @@ async def test_closing_the_stream_stops_generation(client):
     await stream.aclose()
     await _stopped_early(client, before)
     client.options.max_tokens = 8
-    assert "".join([p async for p in client.stream([Message("user", "Say hi.")])]).strip()
+    assert "".join([p async for p in client.stream([Message("user", "Say hi.")]) if isinstance(p, str)]).strip()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_reply_stopped_at_max_tokens_ends_with_a_reply_cut(client):
+    client.options.max_tokens = 6
+    pieces = [p async for p in client.stream([Message("user", "Tell me a very long story about a dragon.")])]
+    assert isinstance(pieces[-1], ReplyCut) and all(isinstance(p, str) for p in pieces[:-1])
+    client.options.max_tokens = 400
+    pieces = [p async for p in client.stream([Message("user", "Say only: yes.")])]
+    assert not any(isinstance(p, ReplyCut) for p in pieces)  # it ended by itself
+    client.options.max_tokens = 48
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -227,7 +238,7 @@ async def _prompt_tokens(server: LlamaServer, request) -> tuple[int, int, str]:
 
 
 async def _reply(llm, messages: list[Message]) -> str:
-    return "".join([p async for p in llm.stream(messages)])
+    return "".join([p async for p in llm.stream(messages) if isinstance(p, str)])
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from llm.base import Message, ToolCall, ToolCallDelta, chat_message
+from llm.base import Message, ReplyCut, ToolCall, ToolCallDelta, chat_message
 from llm.openai_chat import _pieces_of
 from llm.tool_text import calls_in_text, parse_calls
 
@@ -35,6 +35,14 @@ async def test_text_streams_through_unchanged() -> None:
     assert await run(["``", "`python\nprint(1)\n```"]) == ["```python\nprint(1)\n```"]
     real = ToolCallDelta(0, "c", "get_weather", "{}")
     assert await run(["Let me check. ", real]) == ["Let me check. ", real]
+
+
+async def test_a_cut_at_max_tokens_comes_last_after_held_text() -> None:
+    cut = ReplyCut()
+    assert await run(["It", " is", cut]) == ["It", " is", cut]
+    # a call cut before its end is no call, and no text to say either
+    assert await run(['{"name": "get_weather", "argu', cut]) == [cut]
+    assert await run(['{"name": "get_weather", "argu']) == ['{"name": "get_weather", "argu']  # not cut: as before
 
 
 def test_parse_calls() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from llm.base import Message
+from llm.base import Message, ReplyCut
 from llm.llama_server import free_port
 from llm.openai_chat import LLMError, LLMUnavailableError, OpenAIChatClient, Options
 from core.stages import BuildEnv, build_stage
@@ -24,6 +24,7 @@ class SSEServer:
     words: list[str]
     delay_s: float = 0.02
     status: int = 200
+    finish: str = "stop"  # the last chunk's finish_reason ("length": cut at max_tokens)
     bodies: list[dict] = field(default_factory=list)
     sessions: list[str | None] = field(default_factory=list)  # the X-Session-Id header of each request
     sent: int = 0
@@ -47,7 +48,7 @@ class SSEServer:
                     raise ConnectionResetError
                 await resp.write(_event({"content": word}))
                 self.sent += 1
-            await resp.write(_event({}, finish="stop"))
+            await resp.write(_event({}, finish=self.finish))
             await resp.write(b"data: [DONE]\n\n")
             self.finished = True
         except (ConnectionResetError, asyncio.CancelledError):
@@ -89,6 +90,17 @@ async def test_streams_content_deltas_and_sends_options(sse: SSEServer):
     assert body["stream"] is True and body["model"] == "tiny" and body["max_tokens"] == 7
     assert body["temperature"] == 0.1
     assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+
+
+@pytest.mark.parametrize("text_tool_calls", [True, False])
+async def test_a_stream_cut_at_max_tokens_ends_with_a_reply_cut(sse: SSEServer, text_tool_calls: bool):
+    sse.words, sse.finish = ["Pack", " light", ". Bring", " a"], "length"
+    client = OpenAIChatClient(Options(base_url=sse.base_url, model="tiny", text_tool_calls=text_tool_calls))
+    pieces = [p async for p in client.stream(MESSAGES)]
+    assert pieces[:-1] == ["Pack", " light", ". Bring", " a"] and isinstance(pieces[-1], ReplyCut)
+    sse.finish = "stop"
+    assert not any(isinstance(p, ReplyCut) for p in [p async for p in client.stream(MESSAGES)])
+    await client.close()
 
 
 async def test_affinity_header_carries_the_session_to_a_hashing_balancer(sse: SSEServer):
