@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from decoder.audio_chunks import chunked, script_language, script_runs
-from decoder.clauses import clauses
+from decoder.clauses import clauses, sentence_end
 
 
 async def _pieces(items: list[str], log: list[str] | None = None) -> AsyncIterator[str]:
@@ -102,3 +102,13 @@ def test_chunked_puts_text_on_first_chunk_only():
     assert [len(c.pcm) for c in chunks] == [300, 300, 300, 100]
     assert [c.text for c in chunks] == ["hello", "", "", ""]
     assert np.array_equal(np.concatenate([c.pcm for c in chunks]), pcm)
+
+
+def test_sentence_end_finds_the_first_whole_sentence():
+    assert sentence_end("Hi there. Next") == len("Hi there.")
+    assert sentence_end("Hi there.") == -1  # may be "3." of "3.5": wait for the next piece
+    assert sentence_end("Ask Dr. Smith. Then") == len("Ask Dr. Smith.")
+    assert sentence_end("It is 3.5 now! Yes") == len("It is 3.5 now!")
+    assert sentence_end("你好。明天") == len("你好。")
+    assert sentence_end("\nA list") == -1  # a leading newline ends nothing
+    assert sentence_end("no end yet, still going") == -1
