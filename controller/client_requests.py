@@ -13,6 +13,23 @@ from streaming_tokenizer.base import UserInput
 
 
 class ClientRequests:
+    # Realtime `max_output_tokens`: the session's (None: "inf", the LLM stage's own limit), and a
+    # response.create's for the next response only.
+    max_output_tokens: int | None = None
+    _next_max_output_tokens: int | None = None
+
+    def override_max_output_tokens(self, limit: int | None) -> None:
+        """response.create's `max_output_tokens`: for the next response only (None: the session's)."""
+        self._next_max_output_tokens = limit
+
+    def reply_options(self) -> dict:
+        """What the next reply may do and how long it may run: the offered tools (controller/tools.py),
+        the output-token limit and the sentence limit (controller/reply_text.py)."""
+        tools, tool_choice = self.offered_tools()
+        limit, self._next_max_output_tokens = self._next_max_output_tokens or self.max_output_tokens, None
+        return {"tools": tools, "tool_choice": tool_choice, "max_tokens": limit,
+                "max_sentences": self.cfg.max_reply_sentences}
+
     def set_input_language(self, language: str | None) -> None:
         """The caller's language for transcription (None: the server's configured behaviour).
         ValueError if the model does not know it, or the tokenizer takes no hint (Step-Audio's

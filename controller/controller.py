@@ -333,10 +333,8 @@ class Controller(ClientRequests, TurnTaking, ToolCalls, PromptBuilding):
         def build(user: UserInput | None) -> list[Message]:
             return self._reply_messages(user, in_context)
 
-        tools, tool_choice = self.offered_tools()
         return Reply(
-            tools=tools,
-            tool_choice=tool_choice,
+            **self.reply_options(),
             response_id=new_id("resp"),
             item_id=new_id("item"),
             user_input=user_input,
@@ -347,7 +345,6 @@ class Controller(ClientRequests, TurnTaking, ToolCalls, PromptBuilding):
             on_finished=self._reply_finished,
             ticket=ticket or self._ticket(Kind.FINAL),
             tts_timeout_s=self.cfg.tts_timeout_s,
-            max_sentences=self.cfg.max_reply_sentences,
         )
 
     def _play(self, reply: Reply, speculative: bool) -> None:

@@ -47,6 +47,7 @@ class Reply:
         tool_choice: str | dict | None = None,
         tts_timeout_s: float | None = None,
         max_sentences: int | None = None,
+        max_tokens: int | None = None,
     ) -> None:
         self.response_id = response_id
         self.item_id = item_id
@@ -69,6 +70,7 @@ class Reply:
         self._on_finished = on_finished
         # Offered to the LLM only when there are any, so LLM stages without tool support still work.
         self._tool_args = {"tools": list(tools), "tool_choice": tool_choice} if tools else {}
+        self._limit_args = {"max_tokens": max_tokens} if max_tokens else {}  # a client's max_output_tokens
         self.calls: list[FunctionCallItem] = []  # the function calls made, by the LLM's call index
         self.calls_done = False  # the LLM's stream ended: every call's arguments are whole
         self._first_call_index = 1  # 0 when the model called before saying anything (no message item)
@@ -286,7 +288,8 @@ class Reply:
                 self.input_ready.set()
             self.t_input = time.monotonic()
             messages = self._build_messages(self.input)
-            audio = self._decoder.synthesize(self._text(self._llm.stream(messages, **self._tool_args)))
+            pieces = self._llm.stream(messages, **self._tool_args, **self._limit_args)
+            audio = self._decoder.synthesize(self._text(pieces))
             try:
                 async with asyncio.timeout(None) as self._tts_deadline:
                     async for chunk in audio:

@@ -5,7 +5,8 @@ model calls one — ToolCallDelta pieces (a call's name first, then its JSON arg
 Closing it early (aclose(), or cancelling the task that iterates it) must close the HTTP stream,
 so the server stops generating: that is what makes a discarded speculation free.
 
-A stream that the server ended at the request's max_tokens (finish_reason "length") ends with a
+`max_tokens` (a client's Realtime `max_output_tokens`) lowers the stage's own limit for one reply,
+never raises it. A stream that the server ended at the request's max_tokens (finish_reason "length") ends with a
 ReplyCut piece: the text stops mid-thought, and the reply should not speak its unfinished sentence.
 
 warm() is called when the user starts a turn, with the conversation so far: a server with a
@@ -66,6 +67,7 @@ def chat_message(message: Message) -> dict[str, Any]:
 
 class LLMClient(Protocol):
     def stream(self, messages: Sequence[Message], tools: Sequence[dict] | None = None,
-               tool_choice: str | dict | None = None) -> AsyncIterator[str | ToolCallDelta | ReplyCut]: ...
+               tool_choice: str | dict | None = None, max_tokens: int | None = None
+               ) -> AsyncIterator[str | ToolCallDelta | ReplyCut]: ...
 
     async def warm(self, history: Sequence[Message]) -> None: ...

@@ -25,6 +25,7 @@ class StreamRecord:
     ticket: Ticket | None = None  # what the scheduler was told this work is for
     tools: list[dict] = field(default_factory=list)
     tool_choice: str | dict | None = None
+    max_tokens: int | None = None  # the request's own limit, if it gave one
 
 
 @dataclass
@@ -44,8 +45,11 @@ class FakeLLM:
         self.warm_tickets.append(ticket_now())
 
     async def stream(self, messages: Sequence[Message], tools: Sequence[dict] | None = None,
-                     tool_choice: str | dict | None = None) -> AsyncIterator[str | ToolCallDelta | ReplyCut]:
-        rec = StreamRecord(list(messages), ticket=ticket_now(), tools=list(tools or []), tool_choice=tool_choice)
+                     tool_choice: str | dict | None = None, max_tokens: int | None = None
+                     ) -> AsyncIterator[str | ToolCallDelta | ReplyCut]:
+        rec = StreamRecord(list(messages), ticket=ticket_now(), tools=list(tools or []), tool_choice=tool_choice,
+                           max_tokens=max_tokens)
+        limit = min(x for x in (self.max_tokens, max_tokens, 1 << 30) if x is not None)
         self.streams.append(rec)
         last = messages[-1]
         calling = (self.tool_call is not None and tools and tool_choice != "none" and last.role == "user")
@@ -57,7 +61,7 @@ class FakeLLM:
             text = f"You said: {last.content}." if self.echo else self.reply
         try:
             for i, word in enumerate(text.split(" ") if text else []):
-                if self.max_tokens is not None and i >= self.max_tokens:
+                if i >= limit:
                     rec.finished = True
                     yield ReplyCut()
                     return

@@ -138,17 +138,19 @@ class OpenAIChatClient:
             await self.server.stop()
 
     async def stream(self, messages: Sequence[Message], tools: Sequence[dict] | None = None,
-                     tool_choice: str | dict | None = None) -> AsyncIterator[str | ToolCallDelta | ReplyCut]:
+                     tool_choice: str | dict | None = None, max_tokens: int | None = None
+                     ) -> AsyncIterator[str | ToolCallDelta | ReplyCut]:
         if self._client is None:
             await self.start()
         assert self._client is not None
         # Closing this generator closes the HTTP stream and releases the slot at once.
-        async with self.lane.slot(), aclosing(self._stream(messages, tools, tool_choice)) as pieces:
+        async with self.lane.slot(), aclosing(self._stream(messages, tools, tool_choice, max_tokens)) as pieces:
             async for piece in pieces:
                 yield piece
 
     async def _stream(self, messages: Sequence[Message], tools: Sequence[dict] | None,
-                      tool_choice: str | dict | None) -> AsyncIterator[str | ToolCallDelta | ReplyCut]:
+                      tool_choice: str | dict | None, max_tokens: int | None = None
+                      ) -> AsyncIterator[str | ToolCallDelta | ReplyCut]:
         assert self._client is not None
         extra: dict = {}
         if tools:  # chat-completions tools: {type: function, function: {name, description, parameters}}
@@ -160,7 +162,8 @@ class OpenAIChatClient:
             chat.append({"role": "system", "content": self.options.after_tool_instruction})
         request = self._client.chat.completions.create(
             model=self.options.model, messages=chat,
-            stream=True, max_tokens=self.options.max_tokens, temperature=self.options.temperature,
+            stream=True, max_tokens=min(self.options.max_tokens, max_tokens or self.options.max_tokens),
+            temperature=self.options.temperature,
             **self._affinity(), **extra)
         pieces = stream_text(request, self.base_url or "the LLM server", _pieces_of, mark_cut=True)
         if tools and self.options.text_tool_calls:

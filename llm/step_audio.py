@@ -63,10 +63,11 @@ class StepAudioChatClient:
     async def close(self) -> None:
         await self._client.close()
 
-    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str | ReplyCut]:
+    async def stream(self, messages: Sequence[Message], max_tokens: int | None = None) -> AsyncIterator[str | ReplyCut]:
         # aclosing: closing this iterator must close the inner one (and its HTTP stream) now,
         # not whenever the garbage collector gets to it.
-        async with self.lane.slot(), aclosing(self.stream_prompt(render_prompt(messages), mark_cut=True)) as pieces:
+        prompt = render_prompt(messages)
+        async with self.lane.slot(), aclosing(self.stream_prompt(prompt, mark_cut=True, max_tokens=max_tokens)) as pieces:
             async for piece in pieces:
                 yield piece
 
@@ -83,11 +84,13 @@ class StepAudioChatClient:
         except openai.APIError as exc:  # the turn's own request reports real failures
             log.debug("prefix warm-up failed: %s", exc)
 
-    async def stream_prompt(self, prompt: str, mark_cut: bool = False) -> AsyncIterator[str | ReplyCut]:
-        """`mark_cut`: end with a ReplyCut when the server stopped at max_tokens (llm/base.py)."""
+    async def stream_prompt(self, prompt: str, mark_cut: bool = False,
+                            max_tokens: int | None = None) -> AsyncIterator[str | ReplyCut]:
+        """`mark_cut`: end with a ReplyCut when the server stopped at max_tokens (llm/base.py);
+        `max_tokens` lowers the configured limit for this request."""
         request = self._client.completions.create(
             model=self.options.model, prompt=prompt, stream=True, stop=[EOT],
-            max_tokens=self.options.max_tokens, temperature=self.options.temperature, top_p=self.options.top_p)
+            max_tokens=min(self.options.max_tokens, max_tokens or self.options.max_tokens), temperature=self.options.temperature, top_p=self.options.top_p)
         async for text in stream_text(request, self.options.base_url, lambda choice: choice.text, mark_cut=mark_cut):
             yield text
 

@@ -109,6 +109,7 @@ class SessionIn(_Lenient):
     audio: AudioSettings | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: str | dict | None = None
+    max_output_tokens: Any = None  # 1..4096 or "inf" (checked by output_token_limit)
 
 
 class ClientEvent(_Lenient):
@@ -264,6 +265,7 @@ class SessionSettings:
     transcription: dict | None = None  # {"model", "language", "prompt"} as the client gave them
     tools: list[dict] = field(default_factory=list)  # the client's function tools
     tool_choice: str | dict = "auto"
+    max_output_tokens: int | None = None  # None: "inf" (the LLM stage's own max_tokens)
 
     def apply(self, update: SessionIn) -> "SessionSettings":
         """A copy with the update applied; raises ProtocolError and changes nothing on a bad value."""
@@ -276,6 +278,8 @@ class SessionSettings:
             new.tools = function_tools(update.tools)
         if update.tool_choice is not None:
             new.tool_choice = checked_tool_choice(update.tool_choice, "session.tool_choice")
+        if update.max_output_tokens is not None:
+            new.max_output_tokens = output_token_limit(update.max_output_tokens, "session.max_output_tokens")
         if update.output_modalities is not None and "audio" not in update.output_modalities:
             raise ProtocolError("unsupported_modalities", "this server always answers with audio",
                                 "session.output_modalities")
@@ -315,10 +319,26 @@ class SessionSettings:
                 "output": {"format": self.render_output_format(), "voice": self.voice},
             },
             "tools": self.tools, "tool_choice": self.tool_choice,
+            "max_output_tokens": "inf" if self.max_output_tokens is None else self.max_output_tokens,
         }
 
     def render_output_format(self) -> dict[str, Any]:
         return render_format(self.output_format, self.output_rate)
+
+
+def output_token_limit(value: Any, param: str) -> int | None:
+    """A Realtime `max_output_tokens`: an integer 1..4096, or "inf" (None: no limit of the client's)."""
+    if value == "inf":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096:
+        return value
+    raise ProtocolError("invalid_value", "max_output_tokens must be an integer from 1 to 4096 or \"inf\"", param)
+
+
+def response_output_token_limit(event: "ResponseCreate") -> int | None:
+    """response.create's `response.max_output_tokens` (None: absent or "inf": the session's)."""
+    value = (event.response or {}).get("max_output_tokens")
+    return None if value is None else output_token_limit(value, "response.max_output_tokens")
 
 
 def render_format(format_type: str, rate: int) -> dict[str, Any]:

@@ -244,7 +244,9 @@ class RealtimeSession:
                 if ctl.state is State.BOT_REPLYING:
                     raise p.ProtocolError("conversation_already_has_active_response",
                                           "a response is in progress; cancel it first", None, event.event_id)
-                ctl.override_tools(*p.response_tools(event))
+                tools, limit = p.response_tools(event), p.response_output_token_limit(event)  # both valid, or none set
+                ctl.override_tools(*tools)
+                ctl.override_max_output_tokens(limit)
                 ctl.create_response()
             case p.ResponseCancel():
                 if not await ctl.cancel_response():
@@ -344,6 +346,7 @@ class RealtimeSession:
             self.output.rate, self.output.format = new.output_rate, new.output_format  # from the next reply on
         self.context.system_prompt = new.instructions
         self.controller.client_tools, self.controller.tool_choice = new.tools, new.tool_choice
+        self.controller.max_output_tokens = new.max_output_tokens
         td = new.turn_detection
         self.controller.turn_detection = td is not None
         if td is not None:

@@ -103,6 +103,15 @@ async def test_a_stream_cut_at_max_tokens_ends_with_a_reply_cut(sse: SSEServer, 
     await client.close()
 
 
+async def test_a_replys_own_limit_lowers_max_tokens_and_never_raises_it(sse: SSEServer):
+    sse.words = ["Hi."]
+    client = OpenAIChatClient(Options(base_url=sse.base_url, model="tiny", max_tokens=7))
+    for asked in (3, 50, None):
+        assert [p async for p in client.stream(MESSAGES, max_tokens=asked)] == ["Hi."]
+    await client.close()
+    assert [b["max_tokens"] for b in sse.bodies] == [3, 7, 7]
+
+
 async def test_affinity_header_carries_the_session_to_a_hashing_balancer(sse: SSEServer):
     from core.scheduler import Ticket, working_for
 

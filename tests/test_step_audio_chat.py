@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from llm.base import Message
+from llm.base import Message, ReplyCut
 from llm.openai_chat import LLMUnavailableError
 from llm.step_audio import Options, StepAudioChatClient, render_prompt
 from core.config import ConfigError
@@ -163,6 +163,9 @@ async def test_against_the_bundled_llama_cpp_server(tmp_path):
         await asyncio.wait_for(disconnected(), 120)  # llama.cpp stopped generating for us
         client.options.max_tokens = 8
         assert "".join([p async for p in client.stream([Message("user", "Say hi.")]) if isinstance(p, str)]).strip()
+        # A reply's own lower limit: the server stops there and the stream says it was cut.
+        pieces = [p async for p in client.stream(prompt_msgs, max_tokens=3)]
+        assert isinstance(pieces[-1], ReplyCut) and 1 <= len(pieces) - 1 <= 3
     finally:
         await client.close()
         await server.stop()
