@@ -2,6 +2,8 @@
 reply it cuts ends at its last whole sentence. The official openai SDK as the client, fake stages."""
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import pytest
 from openai import AsyncOpenAI
 
@@ -25,6 +27,18 @@ def test_session_settings_take_an_integer_or_inf_and_refuse_the_rest():
         assert err.value.param == "session.max_output_tokens"
 
 
+@asynccontextmanager
+async def _connected():
+    """(connection, events seen, the server's fake LLM), the session created."""
+    config = fake_config(**{"llm.reply": REPLY, "llm.echo": False, "llm.token_delay_s": 0.002})
+    async with running_server(config) as server:
+        client = AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="sk-test")
+        async with client.realtime.connect(model="step-realtime") as conn:
+            seen: list = []
+            await receive_until(conn, "session.created", seen)
+            yield conn, seen, server_context(server).stages["llm"]
+
+
 async def _turn(conn, seen: list):
     for event in append_events(utterance(1.0)):
         await conn.input_audio_buffer.append(audio=event["audio"])
@@ -37,40 +51,30 @@ def _transcript(done) -> str:
 
 
 async def test_a_sessions_limit_reaches_the_llm_and_the_cut_reply_ends_at_a_sentence():
-    async with running_server(fake_config(**{"llm.reply": REPLY, "llm.echo": False, "llm.token_delay_s": 0.002})) as server:
-        llm = server_context(server).stages["llm"]
-        client = AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="sk-test")
-        async with client.realtime.connect(model="step-realtime") as conn:
-            seen: list = []
-            await receive_until(conn, "session.created", seen)
-            await conn.session.update(session={"type": "realtime", "max_output_tokens": 6})
-            updated = await receive_until(conn, "session.updated", seen)
-            assert updated.session.max_output_tokens == 6
-            done = await _turn(conn, seen)
-            assert llm.streams[-1].max_tokens == 6
-            # The fake stops after 6 words ("... Four five six") as a server would: not spoken.
-            assert _transcript(done) == "One two three."
-            await conn.session.update(session={"type": "realtime", "max_output_tokens": "inf"})
-            await receive_until(conn, "session.updated", seen)
-            done = await _turn(conn, seen)
-            assert llm.streams[-1].max_tokens is None and _transcript(done) == REPLY
+    async with _connected() as (conn, seen, llm):
+        await conn.session.update(session={"type": "realtime", "max_output_tokens": 6})
+        updated = await receive_until(conn, "session.updated", seen)
+        assert updated.session.max_output_tokens == 6
+        done = await _turn(conn, seen)
+        assert llm.streams[-1].max_tokens == 6
+        # The fake stops after 6 words ("... Four five six") as a server would: not spoken.
+        assert _transcript(done) == "One two three."
+        await conn.session.update(session={"type": "realtime", "max_output_tokens": "inf"})
+        await receive_until(conn, "session.updated", seen)
+        done = await _turn(conn, seen)
+        assert llm.streams[-1].max_tokens is None and _transcript(done) == REPLY
 
 
 async def test_response_create_limits_one_response_and_a_bad_value_is_an_error():
-    async with running_server(fake_config(**{"llm.reply": REPLY, "llm.echo": False, "llm.token_delay_s": 0.002})) as server:
-        llm = server_context(server).stages["llm"]
-        client = AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="sk-test")
-        async with client.realtime.connect(model="step-realtime") as conn:
-            seen: list = []
-            await receive_until(conn, "session.created", seen)
-            await conn.conversation.item.create(item={"type": "message", "role": "user",
-                                                      "content": [{"type": "input_text", "text": "Count."}]})
-            await conn.response.create(response={"max_output_tokens": 8000})
-            error = await receive_until(conn, "error", seen)
-            assert error.error.param == "response.max_output_tokens"
-            await conn.response.create(response={"max_output_tokens": 3})
-            done = await receive_until(conn, "response.done", seen)
-            assert llm.streams[-1].max_tokens == 3 and _transcript(done) == "One two three."
-            await conn.response.create()  # the next response: the session's (no limit)
-            done = await receive_until(conn, "response.done", seen)
-            assert llm.streams[-1].max_tokens is None and _transcript(done) == REPLY
+    async with _connected() as (conn, seen, llm):
+        await conn.conversation.item.create(item={"type": "message", "role": "user",
+                                                  "content": [{"type": "input_text", "text": "Count."}]})
+        await conn.response.create(response={"max_output_tokens": 8000})
+        error = await receive_until(conn, "error", seen)
+        assert error.error.param == "response.max_output_tokens"
+        await conn.response.create(response={"max_output_tokens": 3})
+        done = await receive_until(conn, "response.done", seen)
+        assert llm.streams[-1].max_tokens == 3 and _transcript(done) == "One two three."
+        await conn.response.create()  # the next response: the session's (no limit)
+        done = await receive_until(conn, "response.done", seen)
+        assert llm.streams[-1].max_tokens is None and _transcript(done) == REPLY
