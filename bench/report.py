@@ -154,7 +154,8 @@ def _sustained_section(result: dict) -> list[str]:
              f"minute, max {_fmt(o['server_rss_max_mib'])})",
              f"- calls in progress, mean {_fmt(o['active_sessions_mean'])}; server CPU per call in progress "
              f"{_fmt(o['cpu_per_session_percent'])} % of a core (server process tree CPU / calls in progress, "
-             f"per 0.5 s sample)",
+             f"per 0.5 s sample); {_fmt(o.get('turns_per_call_minute'))} turns per call per minute, server CPU "
+             f"{_fmt(o.get('server_cpu_s_per_turn'))} core-seconds per turn",
              *_after_warm_up(o.get("after_warm_up") or {}), "",
              "| window | turns | answered | unanswered | refused calls | p50 | p95 | max gap | calls in progress "
              "| server CPU mean % | CPU per call % | RSS max MiB | queued max per lane |",

@@ -56,6 +56,15 @@ def _queue_max(metrics_samples: list[dict]) -> dict:
     return out
 
 
+def _per_turn(turns: list[dict], sessions, server_samples: list[dict], t0: float, t1: float) -> dict:
+    """Turns said per call in progress per minute, and the server's CPU seconds per turn said."""
+    said = sum(not t.get("refused") for t in turns)
+    active, minutes = mean_active(sessions, t0, t1), (t1 - t0) / 60
+    cpu = [s["cpu_percent"] for s in server_samples if s.get("cpu_percent") is not None and t0 <= s["t"] <= t1]
+    return {"turns_per_call_minute": round(said / active / minutes, 2) if said and active and minutes else None,
+            "server_cpu_s_per_turn": round(sum(cpu) / len(cpu) / 100 * (t1 - t0) / said, 2) if said and cpu else None}
+
+
 def _turn_counts(turns: list[dict]) -> dict:
     said = [t for t in turns if not t.get("refused")]
     v2v = [t["v2v_ms"] for t in said if t.get("v2v_ms") is not None]
@@ -151,6 +160,9 @@ def report(turns: list[dict], calls: list[dict], server_samples: list[dict], met
         "v2v_p95_first_last_window_ms": [full[0]["v2v_p95_ms"], full[-1]["v2v_p95_ms"]] if full else None,
         "active_sessions_mean": mean_active(sessions, t0, t1),
         "cpu_per_session_percent": cpu_per_session(server_samples, sessions),
+        # Per turn, not only per call: shorter replies mean more turns a minute at the same CPU per
+        # call (docs/benchmarks.md, "Replies end at a sentence end").
+        **_per_turn(turns, sessions, server_samples, t0, t1),
         "server_rss_start_mib": srv[0]["rss_mib"] if srv else None,
         "server_rss_end_mib": srv[-1]["rss_mib"] if srv else None,
         "server_rss_max_mib": max((s["rss_mib"] for s in srv), default=None),

@@ -245,6 +245,9 @@ def test_sustained_windows_latency_refusals_sessions_cpu_and_memory():
     assert o["server_rss_start_mib"] == 500.0 and o["server_rss_growth_mib"] == pytest.approx(29.9)
     assert o["server_rss_slope_mib_per_min"] == pytest.approx(12.0, rel=0.01)  # 0.1 MiB per 0.5 s
     assert o["gaps_over_100ms"] == 1
+    # 13 turns said over 2.5 minutes with 1.4 calls in progress; CPU 26 % on average over 150 s
+    assert o["turns_per_call_minute"] == pytest.approx(13 / 1.4 / 2.5, abs=0.01)
+    assert o["server_cpu_s_per_turn"] == pytest.approx(0.26 * 150 / 13, abs=0.01)
 
 
 def test_sustained_watches_each_process_tasks_and_fds_after_warm_up():
