@@ -361,7 +361,7 @@ class Controller(ClientRequests, TurnTaking, ToolCalls, PromptBuilding):
         if reply is not self._reply:
             return
         self._reply = None
-        status = "failed" if reply.error else "completed"
+        status = "failed" if reply.error else "incomplete" if reply.cut_at_limit else "completed"
         if reply.error:
             self.emit(ErrorEvent("reply_failed", describe_failure("the reply failed", reply.error)))
         if reply.has_message:  # a response that only called adds no empty assistant message

@@ -162,7 +162,7 @@ class FunctionOutputAdded:
 class ResponseDone:
     response_id: str
     item_id: str
-    status: str  # "completed" | "cancelled" | "failed"
+    status: str  # "completed" | "incomplete" (cut at the token limit) | "cancelled" | "failed"
     text: str  # what the assistant said (after a barge-in: what was heard)
     reason: str = ""
     calls: tuple[FunctionCallItem, ...] = ()  # function_call output items, after the message

@@ -73,6 +73,7 @@ class Reply:
         self._limit_args = {"max_tokens": max_tokens} if max_tokens else {}  # a client's max_output_tokens
         self.calls: list[FunctionCallItem] = []  # the function calls made, by the LLM's call index
         self.calls_done = False  # the LLM's stream ended: every call's arguments are whole
+        self.cut_at_limit = False  # the LLM's server stopped it at max_tokens (Realtime: incomplete)
         self._first_call_index = 1  # 0 when the model called before saying anything (no message item)
         self._held: list[AudioChunk] = []
         self._replay: list[AudioChunk] = []  # written but not heard when held (text deltas already sent)
@@ -224,7 +225,7 @@ class Reply:
                 if self.t_first_token is None:
                     self.t_first_token = time.monotonic()
                 if isinstance(piece, ReplyCut):
-                    cut = True
+                    cut = self.cut_at_limit = True
                     continue
                 if isinstance(piece, ToolCallDelta):
                     if not self.calls and (held := gate.finish(cut=False)):

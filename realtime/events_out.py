@@ -171,6 +171,8 @@ class EventRenderer:
         details: dict[str, Any] = {"type": event.status}
         if event.status == "cancelled":
             details["reason"] = _CANCEL_REASONS.get(event.reason, "client_cancelled")
+        elif event.status == "incomplete":  # as OpenAI's: the token limit cut it (spoken to a sentence end)
+            details["reason"] = "max_output_tokens"
         elif event.status == "failed":
             details["error"] = {"type": "server_error", "code": "reply_failed", "message": event.reason or None}
         calls = [function_call_item(call) for call in event.calls]

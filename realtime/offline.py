@@ -216,10 +216,12 @@ async def _one_turn(ctrl: Controller, turn: _Turn, pcm: np.ndarray, timeout_s: f
         return {"status": "failed", "transcript": "", "reply": "", "error": f"{type(exc).__name__}: {exc}",
                 "timings": turn.timings()}
     record: dict[str, Any] = {"transcript": turn.transcript or "", "reply": turn.reply.text if turn.reply else ""}
-    if turn.reply is None or turn.reply.status != "completed" or turn.errors:
+    if turn.reply is None or turn.reply.status not in ("completed", "incomplete") or turn.errors:
         record.update(status="failed", error="; ".join(turn.errors) or "the reply did not complete")
     else:
-        record["status"] = "completed"
+        record["status"] = "completed"  # "incomplete" too: spoken, to the last sentence the token limit left
+        if turn.reply.status == "incomplete":
+            record["cut_at"] = "max_tokens"
     record["timings"] = turn.timings()
     return record
 

@@ -59,10 +59,12 @@ async def test_a_sessions_limit_reaches_the_llm_and_the_cut_reply_ends_at_a_sent
         assert llm.streams[-1].max_tokens == 6
         # The fake stops after 6 words ("... Four five six") as a server would: not spoken.
         assert _transcript(done) == "One two three."
+        assert done.response.status == "incomplete" and done.response.status_details.reason == "max_output_tokens"
         await conn.session.update(session={"type": "realtime", "max_output_tokens": "inf"})
         await receive_until(conn, "session.updated", seen)
         done = await _turn(conn, seen)
         assert llm.streams[-1].max_tokens is None and _transcript(done) == REPLY
+        assert done.response.status == "completed"
 
 
 async def test_response_create_limits_one_response_and_a_bad_value_is_an_error():

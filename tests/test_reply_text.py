@@ -102,6 +102,7 @@ async def test_a_reply_cut_by_the_token_limit_does_not_speak_its_last_fragment()
     ctrl, ctx, events = make(ControllerConfig(), llm)
     done = await one_turn(ctrl, events)
     assert done.text == "Pack light for the beach."  # not "... Bring a hat and"
+    assert done.status == "incomplete"  # Realtime: status_details.reason max_output_tokens
     assert ctx.turns[-1].text == "Pack light for the beach."
     await ctrl.close()
 

@@ -180,7 +180,7 @@ function handleEvent(ev) {
       setText(r.li, r.text || "…");
       if (status !== "completed") {
         r.li.classList.add(status);
-        addMetric(r, status === "cancelled" ? "interrupted" : status);
+        addMetric(r, status === "cancelled" ? "interrupted" : status === "incomplete" ? "cut at the token limit" : status);
       }
       log("assistant_transcript", r.text);
       log("response_done", status);
