@@ -213,7 +213,6 @@ class Reply:
 
     async def _text(self, pieces: AsyncIterator[str | ToolCallDelta | ReplyCut]) -> AsyncIterator[str]:
         gate = SentenceGate(self._max_sentences)  # whole sentences only (controller/reply_text.py)
-        cut = False
         try:
             while True:
                 self._deadline(armed=False)  # waiting for the LLM
@@ -225,7 +224,7 @@ class Reply:
                 if self.t_first_token is None:
                     self.t_first_token = time.monotonic()
                 if isinstance(piece, ReplyCut):
-                    cut = self.cut_at_limit = True
+                    self.cut_at_limit = True
                     continue
                 if isinstance(piece, ToolCallDelta):
                     if not self.calls and (held := gate.finish(cut=False)):
@@ -243,7 +242,7 @@ class Reply:
                     yield text
                 if gate.full and not self._tool_args:
                     break  # max_sentences said: the finally closes the stream (with tools, a call may follow)
-            if not self.calls and (rest := gate.finish(cut)):
+            if not self.calls and (rest := gate.finish(self.cut_at_limit)):
                 self.text += rest
                 yield rest
             if gate.dropped:

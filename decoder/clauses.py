@@ -30,22 +30,27 @@ def _is_cjk(ch: str) -> bool:
         or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\ufaff"
 
 
+def _ends_here(buf: str, i: int) -> bool:
+    """Punctuation at i is complete: full-width, or whitespace follows it. ASCII punctuation at the
+    very end of buf waits: the next piece may be the "5" of "3.5"."""
+    return buf[i] in _FULL_WIDTH or (i + 1 < len(buf) and buf[i + 1].isspace())
+
+
+def _ends_sentence(buf: str, i: int) -> bool:
+    # A '.' inside a number ("3.5") is followed by no space; an abbreviation is.
+    return buf[i] in _SENTENCE_END and _ends_here(buf, i) and not (buf[i] == "." and _is_abbreviation(buf, i))
+
+
 def _cut_index(buf: str, first: bool, min_chars: int, max_chars: int, first_words: int = 0) -> int:
     """Index just past where buf should be cut, or -1 to wait for more text."""
     length = 0  # weighted: a CJK character is a syllable, about three Latin letters
     for i, ch in enumerate(buf):
         length += 3 if _is_cjk(ch) else 1
-        nxt = buf[i + 1] if i + 1 < len(buf) else None
-        ends_here = ch in _FULL_WIDTH or (nxt is not None and nxt.isspace())
-        if ch in _SENTENCE_END and ends_here:
-            # A '.' inside a number ("3.5") is followed by no space; an abbreviation is.
-            if ch == "." and _is_abbreviation(buf, i):
-                continue
+        if _ends_sentence(buf, i):
             if length >= (2 if first else min_chars):
                 return i + 1
-        elif ch in _CLAUSE_END and first and ends_here and length >= min_chars:
+        elif ch in _CLAUSE_END and first and _ends_here(buf, i) and length >= min_chars:
             return i + 1
-        # ASCII punctuation at the very end of buf waits: the next piece may be "5" of "3.5".
     if first and first_words:
         # No punctuation yet: the first clause goes to TTS after a few words all the same, so
         # the caller hears the reply start while the LLM is still writing its first sentence.
@@ -63,13 +68,7 @@ def sentence_end(text: str) -> int:
     sentence end followed by whitespace (or full-width), not after an abbreviation, with some text
     before it (the rules `clauses` cuts by). A '.' at the very end is not one yet:
     the next piece may be the "5" of "3.5"."""
-    for i, ch in enumerate(text):
-        nxt = text[i + 1] if i + 1 < len(text) else None
-        if ch in _SENTENCE_END and (ch in _FULL_WIDTH or (nxt is not None and nxt.isspace())):
-            if (ch == "." and _is_abbreviation(text, i)) or len(text[:i].strip()) < 1:
-                continue
-            return i + 1
-    return -1
+    return next((i + 1 for i in range(len(text)) if _ends_sentence(text, i) and text[:i].strip()), -1)
 
 
 async def clauses(
