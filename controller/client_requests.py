@@ -19,15 +19,17 @@ class ClientRequests:
     _next_max_output_tokens: int | None = None
 
     def override_max_output_tokens(self, limit: int | None) -> None:
-        """response.create's `max_output_tokens`: for the next response only (None: the session's)."""
+        """response.create's `max_output_tokens`: for the next response only (None: the session's;
+        0: none, "inf")."""
         self._next_max_output_tokens = limit
 
     def reply_options(self) -> dict:
         """What the next reply may do and how long it may run: the offered tools (controller/tools.py),
         the output-token limit and the sentence limit (controller/reply_text.py)."""
         tools, tool_choice = self.offered_tools()
-        limit, self._next_max_output_tokens = self._next_max_output_tokens or self.max_output_tokens, None
-        return {"tools": tools, "tool_choice": tool_choice, "max_tokens": limit,
+        limit = self.max_output_tokens if self._next_max_output_tokens is None else self._next_max_output_tokens
+        self._next_max_output_tokens = None
+        return {"tools": tools, "tool_choice": tool_choice, "max_tokens": limit or None,
                 "max_sentences": self.cfg.max_reply_sentences}
 
     def set_input_language(self, language: str | None) -> None:

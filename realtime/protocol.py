@@ -336,9 +336,10 @@ def output_token_limit(value: Any, param: str) -> int | None:
 
 
 def response_output_token_limit(event: "ResponseCreate") -> int | None:
-    """response.create's `response.max_output_tokens` (None: absent or "inf": the session's)."""
+    """response.create's `response.max_output_tokens`: None when absent (the session's), 0 for "inf"
+    (no limit for this response, whatever the session's)."""
     value = (event.response or {}).get("max_output_tokens")
-    return None if value is None else output_token_limit(value, "response.max_output_tokens")
+    return None if value is None else output_token_limit(value, "response.max_output_tokens") or 0
 
 
 def render_format(format_type: str, rate: int) -> dict[str, Any]:

@@ -80,3 +80,11 @@ async def test_response_create_limits_one_response_and_a_bad_value_is_an_error()
         await conn.response.create()  # the next response: the session's (no limit)
         done = await receive_until(conn, "response.done", seen)
         assert llm.streams[-1].max_tokens is None and _transcript(done) == REPLY
+        await conn.session.update(session={"type": "realtime", "max_output_tokens": 3})
+        await receive_until(conn, "session.updated", seen)
+        await conn.response.create(response={"max_output_tokens": "inf"})  # lifts the session's, once
+        done = await receive_until(conn, "response.done", seen)
+        assert llm.streams[-1].max_tokens is None and _transcript(done) == REPLY
+        await conn.response.create()
+        done = await receive_until(conn, "response.done", seen)
+        assert llm.streams[-1].max_tokens == 3 and _transcript(done) == "One two three."
