@@ -1,3 +1,8 @@
+"""Requantize a GGUF's Q4_1 tensors to another type (measurement only, docs/llm.md).
+
+    python3 -m venv /tmp/gv && /tmp/gv/bin/pip install gguf==0.19.0 numpy
+    /tmp/gv/bin/python requant.py SmolLM2-135M-Instruct.Q4_1.gguf smol-q4_0.gguf Q4_0
+"""
 import sys, numpy as np, gguf
 from gguf import quants
 src, dst, target = sys.argv[1], sys.argv[2], getattr(gguf.GGMLQuantizationType, sys.argv[3])
