@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from decoder.clauses import sentence_end
 
-_SENTENCE_PUNCTUATION = ".!?。！？"
-
 
 class SentenceGate:
     def __init__(self, max_sentences: int | None = None, hold_chars: int = 160) -> None:
@@ -54,7 +52,8 @@ class SentenceGate:
         """The rest, at the end of the stream; `cut`: the server stopped it at max_tokens, so an
         unfinished last sentence is dropped (one ending in punctuation is whole, and kept)."""
         rest, self._tail, self._passed = self._tail[self._passed:], "", 0
-        if cut and not rest.rstrip().endswith(tuple(_SENTENCE_PUNCTUATION)):
+        # Nothing complete is left in `rest` but maybe its last sentence, ending at the very end.
+        if cut and sentence_end(rest.rstrip() + " ") < 0:
             self.dropped = rest
             return ""
         return rest
