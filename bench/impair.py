@@ -4,9 +4,11 @@ thing where it exists).
 
 Every datagram the peer sends or receives (media, DTLS, STUN alike) is dropped with probability
 `loss`, else delivered after a uniform random delay in [0, jitter_ms] — so packets also arrive out
-of order, as with netem's `delay 0ms <jitter>`. Both directions are impaired, at the caller's end.
+of order, as with netem's `delay 0ms <jitter>`. Both directions are impaired, at the caller's end,
+or only what the caller sends (`direction=up`: what the server receives) or receives (`down`).
 
     STEP_BENCH_IMPAIR="loss=0.05,jitter_ms=50" .venv/bin/python -m bench --transport webrtc ...
+    STEP_BENCH_IMPAIR="loss=0.01,jitter_ms=0,direction=up" ...
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class Impairment:
     loss: float = 0.05
     jitter_ms: float = 50.0
     seed: int | None = None
+    direction: str = "both"  # "up": the caller's sends only; "down": what it receives only
     rng: random.Random = field(init=False)
     sent: int = 0
     dropped: int = 0
@@ -30,17 +33,19 @@ class Impairment:
     def __post_init__(self) -> None:
         if not 0 <= self.loss < 1 or self.jitter_ms < 0:
             raise ValueError("loss must be in [0, 1) and jitter_ms ≥ 0")
+        if self.direction not in ("both", "up", "down"):
+            raise ValueError(f"direction must be both, up or down, not {self.direction!r}")
         self.rng = random.Random(self.seed)
 
     @classmethod
     def parse(cls, spec: str) -> "Impairment":
-        """"loss=0.05,jitter_ms=50[,seed=1]"."""
+        """"loss=0.05,jitter_ms=50[,seed=1][,direction=up]"."""
         values = dict(part.split("=", 1) for part in spec.split(",") if part.strip())
-        unknown = set(values) - {"loss", "jitter_ms", "seed"}
+        unknown = set(values) - {"loss", "jitter_ms", "seed", "direction"}
         if unknown:
-            raise ValueError(f"{ENV}: unknown {sorted(unknown)} (loss, jitter_ms, seed)")
+            raise ValueError(f"{ENV}: unknown {sorted(unknown)} (loss, jitter_ms, seed, direction)")
         return cls(float(values.get("loss", 0.05)), float(values.get("jitter_ms", 50)),
-                   int(values["seed"]) if "seed" in values else None)
+                   int(values["seed"]) if "seed" in values else None, values.get("direction", "both"))
 
     def _deliver(self, deliver) -> None:
         self.sent += 1
@@ -67,7 +72,10 @@ class Impairment:
 
                 def receive_later(data, addr, _recv=received, _transport=transport) -> None:
                     self._deliver(lambda: None if _transport.is_closing() else _recv(data, addr))
-                transport.sendto, protocol.datagram_received = send_later, receive_later
+                if self.direction != "down":
+                    transport.sendto = send_later
+                if self.direction != "up":
+                    protocol.datagram_received = receive_later
                 wrapped += 1
         return wrapped
 

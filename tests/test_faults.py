@@ -18,7 +18,7 @@ import streaming_tokenizer.fake
 from controller.failures import describe_failure
 from llm.openai_chat import LLMError, LLMUnavailableError
 from realtime import webrtc
-from realtime.webrtc import use_loopback_candidates
+from realtime.webrtc import CALLS_KEY, receive_buffer, use_loopback_candidates
 from tests.realtime_util import REPO, WAIT, fake_config, running_server, server_context, utterance, wait_until, ws_client
 from tests.webrtc_util import Caller, SyntheticMic, mic_audio
 
@@ -218,5 +218,16 @@ async def test_webrtc_call_through_5_percent_loss_and_50_ms_jitter() -> None:
                 heard = caller.loud_frames
             assert impairment.dropped > 0 and impairment.sent > 100  # the impairment was real
             assert len(server_context(server).sessions) == 1  # the session held
+            (call,) = server.app[CALLS_KEY].values()
+            (receiver,) = call.pc.getReceivers()
+            buffer = receive_buffer(receiver)  # lost and reordered packets skipped, none waited for
+            assert buffer.lost > 0 and buffer.late > 0 and buffer.released > 100
         finally:
             await caller.close()
+
+
+def test_an_impairment_can_be_one_way() -> None:
+    assert Impairment.parse("loss=0.01,jitter_ms=0,direction=up").direction == "up"
+    assert Impairment.parse("loss=0.01").direction == "both"
+    with pytest.raises(ValueError, match="direction must be both, up or down"):
+        Impairment.parse("direction=sideways")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import aiohttp
 from openai import AsyncOpenAI
 
-from realtime.webrtc import CALLS_KEY, RECEIVE_PREFETCH, receive_prefetch
+from realtime.arrival_buffer import ArrivalBuffer
+from realtime.webrtc import CALLS_KEY, receive_buffer
 from tests.realtime_util import fake_config, running_server, server_context, wait_until
 from tests.webrtc_util import Caller, SyntheticMic, mic_audio
 
@@ -19,11 +20,13 @@ async def test_call_speak_and_hear_the_reply() -> None:
             created = await caller.next("session.created")
             assert created["session"]["type"] == "realtime"
             (call,) = server.app[CALLS_KEY].values()
-            assert [receive_prefetch(r) for r in call.pc.getReceivers()] == [RECEIVE_PREFETCH]
+            (receiver,) = call.pc.getReceivers()
+            assert isinstance(receive_buffer(receiver), ArrivalBuffer)
             started = await caller.next("input_audio_buffer.speech_started")
             transcript = await caller.next("conversation.item.input_audio_transcription.completed")
             assert transcript["item_id"] == started["item_id"]
             assert transcript["transcript"].startswith("w0")  # the tone survived Opus both ways
+            assert receive_buffer(receiver).released > 25  # the speech (≥ 0.5 s) came through our buffer
             response = await caller.next("response.created")
             loud_before = caller.loud_frames
             done = await caller.next("response.done")
@@ -61,23 +64,3 @@ async def test_openai_sdk_calls_create_multipart() -> None:
         finally:
             await caller.close()
         await wait_until(lambda: not server_context(server).sessions, what="cleanup after the peer left")
-
-
-def test_the_lean_receive_buffer_releases_each_packet_when_the_next_arrives() -> None:
-    """What RECEIVE_PREFETCH buys: aiortc's audio default (prefetch 4) hands out a 20 ms packet only
-    once 4 more have arrived (80 ms); ours, once the next one has (20 ms). Order is kept."""
-    from aiortc.jitterbuffer import JitterBuffer
-    from aiortc.rtp import RtpPacket
-
-    def arrivals_until_first_release(buffer: JitterBuffer) -> int:
-        for n in range(16):
-            packet = RtpPacket(payload_type=111, sequence_number=100 + n, timestamp=960 * n, payload=bytes([n]))
-            packet._data = packet.payload  # what the receiver sets (the depacketized payload)
-            _, frame = buffer.add(packet)
-            if frame is not None:
-                assert frame.timestamp == 0  # the oldest packet first
-                return n + 1
-        raise AssertionError("nothing released")
-
-    assert arrivals_until_first_release(JitterBuffer(capacity=16, prefetch=4)) == 5
-    assert arrivals_until_first_release(JitterBuffer(capacity=16, prefetch=RECEIVE_PREFETCH)) == 2
